@@ -1,0 +1,37 @@
+# Every target creates the virtualenv first if it is missing, so a fresh clone needs only Python 3.11 and make.
+PYTHON_SYSTEM ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: help venv test demo bench lint redis-stop clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed ## create .venv and install requirements.txt
+
+test: venv ## run the test suite (starts its own redis-server on a free port)
+	$(PY) -m pytest -q
+
+demo: venv ## run the whole pipeline for DEMO_SECONDS (default 60), then export to out/
+	$(PY) scripts/demo.py
+
+bench: venv ## run every benchmark and print one table
+	$(PY) scripts/bench_all.py
+
+lint: venv ## ruff
+	$(VENV)/bin/ruff check .
+
+redis-stop: venv ## stop the embedded redis-server (data stays in .telemetry/)
+	$(PY) scripts/redis_stop.py
+
+clean: ## remove the virtualenv, outputs and the embedded server's data
+	-$(PY) scripts/redis_stop.py
+	rm -rf $(VENV) out .telemetry

@@ -1,0 +1,1 @@
+"""Simulated temperature/humidity sensors, launched by name, writing readings into a Redis stream."""

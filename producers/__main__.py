@@ -1,0 +1,114 @@
+"""python -m producers NAME [NAME ...]: run simulated sensors until --count, --duration or Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from producers.csv_replay import load_readings_csv, replay
+from producers.faults import FaultRates
+from producers.simulation import Simulation, SimulationSettings
+from producers.trim_guard import TrimGuard
+from producers.writer import StreamWriter
+from telemetry.cli import CommandParser, PipelineConfig, StopSignal, add_redis_arguments, number_type, run_main
+from telemetry.connection import connect
+from telemetry.errors import UsageError
+from telemetry.schema import SchemaError, validate_sensor_name
+from telemetry.timeutil import now_ms, parse_time_ms
+
+MAX_FLEET = 100_000
+
+
+def build_parser() -> CommandParser:
+    parser = CommandParser(prog="python -m producers",
+                           description="Simulated temperature/humidity sensors writing readings to a Redis stream.")
+    parser.add_argument("names", nargs="*", metavar="NAME", help="sensor names (1-64 of [A-Za-z0-9._-])")
+    parser.add_argument("--fleet", nargs=2, action="append", default=[], metavar=("PREFIX", "N"),
+                        help="add N sensors named PREFIX0001..PREFIXN (repeatable)")
+    parser.add_argument("--seed", type=number_type(int), default=0, help="profile seed (default 0)")
+    parser.add_argument("--rate", type=number_type(float, above=0), default=1.0, help="readings per second per sensor")
+    parser.add_argument("--count", type=number_type(int, minimum=1), help="readings per sensor, then exit")
+    parser.add_argument("--duration", type=number_type(float, above=0), help="seconds of event time, then exit")
+    parser.add_argument("--start", metavar="TIME", help="backfill from TIME (ISO, epoch ms or -1d) without waiting")
+    parser.add_argument("--maxlen", type=number_type(int, minimum=0), default=1_000_000,
+                        help="MAXLEN ~ trimming (0 disables; default 1,000,000)")
+    parser.add_argument("--batch", type=number_type(int, minimum=1), default=1000, help="readings per write")
+    parser.add_argument("--from-csv", type=Path, metavar="FILE", help="replay an exported readings CSV instead")
+    for fault in ("spike", "stuck", "dropout", "drift"):
+        parser.add_argument(f"--{fault}-rate", type=number_type(float, minimum=0), default=0.0,
+                            help=f"probability per reading that a {fault} fault starts")
+    parser.add_argument("--json", action="store_true", help="print the final counts as JSON")
+    add_redis_arguments(parser)
+    return parser
+
+
+def sensor_names(names: list[str], fleets: list[list[str]]) -> tuple[str, ...]:
+    all_names = list(names)
+    for prefix, size in fleets:
+        if not size.isdigit() or int(size) < 1:
+            raise UsageError(f"--fleet {prefix} {size}: N must be a positive integer")
+        width = max(4, len(size))
+        all_names += [f"{prefix}{index:0{width}d}" for index in range(1, int(size) + 1)]
+    if not all_names:
+        raise UsageError("name at least one sensor (NAME ... or --fleet PREFIX N)")
+    if len(all_names) > MAX_FLEET:
+        raise UsageError(f"{len(all_names)} sensors is more than one process runs ({MAX_FLEET})")
+    try:
+        for name in all_names:
+            validate_sensor_name(name)
+    except SchemaError as error:
+        raise UsageError(f"sensor name {error.value!r}: {error.problem}") from None
+    if len(set(all_names)) != len(all_names):
+        raise UsageError("a sensor name is given twice")
+    return tuple(all_names)
+
+
+def fault_rates(args) -> FaultRates:
+    for fault in ("spike", "stuck", "dropout", "drift"):
+        if getattr(args, f"{fault}_rate") > 1:
+            raise UsageError(f"--{fault}-rate {getattr(args, f'{fault}_rate')}: a probability is at most 1")
+    return FaultRates(args.spike_rate, args.stuck_rate, args.dropout_rate, args.drift_rate)
+
+
+def report(counts: dict[str, int], as_json: bool, stopped: bool) -> None:
+    if as_json:
+        print(json.dumps({"stopped_by_signal": stopped, "readings": counts}))
+        return
+    total = sum(counts.values())
+    print(f"producer: wrote {total} readings from {len(counts)} sensors" + (" (stopped by signal)" if stopped else ""))
+    for name, count in counts.items():
+        print(f"  {name:<24} {count}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = PipelineConfig.from_args(args)
+    stop = StopSignal().install()
+    if args.from_csv is not None:
+        frame = load_readings_csv(args.from_csv)
+        db = connect(config.target())
+        writer = StreamWriter(db, config.keys, config.field_map, args.maxlen)
+        report(replay(frame, writer, config.field_map, args.batch), args.json, stop.requested)
+        return 0
+    settings = SimulationSettings(
+        names=sensor_names(args.names, args.fleet), seed=args.seed, rate_hz=args.rate, count=args.count,
+        duration_s=args.duration, faults=fault_rates(args), batch_size=args.batch,
+        backfill_start_ms=parse_time_ms(args.start, field="--start") if args.start else None,
+    )
+    db = connect(config.target())
+    writer = StreamWriter(db, config.keys, config.field_map, args.maxlen)
+    start_ms = settings.backfill_start_ms if settings.backfill_start_ms is not None else now_ms()
+    simulation = Simulation(settings, writer, config.field_map, start_ms,
+                            writer.last_seqs(list(settings.names)),
+                            TrimGuard(db, config.keys.readings, args.maxlen))
+    print(f"producer: {len(settings.names)} sensors at {settings.rate_hz:g} Hz"
+          + (" (backfill)" if simulation.backfilling else ""), file=sys.stderr)
+    simulation.run(now_ms, time.sleep, lambda: stop.requested)
+    report(simulation.counts(), args.json, stop.requested)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

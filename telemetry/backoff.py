@@ -1,0 +1,21 @@
+"""Exponential backoff with jitter, for long-running commands that outlive a Redis restart."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Backoff:
+    initial_s: float = 0.1
+    max_s: float = 5.0
+    attempt: int = field(default=0)
+
+    def next_delay(self) -> float:
+        delay = min(self.max_s, self.initial_s * (2 ** self.attempt))
+        self.attempt += 1
+        return delay * random.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self.attempt = 0

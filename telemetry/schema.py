@@ -1,0 +1,164 @@
+"""The reading record: the one place that knows how a reading looks inside a stream entry.
+
+Field names are configurable (`FieldMap`) so that streams written by other producers, such as the
+seed tutorial's `sensor_id`/`temp`/`humidity`, feed the pipeline without code changes. A field
+mapped to None is absent from the entry: a missing `ts` is taken from the stream id, a missing
+`seq` leaves gap detection to the fields that exist.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+
+from telemetry.errors import UsageError
+from telemetry.timeutil import stream_id_ms
+
+SCHEMA_VERSION = 1
+SENSOR_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+TEMPERATURE_RANGE_C = (-80.0, 150.0)
+HUMIDITY_RANGE_PCT = (0.0, 100.0)
+
+
+class SchemaError(ValueError):
+    """A field is missing or out of range; `field` and `value` say which, for the dead-letter reason."""
+
+    def __init__(self, field: str, value: object, problem: str) -> None:
+        self.field = field
+        self.value = value
+        self.problem = problem
+        super().__init__(f"{field}={value!r}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class FieldMap:
+    """Names of the entry fields that carry each part of a reading."""
+
+    sensor: str = "sensor"
+    ts: str | None = "ts"
+    temperature_c: str = "temperature_c"
+    humidity_pct: str = "humidity_pct"
+    seq: str | None = "seq"
+    version: str | None = "v"
+
+    PRESETS = {}  # filled below: name -> FieldMap
+
+    @classmethod
+    def parse(cls, spec: str) -> FieldMap:
+        """Build from a preset name ('default', 'seed') or 'part=name,...'; 'part=' drops an optional part."""
+        if spec in cls.PRESETS:
+            return cls.PRESETS[spec]
+        known = {f.name for f in fields(cls)}
+        overrides: dict[str, str | None] = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            part, sep, name = item.partition("=")
+            if not sep or part not in known:
+                raise UsageError(
+                    f"fields: {item!r} is not PART=NAME with PART one of {', '.join(sorted(known))}"
+                    f" (or a preset: {', '.join(cls.PRESETS)})"
+                )
+            if not name and part in ("sensor", "temperature_c", "humidity_pct"):
+                raise UsageError(f"fields: {part} is required and cannot be dropped")
+            overrides[part] = name or None
+        return cls(**overrides)
+
+
+FieldMap.PRESETS.update(
+    {
+        "default": FieldMap(),
+        "seed": FieldMap(sensor="sensor_id", ts=None, temperature_c="temp", humidity_pct="humidity",
+                         seq=None, version=None),
+    }
+)
+
+
+def validate_sensor_name(name: str) -> str:
+    if not SENSOR_NAME.fullmatch(name):
+        raise SchemaError("sensor", name, "must be 1-64 characters from [A-Za-z0-9._-]")
+    return name
+
+
+def _finite(field: str, raw: object, low: float, high: float) -> float:
+    if raw is None:
+        raise SchemaError(field, None, "missing")
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise SchemaError(field, raw, "not a number") from None
+    if not math.isfinite(value):
+        raise SchemaError(field, raw, "not finite")
+    if not low <= value <= high:
+        raise SchemaError(field, raw, f"outside {low:g}..{high:g}")
+    return value
+
+
+def _integer(field: str, raw: object) -> int:
+    if raw is None:
+        raise SchemaError(field, None, "missing")
+    try:
+        value = int(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise SchemaError(field, raw, "not an integer") from None
+    if value < 0:
+        raise SchemaError(field, raw, "negative")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One measurement of one sensor; `ts_ms` is event time (when measured), not arrival time."""
+
+    sensor: str
+    ts_ms: int
+    temperature_c: float
+    humidity_pct: float
+    seq: int | None = None
+
+    def encode(self, field_map: FieldMap = FieldMap()) -> dict[str, str]:
+        row = encode_row(field_map, self.sensor, self.ts_ms, self.temperature_c, self.humidity_pct, self.seq)
+        return dict(zip(entry_layout(field_map), row))
+
+    @classmethod
+    def decode(cls, entry: dict[str, str], entry_id: str, field_map: FieldMap = FieldMap()) -> Reading:
+        """Validate and convert; raises SchemaError naming the first bad field."""
+        sensor = entry.get(field_map.sensor)
+        if sensor is None:
+            raise SchemaError(field_map.sensor, None, "missing")
+        validate_sensor_name(sensor)
+        ts_ms = _integer(field_map.ts, entry.get(field_map.ts)) if field_map.ts else stream_id_ms(entry_id)
+        seq = None
+        if field_map.seq and field_map.seq in entry:
+            seq = _integer(field_map.seq, entry[field_map.seq])
+        version = entry.get(field_map.version, str(SCHEMA_VERSION)) if field_map.version else str(SCHEMA_VERSION)
+        if version != str(SCHEMA_VERSION):
+            raise SchemaError(field_map.version or "v", version, f"unsupported (this build reads {SCHEMA_VERSION})")
+        return cls(
+            sensor=sensor,
+            ts_ms=ts_ms,
+            temperature_c=_finite(field_map.temperature_c, entry.get(field_map.temperature_c), *TEMPERATURE_RANGE_C),
+            humidity_pct=_finite(field_map.humidity_pct, entry.get(field_map.humidity_pct), *HUMIDITY_RANGE_PCT),
+            seq=seq,
+        )
+
+
+
+def entry_layout(field_map: FieldMap) -> tuple[str, ...]:
+    """Field names in the fixed order `encode_row` fills them; parts mapped to None are left out."""
+    names = (field_map.sensor, field_map.ts, field_map.temperature_c, field_map.humidity_pct,
+             field_map.seq, field_map.version)
+    return tuple(name for name in names if name)
+
+
+def encode_row(field_map: FieldMap, sensor: str, ts_ms: int, temperature_c: float, humidity_pct: float,
+               seq: int | None) -> list[str]:
+    """Values aligned with `entry_layout`; floats use repr so that they read back exactly."""
+    row = [sensor]
+    if field_map.ts:
+        row.append(str(ts_ms))
+    row += [repr(temperature_c), repr(humidity_pct)]
+    if field_map.seq:
+        row.append(str(seq))
+    if field_map.version:
+        row.append(str(SCHEMA_VERSION))
+    return row

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.redis_server import TestRedisServer
+from telemetry.keys import Keys
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> TestRedisServer:
+    server = TestRedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def redis_url(redis_server: TestRedisServer) -> str:
+    """A clean database on the private server for each test."""
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()
+    redis.Redis.from_url(redis_server.url).flushall()
+    return redis_server.url
+
+
+@pytest.fixture()
+def db(redis_url):
+    import walrus
+
+    client = walrus.Database.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+def keys() -> Keys:
+    return Keys()
+
+
+def run_cli(module: str, *args: str, env_extra: dict | None = None, timeout: float = 120,
+            input_text: str | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m module args` as a user would, with the test server's URL and no 6379 fallback."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env, input=input_text)

@@ -1,0 +1,69 @@
+import math
+
+import pytest
+
+from telemetry.errors import UsageError
+from telemetry.schema import FieldMap, Reading, SchemaError, entry_layout
+
+GOOD = {"sensor": "greenhouse-01", "ts": "1700000000000", "temperature_c": "21.5", "humidity_pct": "40.1",
+        "seq": "7", "v": "1"}
+
+
+def test_round_trip_is_exact():
+    reading = Reading("s.1_a-B", 1_700_000_000_123, 21.3, 45.7, 42)
+    assert Reading.decode(reading.encode(), "1-0") == reading
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("sensor", None, "missing"),
+        ("sensor", "bad name", "must be 1-64"),
+        ("sensor", "x" * 65, "must be 1-64"),
+        ("ts", "soon", "not an integer"),
+        ("ts", "-5", "negative"),
+        ("temperature_c", "hot", "not a number"),
+        ("temperature_c", "nan", "not finite"),
+        ("temperature_c", "inf", "not finite"),
+        ("temperature_c", "150.1", "outside"),
+        ("temperature_c", "-80.5", "outside"),
+        ("humidity_pct", "100.5", "outside"),
+        ("humidity_pct", None, "missing"),
+        ("seq", "1.5", "not an integer"),
+        ("v", "2", "unsupported"),
+    ],
+)
+def test_decode_names_the_bad_field_and_value(field, value, problem):
+    entry = dict(GOOD)
+    if value is None:
+        del entry[field]
+    else:
+        entry[field] = value
+    with pytest.raises(SchemaError) as caught:
+        Reading.decode(entry, "1-0")
+    assert caught.value.field == field
+    assert problem in caught.value.problem
+    assert field in str(caught.value)
+
+
+def test_seed_tutorial_entries_decode_with_the_seed_preset():
+    seed_entry = {"sensor_id": "sensor1", "temp": "0.42", "humidity": "0.77"}
+    reading = Reading.decode(seed_entry, "1700000000123-0", FieldMap.parse("seed"))
+    assert reading == Reading("sensor1", 1_700_000_000_123, 0.42, 0.77, None)
+
+
+def test_field_map_parses_overrides_and_rejects_unknown_parts():
+    mapped = FieldMap.parse("sensor=device,temperature_c=t,seq=")
+    assert (mapped.sensor, mapped.temperature_c, mapped.seq) == ("device", "t", None)
+    assert entry_layout(mapped) == ("device", "ts", "t", "humidity_pct", "v")
+    with pytest.raises(UsageError, match="colour"):
+        FieldMap.parse("colour=red")
+    with pytest.raises(UsageError, match="required"):
+        FieldMap.parse("sensor=")
+
+
+def test_boundaries_are_inclusive():
+    entry = dict(GOOD, temperature_c="-80", humidity_pct="100")
+    reading = Reading.decode(entry, "1-0")
+    assert reading.temperature_c == -80.0 and reading.humidity_pct == 100.0
+    assert not math.isnan(reading.temperature_c)
