@@ -47,6 +47,11 @@ class Keys:
         return self._key("sensor-state")
 
     @property
+    def sensor_due(self) -> str:
+        """Sorted set: sensor -> wall-clock ms of its next sweep deadline (idle close, silence)."""
+        return self._key("sensor-due")
+
+    @property
     def producer_seq(self) -> str:
         """Hash: sensor -> last seq a producer wrote, updated in the same MULTI as the XADDs."""
         return self._key("producer-seq")

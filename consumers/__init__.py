@@ -1,0 +1,1 @@
+"""Aggregator workers in a consumer group: windows, rolling stats and alerts, applied exactly once."""

@@ -1,0 +1,152 @@
+"""python -m consumers {aggregate,alerts,status}: run workers, follow alerts, inspect the pipeline."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from consumers import alerts_tail
+from consumers.rules import load_rules
+from consumers.settings import AggregatorSettings
+from consumers.status import collect_status, render_status
+from consumers.worker import AggregatorWorker
+from telemetry.backoff import Backoff
+from telemetry.cli import CommandParser, PipelineConfig, StopSignal, add_redis_arguments, number_type, run_main
+from telemetry.connection import connect
+from telemetry.errors import RedisUnavailable
+from telemetry.timeutil import parse_duration_ms
+
+
+def build_parser() -> CommandParser:
+    parser = CommandParser(prog="python -m consumers", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
+
+    aggregate = commands.add_parser("aggregate", help="run an aggregator worker in a consumer group",
+                                    description="Aggregate readings into windows, rolling stats and alerts.")
+    aggregate.add_argument("--group", default="aggregators", help="consumer group (default aggregators)")
+    aggregate.add_argument("--consumer", default="", help="consumer name (default HOST-PID)")
+    aggregate.add_argument("--start", choices=("new", "all"), default="new",
+                           help="where a new group starts reading (default new)")
+    aggregate.add_argument("--batch", type=number_type(int, minimum=1), default=1000, help="entries per read")
+    for flag, default, text in (("window", "60s", "tumbling window length"),
+                                ("grace", "10s", "how long after its end a window waits for stragglers"),
+                                ("rolling", "300s", "rolling stats horizon"),
+                                ("idle", "60s", "silent sensor: close its window this long after end + grace"),
+                                ("max-skew", "5m", "readings further ahead of this clock are dead-lettered"),
+                                ("claim-idle", "30s", "claim entries idle this long in another consumer")):
+        aggregate.add_argument(f"--{flag}", default=default, help=f"{text} (default {default})")
+    aggregate.add_argument("--max-deliveries", type=number_type(int, minimum=1), default=5,
+                           help="dead-letter an entry delivered more often than this (default 5)")
+    aggregate.add_argument("--rules", type=Path, help="alert rules TOML (default: built-in rules)")
+    aggregate.add_argument("--output-maxlen", type=number_type(int, minimum=0), default=1_000_000,
+                           help="MAXLEN ~ of the aggregates, alerts and dead-letter streams")
+    aggregate.add_argument("--count", type=number_type(int, minimum=1), help="stop after this many entries")
+    aggregate.add_argument("--duration", help="stop after this long (e.g. 30s)")
+    aggregate.add_argument("--drain", action="store_true", help="stop when nothing is left to read")
+    aggregate.add_argument("--metrics-port", type=number_type(int, minimum=1), help="serve Prometheus metrics here")
+    add_redis_arguments(aggregate)
+
+    alerts = commands.add_parser("alerts", help="follow the alerts stream", description="Follow the alerts stream.")
+    alerts.add_argument("--json", action="store_true", help="one JSON object per line")
+    alerts.add_argument("--from-start", action="store_true", help="print existing alerts first")
+    alerts.add_argument("--no-follow", action="store_true", help="print existing alerts and exit")
+    add_redis_arguments(alerts)
+
+    status = commands.add_parser("status", help="stream, groups, lag, pending and dead letters",
+                                 description="Show stream length, group lag and pending, dead letters.")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--maxlen", type=number_type(int, minimum=0), default=1_000_000,
+                        help="the producers' MAXLEN, to warn when lag approaches it (default 1,000,000)")
+    add_redis_arguments(status)
+    return parser
+
+
+def aggregator_settings(args) -> AggregatorSettings:
+    return AggregatorSettings(
+        group=args.group, consumer=args.consumer, start=args.start, batch=args.batch,
+        window_ms=parse_duration_ms(args.window, field="--window"),
+        grace_ms=parse_duration_ms(args.grace, field="--grace"),
+        rolling_ms=parse_duration_ms(args.rolling, field="--rolling"),
+        idle_ms=parse_duration_ms(args.idle, field="--idle"),
+        max_skew_ms=parse_duration_ms(args.max_skew, field="--max-skew"),
+        claim_idle_ms=parse_duration_ms(args.claim_idle, field="--claim-idle"),
+        max_deliveries=args.max_deliveries, output_maxlen=args.output_maxlen, rules=load_rules(args.rules),
+        count=args.count, drain=args.drain,
+        duration_ms=parse_duration_ms(args.duration, field="--duration") if args.duration else None,
+    )
+
+
+def connect_with_retry(config: PipelineConfig, stop: StopSignal):
+    """Long-running commands wait for Redis instead of failing: say so, back off, try again."""
+    target = config.target()
+    backoff = Backoff(max_s=10.0)
+    announce = True
+    while True:
+        try:
+            return connect(target, announce=announce)
+        except RedisUnavailable as error:
+            if stop.requested:
+                raise
+            delay = backoff.next_delay()
+            print(f"{error}; retrying in {delay:.1f}s", file=sys.stderr)
+            announce = False
+            time.sleep(delay)
+
+
+def run_aggregate(args, config: PipelineConfig, stop: StopSignal) -> int:
+    settings = aggregator_settings(args)
+    db = connect_with_retry(config, stop)
+    on_batch = None
+    if args.metrics_port:
+        from telemetry.metrics import start_worker_metrics
+
+        on_batch = start_worker_metrics(args.metrics_port, db, config.keys, settings.group)
+    worker = AggregatorWorker(db, config.keys, config.field_map, settings, on_batch=on_batch)
+    worker.ensure_group()
+    print(f"aggregator: consumer {settings.consumer} in group {settings.group} on {config.keys.readings}",
+          file=sys.stderr)
+    stats = worker.run(lambda: stop.requested)
+    print(f"aggregator: {stats.entries} entries ({stats.readings} readings, {stats.dead_lettered} dead-lettered, "
+          f"{stats.lost_to_trim} lost to trimming), {stats.windows_emitted} windows, {stats.alerts_emitted} alerts, "
+          f"{stats.claimed} claimed, {stats.conflicts} conflicts", file=sys.stderr)
+    return 0
+
+
+def run_alerts(args, config: PipelineConfig, stop: StopSignal) -> int:
+    db = connect_with_retry(config, stop)
+    start = "0-0" if args.from_start or args.no_follow else "$"
+    if start == "$":
+        last = db.xrevrange(config.keys.alerts, count=1)
+        start = last[0][0] if last else "0-0"
+    try:
+        for entry_id, fields in alerts_tail.follow(db, config.keys.alerts, start, lambda: stop.requested,
+                                                   follow_new=not args.no_follow):
+            print(alerts_tail.render(entry_id, fields, args.json), flush=True)
+    except redis.ConnectionError as error:
+        raise RedisUnavailable(f"lost Redis while following alerts: {error}") from None
+    return 0
+
+
+def run_status(args, config: PipelineConfig) -> int:
+    db = connect(config.target(), announce=not args.json)
+    status = collect_status(db, config.keys, args.maxlen)
+    print(status.as_json() if args.json else render_status(status))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = PipelineConfig.from_args(args)
+    if args.command == "status":
+        return run_status(args, config)
+    stop = StopSignal().install()
+    if args.command == "alerts":
+        return run_alerts(args, config, stop)
+    return run_aggregate(args, config, stop)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,189 @@
+"""The aggregator worker loop: read a batch, sort it, commit it atomically, repeat.
+
+Order of work in each step: claim entries abandoned by dead consumers when due, else finish this
+consumer's own pending entries (left by an earlier run under the same name, or by a failed
+commit), else read new ones. The commit script does the state changes; this loop only decides
+what to hand it, so a `kill -9` anywhere loses nothing: uncommitted entries stay pending.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+import walrus
+
+from consumers.batch import CommitBatch, build_batch
+from consumers.settings import AggregatorSettings
+from telemetry.backoff import Backoff
+from telemetry.keys import Keys
+from telemetry.schema import FieldMap
+from telemetry.scripts import load_script
+from telemetry.timeutil import now_ms
+
+RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+Entries = list[tuple[str, dict[str, str] | None]]
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    entries: int = 0
+    readings: int = 0
+    dead_lettered: int = 0
+    lost_to_trim: int = 0
+    windows_emitted: int = 0
+    alerts_emitted: int = 0
+    conflicts: int = 0
+    claimed: int = 0
+    batch_seconds: list[float] = field(default_factory=list)
+
+
+class AggregatorWorker:
+    def __init__(self, db: walrus.Database, keys: Keys, field_map: FieldMap, settings: AggregatorSettings,
+                 *, log=sys.stderr, on_batch: Callable[[CommitBatch, float], None] | None = None) -> None:
+        self.db = db
+        self.keys = keys
+        self.field_map = field_map
+        self.settings = settings
+        self.log = log
+        self.on_batch = on_batch
+        self.aggregate = load_script(db, "aggregate")
+        self.claim = load_script(db, "claim")
+        self.lua_config = settings.lua_config()
+        self.stats = WorkerStats()
+        self.own_pending_done = False
+        self.next_claim_ms = 0
+        self.claim_cursor = "0-0"
+        self.next_sweep_ms = 0
+        self.idle_reads = 0
+
+    def ensure_group(self) -> None:
+        """Create the group (and stream) idempotently: BUSYGROUP means another worker did it first."""
+        try:
+            self.db.xgroup_create(self.keys.readings, self.settings.group,
+                                  id="$" if self.settings.start == "new" else "0", mkstream=True)
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _read(self, entry_id: str, block_ms: int | None) -> Entries:
+        reply = self.db.xreadgroup(self.settings.group, self.settings.consumer, {self.keys.readings: entry_id},
+                                   count=self.settings.batch, block=block_ms)
+        return reply[0][1] if reply else []
+
+    def _delivery_counts(self, entries: Entries) -> dict[str, int]:
+        if not entries:
+            return {}
+        pending = self.db.xpending_range(self.keys.readings, self.settings.group, min=entries[0][0],
+                                         max=entries[-1][0], count=len(entries) + 1000,
+                                         consumername=self.settings.consumer)
+        return {item["message_id"]: item["times_delivered"] for item in pending}
+
+    def _claim(self) -> Entries:
+        next_cursor, claimed, deleted = self.claim(
+            keys=[self.keys.readings, self.keys.counters],
+            args=[self.settings.group, self.settings.consumer, self.settings.claim_idle_ms, self.claim_cursor,
+                  self.settings.batch])
+        self.claim_cursor = next_cursor
+        if deleted:
+            self.stats.lost_to_trim += deleted
+            print(f"aggregator: WARNING {deleted} pending readings were trimmed by MAXLEN before they were "
+                  f"processed; counted as lost_to_trim", file=self.log)
+        entries = [(entry_id, dict(zip(fields[::2], fields[1::2])) if fields else None)
+                   for entry_id, fields in claimed]
+        self.stats.claimed += len(entries)
+        return entries
+
+    # -- committing ------------------------------------------------------------------------
+
+    def commit(self, batch: CommitBatch, now: int) -> None:
+        """Apply a batch exactly once; entries another consumer claimed meanwhile are left to it."""
+        while len(batch):
+            reply = self.aggregate(keys=batch.script_keys(self.keys),
+                                   args=["commit", self.settings.group, self.settings.consumer, now,
+                                         self.lua_config, *batch.script_args()])
+            if reply[0] == "ok":
+                self.stats.entries += len(batch)
+                self.stats.readings += sum(len(items) for items in batch.readings.values())
+                self.stats.dead_lettered += len(batch.dead_letters)
+                self.stats.lost_to_trim += len(batch.lost_ids)
+                self.stats.windows_emitted += reply[2]
+                self.stats.alerts_emitted += reply[3]
+                return
+            self.stats.conflicts += 1
+            batch = batch.without(set(reply[1]))
+
+    def process(self, entries: Entries, now: int, *, redelivered: bool) -> int:
+        if not entries:
+            return 0
+        started = time.perf_counter()
+        counts = self._delivery_counts(entries) if redelivered else None
+        batch = build_batch(entries, self.field_map, now, self.settings.max_skew_ms, counts,
+                            self.settings.max_deliveries)
+        self.commit(batch, now)
+        elapsed = time.perf_counter() - started
+        if self.on_batch is not None:
+            self.on_batch(batch, elapsed)
+        return len(entries)
+
+    def sweep(self, now: int) -> None:
+        for _ in range(100):  # bounded: at most 100 x 500 sensors per sweep
+            reply = self.aggregate(keys=CommitBatch().script_keys(self.keys),
+                                   args=["sweep", self.settings.group, self.settings.consumer, now,
+                                         self.lua_config, 500])
+            self.stats.windows_emitted += reply[2]
+            self.stats.alerts_emitted += reply[3]
+            if reply[1] < 500:
+                return
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def step(self, now: int, *, block: bool = True) -> int:
+        """One unit of work at wall-clock `now`; returns the number of entries handled."""
+        handled = 0
+        if now >= self.next_claim_ms:
+            self.next_claim_ms = now + self.settings.claim_every_ms
+            handled = self.process(self._claim(), now, redelivered=True)
+        elif not self.own_pending_done:
+            entries = self._read("0", None)
+            self.own_pending_done = not entries
+            handled = self.process(entries, now, redelivered=True)
+        else:
+            entries = self._read(">", self.settings.block_ms if block else None)
+            self.idle_reads = 0 if entries else self.idle_reads + 1
+            handled = self.process(entries, now_ms() if block else now, redelivered=False)
+        if now >= self.next_sweep_ms:
+            self.next_sweep_ms = now + self.settings.sweep_every_ms
+            self.sweep(now)
+        return handled
+
+    def drained(self) -> bool:
+        return self.own_pending_done and self.idle_reads > 0 and self.claim_cursor == "0-0"
+
+    def run(self, stop_requested: Callable[[], bool], clock: Callable[[], int] = now_ms) -> WorkerStats:
+        """Loop until stopped or a bound is reached, riding out Redis outages with backoff."""
+        started = clock()
+        backoff = Backoff()
+        settings = self.settings
+        while not stop_requested():
+            if settings.count is not None and self.stats.entries >= settings.count:
+                break
+            if settings.duration_ms is not None and clock() - started >= settings.duration_ms:
+                break
+            if settings.drain and self.drained():
+                break
+            try:
+                self.step(clock())
+                backoff.reset()
+            except RETRYABLE as error:
+                delay = backoff.next_delay()
+                print(f"aggregator: Redis unavailable ({error.__class__.__name__}); retrying in {delay:.1f}s",
+                      file=self.log)
+                self.own_pending_done = False  # whatever was in flight is still pending: take it again
+                time.sleep(delay)
+        return self.stats
