@@ -42,10 +42,10 @@ class AggregatorSettings:
             object.__setattr__(self, "consumer", default_consumer_name())
         if self.start not in ("new", "all"):
             raise UsageError(f"--start {self.start!r}: expected new or all")
-        for name in ("batch", "window_ms", "rolling_ms", "claim_idle_ms", "max_deliveries", "block_ms"):
+        for name in ("batch", "window_ms", "rolling_ms", "max_deliveries", "block_ms"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name}: must be positive, got {getattr(self, name)}")
-        for name in ("grace_ms", "idle_ms", "max_skew_ms"):
+        for name in ("grace_ms", "idle_ms", "max_skew_ms", "claim_idle_ms"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{name}: must not be negative, got {getattr(self, name)}")
         if self.batch > 10_000:

