@@ -36,7 +36,8 @@ def build_parser() -> CommandParser:
                                 ("rolling", "300s", "rolling stats horizon"),
                                 ("idle", "60s", "silent sensor: close its window this long after end + grace"),
                                 ("max-skew", "5m", "readings further ahead of this clock are dead-lettered"),
-                                ("claim-idle", "30s", "claim entries idle this long in another consumer")):
+                                ("claim-idle", "30s", "claim entries idle this long in another consumer"),
+                                ("claim-every", "5s", "how often to look for entries to claim")):
         aggregate.add_argument(f"--{flag}", default=default, help=f"{text} (default {default})")
     aggregate.add_argument("--max-deliveries", type=number_type(int, minimum=1), default=5,
                            help="dead-letter an entry delivered more often than this (default 5)")
@@ -73,6 +74,7 @@ def aggregator_settings(args) -> AggregatorSettings:
         idle_ms=parse_duration_ms(args.idle, field="--idle"),
         max_skew_ms=parse_duration_ms(args.max_skew, field="--max-skew"),
         claim_idle_ms=parse_duration_ms(args.claim_idle, field="--claim-idle"),
+        claim_every_ms=parse_duration_ms(args.claim_every, field="--claim-every"),
         max_deliveries=args.max_deliveries, output_maxlen=args.output_maxlen, rules=load_rules(args.rules),
         count=args.count, drain=args.drain,
         duration_ms=parse_duration_ms(args.duration, field="--duration") if args.duration else None,

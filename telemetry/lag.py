@@ -52,6 +52,21 @@ def stream_info(db: redis.Redis, stream: str) -> StreamInfo | None:
     return StreamInfo(info["length"], first[0] if first else None, last[0] if last else None)
 
 
+EXACT_COUNT_LIMIT = 50_000
+
+
+def _count_after(db: redis.Redis, stream: str, last_delivered: str, limit: int) -> int | None:
+    """Exact number of entries after last_delivered, or None if there are more than `limit`."""
+    total, cursor = 0, f"({last_delivered}"
+    while total <= limit:
+        page = db.xrange(stream, min=cursor, count=10_000)
+        total += len(page)
+        if len(page) < 10_000:
+            return total
+        cursor = f"({page[-1][0]}"
+    return None
+
+
 def _estimate_lag(info: StreamInfo, last_delivered: str) -> int:
     if not info.length or info.last_id is None or info.first_id is None:
         return 0
@@ -76,7 +91,11 @@ def group_lags(db: redis.Redis, stream: str, *, now: int | None = None) -> list[
         last_delivered = group["last-delivered-id"]
         reported = group.get("lag")
         estimated = reported is None
-        lag_entries = _estimate_lag(info, last_delivered) if estimated else int(reported)
+        lag_entries = int(reported) if reported is not None else _estimate_lag(info, last_delivered)
+        if estimated and lag_entries <= EXACT_COUNT_LIMIT:
+            exact = _count_after(db, stream, last_delivered, EXACT_COUNT_LIMIT)
+            if exact is not None:
+                lag_entries, estimated = exact, False
         oldest_unread = db.xrange(stream, min=f"({last_delivered}", count=1) if lag_entries else []
         lag_seconds = max(0.0, (reference - stream_id_ms(oldest_unread[0][0])) / 1000) if oldest_unread else 0.0
         consumers = tuple(

@@ -128,6 +128,7 @@ def test_dead_consumer_entries_are_claimed_and_poison_is_dead_lettered(db, keys)
     add_readings(db, keys, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(5)])
     crashed = make_worker(db, keys, consumer="crashed")
     crashed._read(">", None)  # read, then "die" before committing
+    time.sleep(0.01)
     survivor = make_worker(db, keys, consumer="survivor", claim_idle_ms=1, claim_every_ms=0, max_deliveries=3)
     survivor.step(LATER, block=False)
     assert db.hget(keys.counters, "processed") == "5"

@@ -1,10 +1,25 @@
 -- Claim entries idle too long in dead consumers' hands, and count the ones trimming took.
--- Redis 7 drops deleted entries from the PEL inside XAUTOCLAIM and lists them third; counting
--- them in the same script means a crash cannot lose the count. Redis 6.2 returns them in place
--- with nil fields instead: the worker acks and counts those in its commit.
+-- Redis 7 drops deleted entries from the PEL inside XAUTOCLAIM and lists them third. Redis 6.2
+-- returns a nil in their place and keeps them pending; they are found through XPENDING and acked
+-- here. Either way the count lands in the same atomic step, so a crash cannot lose it.
 -- KEYS[1] readings stream, KEYS[2] counters; ARGV group, consumer, min idle ms, start id, count
-local reply = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local reply = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[3], ARGV[4], 'COUNT', ARGV[5])
+local entries, missing = {}, 0
+for _, entry in ipairs(reply[2]) do
+  if entry then entries[#entries + 1] = entry else missing = missing + 1 end
+end
 local deleted = 0
 if reply[3] then deleted = #reply[3] end
+if missing > 0 then
+  local upper = '+'
+  if reply[1] ~= '0-0' then upper = '(' .. reply[1] end
+  for _, pending in ipairs(redis.call('XPENDING', stream, group, ARGV[4], upper, 100000, consumer)) do
+    if #redis.call('XRANGE', stream, pending[1], pending[1]) == 0 then
+      redis.call('XACK', stream, group, pending[1])
+      deleted = deleted + 1
+    end
+  end
+end
 if deleted > 0 then redis.call('HINCRBY', KEYS[2], 'lost_to_trim', deleted) end
-return {reply[1], reply[2], deleted}
+return {reply[1], entries, deleted}
