@@ -31,7 +31,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--rate", type=number_type(float, above=0), default=1.0, help="readings per second per sensor")
     parser.add_argument("--count", type=number_type(int, minimum=1), help="readings per sensor, then exit")
     parser.add_argument("--duration", type=number_type(float, above=0), help="seconds of event time, then exit")
-    parser.add_argument("--start", metavar="TIME", help="backfill from TIME (ISO, epoch ms or -1d) without waiting")
+    parser.add_argument("--start", metavar="TIME", help="backfill from TIME (ISO, epoch ms, or relative as --start=-1d) without waiting")
     parser.add_argument("--maxlen", type=number_type(int, minimum=0), default=1_000_000,
                         help="MAXLEN ~ trimming (0 disables; default 1,000,000)")
     parser.add_argument("--batch", type=number_type(int, minimum=1), default=1000, help="readings per write")

@@ -57,7 +57,7 @@ def test_redis_restart_and_two_worker_kills_reconcile(redis_server, redis_url):
 
 def test_sigterm_commits_the_batch_in_hand_and_exits_0(redis_url):
     keys = Keys()
-    assert run_cli("producers", "s", "--count", "3000", "--start", "-2h", "--redis-url", redis_url).returncode == 0
+    assert run_cli("producers", "s", "--count", "3000", "--start=-2h", "--redis-url", redis_url).returncode == 0
     fleet = Fleet(redis_url)
     fleet.start_worker("graceful")
     db = fleet.db
