@@ -8,7 +8,7 @@ import pandas as pd
 
 from producers.writer import StreamWriter
 from telemetry.errors import UsageError
-from telemetry.schema import FieldMap, SchemaError, encode_row, validate_sensor_name
+from telemetry.schema import FieldMap, SchemaError, row_template, validate_sensor_name
 
 REQUIRED_COLUMNS = ("sensor", "ts_ms", "temperature_c", "humidity_pct", "seq")
 
@@ -33,7 +33,8 @@ def load_readings_csv(path: Path) -> pd.DataFrame:
 
 
 def replay(frame: pd.DataFrame, writer: StreamWriter, field_map: FieldMap, batch_size: int = 1000) -> dict[str, int]:
-    rows = [encode_row(field_map, sensor, ts, temperature, humidity, seq)
+    row_format = row_template(field_map).format
+    rows = [row_format(sensor, ts, temperature, humidity, seq)
             for sensor, ts, temperature, humidity, seq in frame[list(REQUIRED_COLUMNS)].itertuples(index=False)]
     for start in range(0, len(rows), batch_size):
         writer.write(rows[start:start + batch_size])

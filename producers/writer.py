@@ -8,7 +8,9 @@ and sends the same batch again, and each sensor's seq stays without gaps or dupl
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,8 +45,43 @@ class StreamWriter:
         self.is_stopping = is_stopping
         self.log = log
         self.reconnects = 0
+        self._outbox: queue.Queue[list[str]] = queue.Queue(maxsize=2)
+        self._sender: threading.Thread | None = None
+        self._sender_error: BaseException | None = None
 
-    def write(self, rows: list[list[str]]) -> BatchResult:
+    def submit(self, rows: list[str]) -> None:
+        """Queue a batch for a sender thread, so the next batch is built while Redis stores this one.
+
+        The queue holds two batches; `flush` waits until every queued batch is confirmed.
+        """
+        self._raise_sender_error()
+        if self._sender is None:
+            self._sender = threading.Thread(target=self._send_loop, name="stream-writer", daemon=True)
+            self._sender.start()
+        self._outbox.put(rows)
+
+    def flush(self) -> None:
+        if self._sender is not None:
+            self._outbox.join()
+        self._raise_sender_error()
+
+    def _send_loop(self) -> None:
+        while True:
+            rows = self._outbox.get()
+            try:
+                if self._sender_error is None:
+                    self.write(rows)
+            except BaseException as error:  # handed to the producing thread at its next call
+                self._sender_error = error
+            finally:
+                self._outbox.task_done()
+
+    def _raise_sender_error(self) -> None:
+        if self._sender_error is not None:
+            error, self._sender_error = self._sender_error, None
+            raise error
+
+    def write(self, rows: list[str]) -> BatchResult:
         """Blocks until Redis confirms the batch, retrying through outages.
 
         A second stop signal (not the first) ends the process from the signal handler, so a
@@ -52,8 +89,7 @@ class StreamWriter:
         """
         if not rows:
             return BatchResult(0, 0)
-        header = [self.maxlen, len(self.layout), self.sensor_column, self.seq_column, *self.layout]
-        args = header + [value for row in rows for value in row]
+        args = [self.maxlen, len(self.layout), self.sensor_column, self.seq_column, *self.layout, "\n".join(rows)]
         backoff = Backoff()
         while True:
             try:

@@ -15,7 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
@@ -131,3 +131,43 @@ class EmbeddedRedis:
             pass  # the server closes the connection as it exits
         self.state_file.unlink(missing_ok=True)
         return True
+
+
+@dataclass(slots=True)
+class PrivateRedisServer:
+    """A throwaway redis-server on a free port (tests, benchmarks): never the shared 6379."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        command = server_command(redis_server_binary(), self.port, self.data_dir, daemonize=False)
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until_ready(self.url)
+
+    def stop(self) -> None:
+        """Graceful: SHUTDOWN writes the AOF out, as an operator's restart would."""
+        if self.process is None:
+            return
+        try:
+            redis.Redis.from_url(self.url).shutdown(nosave=False)
+        except redis.ConnectionError:
+            pass  # the server closes the connection as it exits
+        self.process.wait(timeout=30)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> PrivateRedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

@@ -8,22 +8,22 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.redis_server import TestRedisServer
+from telemetry.embedded import PrivateRedisServer
 from telemetry.keys import Keys
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory) -> TestRedisServer:
-    server = TestRedisServer(tmp_path_factory.mktemp("redis"))
+def redis_server(tmp_path_factory) -> PrivateRedisServer:
+    server = PrivateRedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture()
-def redis_url(redis_server: TestRedisServer) -> str:
+def redis_url(redis_server: PrivateRedisServer) -> str:
     """A clean database on the private server for each test."""
     if redis_server.process is None or redis_server.process.poll() is not None:
         redis_server.start()

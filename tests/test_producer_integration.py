@@ -83,10 +83,9 @@ def test_restarted_producer_continues_seq(redis_url, db, keys):
 
 def test_resend_after_lost_reply_writes_nothing_twice(db, keys):
     writer = StreamWriter(db, keys, FieldMap(), maxlen=0)
-    rows = [Reading("s", START + i, 20.0, 50.0, i).encode() for i in range(5)]
-    layout_rows = [list(row.values()) for row in rows]
-    assert writer.write(layout_rows).appended == 5
-    again = writer.write(layout_rows + [list(Reading("s", START + 9, 20.0, 50.0, 5).encode().values())])
+    rows = ["\t".join(Reading("s", START + i, 20.0, 50.0, i).encode().values()) for i in range(6)]
+    assert writer.write(rows[:5]).appended == 5
+    again = writer.write(rows)
     assert (again.appended, again.skipped_as_already_written) == (1, 5)
     assert db.xlen(keys.readings) == 6
 
@@ -134,6 +133,7 @@ def test_trim_guard_warns_once_per_interval_naming_the_group(db, keys):
     simulation = Simulation(SimulationSettings(("s",), count=80, backfill_start_ms=START, faults=FaultRates()),
                             writer, FieldMap(), START, [None])
     simulation.step(START + 10**9)
+    writer.flush()
     warning = guard.step(START + 10**9)
     assert warning is not None and "'slow'" in warning and "80 entries" in warning
     assert guard.step(START + 10**9 + 1000) is None
