@@ -113,7 +113,7 @@ def run_aggregate(args, config: PipelineConfig, stop: StopSignal) -> int:
     stats = worker.run(lambda: stop.requested)
     print(f"aggregator: {stats.entries} entries ({stats.readings} readings, {stats.dead_lettered} dead-lettered, "
           f"{stats.lost_to_trim} lost to trimming), {stats.windows_emitted} windows, {stats.alerts_emitted} alerts, "
-          f"{stats.claimed} claimed, {stats.conflicts} conflicts", file=sys.stderr)
+          f"{stats.claimed} claimed, {stats.skipped_as_committed_elsewhere} skipped as committed elsewhere", file=sys.stderr)
     return 0
 
 

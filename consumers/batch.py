@@ -31,17 +31,6 @@ class CommitBatch:
     def __len__(self) -> int:
         return len(self.entry_ids)
 
-    def without(self, ids: set[str]) -> CommitBatch:
-        """The same batch minus entries another consumer has claimed meanwhile."""
-        readings = {}
-        for sensor, items in self.readings.items():
-            kept = [item for item in items if item[0] not in ids]
-            if kept:
-                readings[sensor] = kept
-        return CommitBatch([i for i in self.entry_ids if i not in ids], readings,
-                           [d for d in self.dead_letters if d.entry_id not in ids],
-                           [i for i in self.lost_ids if i not in ids])
-
     def script_keys(self, keys: Keys) -> list[str]:
         base = [keys.readings, keys.dead_letter, keys.aggregates, keys.alerts, keys.sensor_state,
                 keys.counters, keys.sensor_due]
@@ -50,7 +39,7 @@ class CommitBatch:
         return base
 
     def script_args(self) -> list:
-        args: list = [self.entry_ids[0], self.entry_ids[-1], len(self.readings)]
+        args: list = [len(self.readings)]
         for sensor, items in self.readings.items():
             args += [sensor, len(items)]
             for entry_id, reading in items:

@@ -36,7 +36,7 @@ class WorkerStats:
     lost_to_trim: int = 0
     windows_emitted: int = 0
     alerts_emitted: int = 0
-    conflicts: int = 0
+    skipped_as_committed_elsewhere: int = 0
     claimed: int = 0
     batch_seconds: list[float] = field(default_factory=list)
 
@@ -102,21 +102,19 @@ class AggregatorWorker:
     # -- committing ------------------------------------------------------------------------
 
     def commit(self, batch: CommitBatch, now: int) -> None:
-        """Apply a batch exactly once; entries another consumer claimed meanwhile are left to it."""
-        while len(batch):
-            reply = self.aggregate(keys=batch.script_keys(self.keys),
-                                   args=["commit", self.settings.group, self.settings.consumer, now,
-                                         self.lua_config, *batch.script_args()])
-            if reply[0] == "ok":
-                self.stats.entries += len(batch)
-                self.stats.readings += sum(len(items) for items in batch.readings.values())
-                self.stats.dead_lettered += len(batch.dead_letters)
-                self.stats.lost_to_trim += len(batch.lost_ids)
-                self.stats.windows_emitted += reply[2]
-                self.stats.alerts_emitted += reply[3]
-                return
-            self.stats.conflicts += 1
-            batch = batch.without(set(reply[1]))
+        """Apply a batch exactly once: entries another consumer committed first are skipped."""
+        if not len(batch):
+            return
+        _, applied, windows, alerts, skipped = self.aggregate(
+            keys=batch.script_keys(self.keys),
+            args=["commit", self.settings.group, self.settings.consumer, now, self.lua_config, *batch.script_args()])
+        self.stats.entries += applied
+        self.stats.readings += sum(len(items) for items in batch.readings.values())
+        self.stats.dead_lettered += len(batch.dead_letters)
+        self.stats.lost_to_trim += len(batch.lost_ids)
+        self.stats.windows_emitted += windows
+        self.stats.alerts_emitted += alerts
+        self.stats.skipped_as_committed_elsewhere += skipped
 
     def process(self, entries: Entries, now: int, *, redelivered: bool) -> int:
         if not entries:

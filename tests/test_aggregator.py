@@ -145,17 +145,23 @@ def test_dead_consumer_entries_are_claimed_and_poison_is_dead_lettered(db, keys)
     assert db.xpending(keys.readings, "aggregators")["pending"] == 0
 
 
-def test_batch_claimed_away_before_commit_is_applied_once(db, keys):
+@pytest.mark.parametrize("first", ["slow", "fast"])
+def test_batch_claimed_away_before_commit_is_applied_once(db, keys, first):
+    """A stalled worker's batch is claimed by another; whichever commits first applies it, once."""
     add_readings(db, keys, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(10)])
     slow = make_worker(db, keys, consumer="slow")
     entries = slow._read(">", None)
     fast = make_worker(db, keys, consumer="fast", claim_idle_ms=0, claim_every_ms=0)
     claimed = fast._claim()
     assert len(claimed) == 10
-    slow.commit(build_batch(entries, FieldMap(), LATER, 300_000), LATER)  # too late: none are its own any more
-    assert slow.stats.conflicts == 1 and db.hget(keys.counters, "processed") is None
-    fast.process(claimed, LATER, redelivered=True)
+    commits = {"slow": lambda: slow.commit(build_batch(entries, FieldMap(), LATER, 300_000), LATER),
+               "fast": lambda: fast.process(claimed, LATER, redelivered=True)}
+    second = "fast" if first == "slow" else "slow"
+    commits[first]()
+    commits[second]()
     assert db.hget(keys.counters, "processed") == "10"
+    loser = fast if first == "slow" else slow
+    assert loser.stats.skipped_as_committed_elsewhere == 10 and loser.stats.entries == 0
     assert db.xpending(keys.readings, "aggregators")["pending"] == 0
 
 

@@ -1,8 +1,7 @@
 -- The aggregator's state machine, run atomically inside Redis.
 --
--- mode 'commit': apply one worker batch. Checks that every entry is still pending to this
---   consumer (an entry claimed away in the meantime is someone else's to apply), XACKs, writes
---   dead letters, folds the readings into per-sensor windows, rolling buffers and alert states,
+-- mode 'commit': apply one worker batch. XACKs each entry and skips those already acked (another
+--   consumer claimed and committed them first: first commit wins), writes dead letters, folds the readings into per-sensor windows, rolling buffers and alert states,
 --   and emits closed windows and alert transitions. All or nothing, so a worker killed at any
 --   moment either applied a batch completely or not at all, and no entry is applied twice.
 -- mode 'sweep': visit sensors whose next wall-clock deadline has passed: settle watermarks,
@@ -23,7 +22,7 @@ local now = tonumber(ARGV[4])
 local cfg = cjson.decode(ARGV[5])
 local INF = math.huge
 local counters = {}
-local emitted_windows, emitted_alerts = 0, 0
+local emitted_windows, emitted_alerts, processed = 0, 0, 0
 
 local function count(name, by)
   counters[name] = (counters[name] or 0) + (by or 1)
@@ -39,18 +38,16 @@ local function parse_id(id)
   return tonumber(ms), tonumber(seq)
 end
 
-local function id_before(a, b)  -- a < b; b == nil means "no bound"
-  if b == nil then return true end
-  local ams, aseq = parse_id(a)
-  local bms, bseq = parse_id(b)
-  return ams < bms or (ams == bms and aseq < bseq)
+-- Oldest entry still pending anywhere in the group, as (ms, seq); everything older is committed.
+-- With nothing pending the bound is infinite.
+local oldest_ms, oldest_seq = INF, INF
+local function find_oldest_pending()
+  local summary = redis.call('XPENDING', KEYS[K_READINGS], group)
+  if summary[1] ~= 0 then oldest_ms, oldest_seq = parse_id(summary[2]) end
 end
 
--- Oldest entry still pending anywhere in the group; everything older is committed.
-local function oldest_pending()
-  local summary = redis.call('XPENDING', KEYS[K_READINGS], group)
-  if summary[1] == 0 then return nil end
-  return summary[2]
+local function before_oldest(ms, seq)
+  return ms < oldest_ms or (ms == oldest_ms and seq < oldest_seq)
 end
 
 local function xadd(key, maxlen, fields)
@@ -82,7 +79,9 @@ local function load_state(sensor)
   local packed = redis.call('HGET', KEYS[K_STATE], sensor)
   if packed then return cmsgpack.unpack(packed) end
   return {wm = -INF, closed_through = -INF, max_ts = -INF, last_arrival = 0, windows = {}, marks = {},
-          alerts = {}, roll = {}, last = {}, late = 0, duplicates = 0, accepted = 0}
+          alerts = {}, roll = {}, last = {}, late = 0, duplicates = 0, accepted = 0,
+          next_close = INF, rsum = {n = 0, t = 0, tt = 0, h = 0, hh = 0, tmin = INF, tmax = -INF, hmin = INF,
+                                    hmax = -INF, tmin_n = 0, tmax_n = 0, hmin_n = 0, hmax_n = 0, cut = -INF}}
 end
 
 local function save_state(sensor, st)
@@ -92,7 +91,29 @@ end
 ---------------------------------------------------------------------------------------------
 -- Alerts: one firing and one resolved event per episode, because the state lives here.
 
-local function emit_alert(sensor, rule, st, state, ts, value, stats)
+-- Rules sorted once by when they are evaluated: per reading, per batch (rolling), per closed window.
+local reading_rules, rolling_rules, window_rules, silent_rules = {}, {}, {}, {}
+for _, rule in ipairs(cfg.rules) do
+  if rule.kind == 'threshold' and rule.source ~= 'reading' then
+    rolling_rules[#rolling_rules + 1] = rule
+  elseif rule.kind == 'stuck' then
+    window_rules[#window_rules + 1] = rule
+  else
+    reading_rules[#reading_rules + 1] = rule
+  end
+  if rule.kind == 'silent' then silent_rules[#silent_rules + 1] = rule end
+end
+
+local function roll_stats(st, metric)
+  local r = st.roll[metric]
+  if r == nil then return nil end
+  return {count = r.n, mean = r.mean, std = r.std, min = r.min, max = r.max}
+end
+
+-- context: a metric name (the event carries that metric's rolling stats) or a table of stats.
+local function emit_alert(sensor, rule, st, state, ts, value, sensor_state, context)
+  local stats = context
+  if type(context) == 'string' then stats = roll_stats(sensor_state, context) end
   local fields = {'alert_id', st.id, 'rule', rule.name, 'kind', rule.kind, 'sensor', sensor,
                   'severity', rule.severity, 'state', state, 'value', fmt(value),
                   'threshold', fmt(rule.threshold), 'ts', ts, 'emitted_ms', now}
@@ -105,12 +126,16 @@ local function emit_alert(sensor, rule, st, state, ts, value, stats)
 end
 
 -- breach: the condition holds now; clear: it is gone beyond the hysteresis band.
-local function alert_step(sensor, st_all, rule, breach, clear, ts, value, stats)
-  local st = st_all[rule.name]
-  if st == nil then st = {s = 'ok'}; st_all[rule.name] = st end
+local function alert_step(sensor, sensor_state, rule, breach, clear, ts, value, context)
+  local st = sensor_state.alerts[rule.name]
+  if st == nil then
+    if not breach then return end
+    st = {s = 'ok'}
+    sensor_state.alerts[rule.name] = st
+  end
   if st.s == 'firing' then
     if clear then
-      emit_alert(sensor, rule, st, 'resolved', ts, value, stats)
+      emit_alert(sensor, rule, st, 'resolved', ts, value, sensor_state, context)
       st.s, st.since, st.id = 'ok', nil, nil
     end
   elseif breach then
@@ -118,7 +143,7 @@ local function alert_step(sensor, st_all, rule, breach, clear, ts, value, stats)
     if ts - st.since >= rule.for_ms then
       st.s = 'firing'
       st.id = rule.name .. ':' .. sensor .. ':' .. string.format('%d', st.since)
-      emit_alert(sensor, rule, st, 'firing', ts, value, stats)
+      emit_alert(sensor, rule, st, 'firing', ts, value, sensor_state, context)
     end
   else
     st.s, st.since = 'ok', nil
@@ -133,61 +158,50 @@ local function compare(rule, value)
   return value < rule.below, value >= rule.below + rule.hysteresis
 end
 
-local function roll_stats(st, metric)
-  local r = st.roll[metric]
-  if r == nil then return nil end
-  return {count = r.n, mean = r.mean, std = r.std, min = r.min, max = r.max}
-end
-
 -- Rules that look at a single reading, evaluated in stream order within the batch.
-local function alerts_for_reading(sensor, st, ts, values)
-  for _, rule in ipairs(cfg.rules) do
-    local value = values[rule.metric]
-    if rule.kind == 'threshold' and rule.source == 'reading' then
+local function alerts_for_reading(sensor, st, ts, t, h)
+  for _, rule in ipairs(reading_rules) do
+    local value = t
+    if rule.metric == 'humidity_pct' then value = h end
+    local kind = rule.kind
+    if kind == 'threshold' then
       local breach, clear = compare(rule, value)
-      alert_step(sensor, st.alerts, rule, breach, clear, ts, value, roll_stats(st, rule.metric))
-    elseif rule.kind == 'rate_of_change' then
+      alert_step(sensor, st, rule, breach, clear, ts, value, rule.metric)
+    elseif kind == 'rate_of_change' then
       local prev = st.last[rule.metric]
       if prev ~= nil and ts > prev[1] then
         local per_min = math.abs(value - prev[2]) / (ts - prev[1]) * 60000
-        alert_step(sensor, st.alerts, rule, per_min > rule.threshold, per_min <= rule.threshold, ts, per_min, nil)
+        alert_step(sensor, st, rule, per_min > rule.threshold, per_min <= rule.threshold, ts, per_min, nil)
       end
-    elseif rule.kind == 'zscore' then
+    elseif kind == 'zscore' then
       local r = st.roll[rule.metric]
       if r ~= nil and r.n >= rule.min_count and r.std ~= nil and r.std > 0 then
         local z = math.abs(value - r.mean) / r.std
-        alert_step(sensor, st.alerts, rule, z > rule.threshold, z <= rule.threshold - rule.hysteresis, ts, z,
-                   roll_stats(st, rule.metric))
+        alert_step(sensor, st, rule, z > rule.threshold, z <= rule.threshold - rule.hysteresis, ts, z, rule.metric)
       end
-    elseif rule.kind == 'silent' then
-      alert_step(sensor, st.alerts, rule, false, true, ts, 0, nil)
+    elseif kind == 'silent' then
+      alert_step(sensor, st, rule, false, true, ts, 0, nil)
     end
   end
 end
 
 -- Rules on the rolling aggregate, evaluated once the batch's rolling stats are known.
 local function alerts_for_rolling(sensor, st, ts)
-  for _, rule in ipairs(cfg.rules) do
-    if rule.kind == 'threshold' and rule.source ~= 'reading' then
-      local r = st.roll[rule.metric]
-      if r ~= nil and r.n > 0 then
-        local value = r[rule.source]
-        if value ~= nil then
-          local breach, clear = compare(rule, value)
-          alert_step(sensor, st.alerts, rule, breach, clear, ts, value, roll_stats(st, rule.metric))
-        end
-      end
+  for _, rule in ipairs(rolling_rules) do
+    local r = st.roll[rule.metric]
+    if r ~= nil and r.n > 0 and r[rule.source] ~= nil then
+      local value = r[rule.source]
+      local breach, clear = compare(rule, value)
+      alert_step(sensor, st, rule, breach, clear, ts, value, rule.metric)
     end
   end
 end
 
 local function alerts_for_window(sensor, st, w)
-  for _, rule in ipairs(cfg.rules) do
-    if rule.kind == 'stuck' then
-      local stuck = w.n >= rule.min_count and w.t.max == w.t.min and w.h.max == w.h.min
-      alert_step(sensor, st.alerts, rule, stuck, not stuck, w.last_ts, w.t.max - w.t.min,
-                 {count = w.n, temperature_c_mean = w.t.mean, humidity_pct_mean = w.h.mean})
-    end
+  for _, rule in ipairs(window_rules) do
+    local stuck = w.n >= rule.min_count and w.t.max == w.t.min and w.h.max == w.h.min
+    alert_step(sensor, st, rule, stuck, not stuck, w.last_ts, w.t.max - w.t.min,
+               {count = w.n, temperature_c_mean = w.t.mean, humidity_pct_mean = w.h.mean})
   end
 end
 
@@ -219,25 +233,36 @@ local function sorted_window_starts(st)
   return starts
 end
 
+-- The earliest moment (in watermark terms) any open window may close, so that a reading which
+-- moves the watermark costs one comparison unless a window is actually due.
+local function recompute_next_close(st)
+  local next_close = INF
+  for start, _ in pairs(st.windows) do
+    next_close = math.min(next_close, start + cfg.window_ms + cfg.grace_ms)
+  end
+  st.next_close = next_close
+end
+
 local function close_by_watermark(sensor, st)
   for _, start in ipairs(sorted_window_starts(st)) do
     if start + cfg.window_ms + cfg.grace_ms <= st.wm then
       close_window(sensor, st, start, 'watermark')
     end
   end
+  recompute_next_close(st)
 end
 
 local function advance_watermark(sensor, st, ts)
   if ts > st.wm then
     st.wm = ts
-    close_by_watermark(sensor, st)
+    if ts >= st.next_close then close_by_watermark(sensor, st) end
   end
 end
 
-local function settle_marks(sensor, st, oldest)
+local function settle_marks(sensor, st)
   local kept = {}
   for _, mark in ipairs(st.marks) do
-    if id_before(mark[1], oldest) then
+    if before_oldest(parse_id(mark[1])) then
       advance_watermark(sensor, st, mark[2])
     else
       kept[#kept + 1] = mark
@@ -254,12 +279,10 @@ local function next_due(st)
     local idle_close = math.max(start + cfg.window_ms + cfg.grace_ms + cfg.idle_ms, st.last_arrival + cfg.idle_ms)
     if idle_close < due then due = idle_close end
   end
-  for _, rule in ipairs(cfg.rules) do
-    if rule.kind == 'silent' then
-      local a = st.alerts[rule.name]
-      if a == nil or a.s ~= 'firing' then
-        due = math.min(due, st.last_arrival + rule.after_ms)
-      end
+  for _, rule in ipairs(silent_rules) do
+    local a = st.alerts[rule.name]
+    if a == nil or a.s ~= 'firing' then
+      due = math.min(due, st.last_arrival + rule.after_ms)
     end
   end
   return due
@@ -276,40 +299,116 @@ local function schedule(sensor, st)
 end
 
 ---------------------------------------------------------------------------------------------
--- Rolling stats over (max_ts - rolling, max_ts], recomputed from the sensor's recent set.
+-- Rolling stats over (max_ts - rolling, max_ts]. Sums of values shifted by the sensor's first
+-- reading are kept incrementally: a reading adds itself, and a batch subtracts what slid out of
+-- the window. When the last copy of the current min or max is evicted, the stats are recomputed
+-- from the recent set, which also resets rounding drift.
 
-local function refresh_rolling(sensor, st, recent_key, rolling_key)
-  local keep_from = math.min(st.max_ts - cfg.rolling_ms, st.wm - cfg.window_ms - cfg.grace_ms)
+local function parse_member(member)
+  local tv, hv = string.match(member, '^[^:]*:[^:]*:([^:]*):([^:]*)$')
+  return tonumber(tv), tonumber(hv)
+end
+
+-- Extremes carry how many readings in the window hold them, so that evicting one copy of the
+-- minimum (common with 0.1-resolution values) does not force a rescan.
+local function extreme_add(rs, name, value, lower)
+  local current = rs[name]
+  if (lower and value < current) or (not lower and value > current) then
+    rs[name], rs[name .. '_n'] = value, 1
+  elseif value == current then
+    rs[name .. '_n'] = rs[name .. '_n'] + 1
+  end
+end
+
+-- True when the window lost the last copy of this extreme.
+local function extreme_evict(rs, name, value)
+  if value ~= rs[name] then return false end
+  rs[name .. '_n'] = rs[name .. '_n'] - 1
+  return rs[name .. '_n'] <= 0
+end
+
+local function rolling_add(rs, t, h)
+  if rs.t0 == nil then rs.t0, rs.h0 = t, h end
+  local dt, dh = t - rs.t0, h - rs.h0
+  rs.n, rs.t, rs.tt, rs.h, rs.hh = rs.n + 1, rs.t + dt, rs.tt + dt * dt, rs.h + dh, rs.hh + dh * dh
+  extreme_add(rs, 'tmin', t, true)
+  extreme_add(rs, 'tmax', t, false)
+  extreme_add(rs, 'hmin', h, true)
+  extreme_add(rs, 'hmax', h, false)
+end
+
+local function rolling_clear(rs)
+  rs.n, rs.t, rs.tt, rs.h, rs.hh = 0, 0, 0, 0, 0
+  rs.tmin, rs.tmax, rs.hmin, rs.hmax = INF, -INF, INF, -INF
+  rs.tmin_n, rs.tmax_n, rs.hmin_n, rs.hmax_n = 0, 0, 0, 0
+end
+
+local function score_bound(x, exclusive)
+  if x == -INF then return '-inf' end
+  return (exclusive and '(' or '') .. string.format('%d', x)
+end
+
+local function rolling_summary(n, sum, sumsq, shift, low, high)
+  if n == 0 then return {n = 0} end
+  local std = nil
+  if n >= 2 then
+    local var = (sumsq - sum * sum / n) / (n - 1)
+    if low == high or var < 0 then var = 0 end
+    std = math.sqrt(var)
+  end
+  return {n = n, mean = shift + sum / n, std = std, min = low, max = high}
+end
+
+local function refresh_rolling(st, recent_key, rolling_key)
+  local rs = st.rsum
+  local new_cut = st.max_ts - cfg.rolling_ms
+  if new_cut > rs.cut then
+    local recompute = false
+    for _, member in ipairs(redis.call('ZRANGEBYSCORE', recent_key, score_bound(rs.cut, true), new_cut)) do
+      local t, h = parse_member(member)
+      local lost_t_min, lost_t_max = extreme_evict(rs, 'tmin', t), extreme_evict(rs, 'tmax', t)
+      local lost_h_min, lost_h_max = extreme_evict(rs, 'hmin', h), extreme_evict(rs, 'hmax', h)
+      if lost_t_min or lost_t_max or lost_h_min or lost_h_max then recompute = true end
+      local dt, dh = t - rs.t0, h - rs.h0
+      rs.n, rs.t, rs.tt, rs.h, rs.hh = rs.n - 1, rs.t - dt, rs.tt - dt * dt, rs.h - dh, rs.hh - dh * dh
+    end
+    rs.cut = new_cut
+    if recompute or rs.n <= 0 then
+      rolling_clear(rs)
+      for _, member in ipairs(redis.call('ZRANGEBYSCORE', recent_key, score_bound(new_cut, true), '+inf')) do
+        local t, h = parse_member(member)
+        rolling_add(rs, t, h)
+      end
+    end
+  end
+  local keep_from = math.min(new_cut, st.wm - cfg.window_ms - cfg.grace_ms)
   if keep_from > -INF then
-    redis.call('ZREMRANGEBYSCORE', recent_key, '-inf', '(' .. string.format('%d', keep_from))
+    redis.call('ZREMRANGEBYSCORE', recent_key, '-inf', score_bound(keep_from, true))
   end
-  local members = redis.call('ZRANGEBYSCORE', recent_key, '(' .. string.format('%d', st.max_ts - cfg.rolling_ms), '+inf')
-  local t, h = acc_new(), acc_new()
-  for _, member in ipairs(members) do
-    local tv, hv = string.match(member, '^[^:]*:[^:]*:([^:]*):([^:]*)$')
-    acc_add(t, tonumber(tv))
-    acc_add(h, tonumber(hv))
-  end
-  st.roll = {
-    temperature_c = {n = t.n, mean = t.mean, std = acc_std(t), min = t.min, max = t.max},
-    humidity_pct = {n = h.n, mean = h.mean, std = acc_std(h), min = h.min, max = h.max},
-  }
-  redis.call('HSET', rolling_key, 'count', t.n, 'as_of_ts', string.format('%d', st.max_ts),
-    'temperature_c_mean', fmt(t.mean), 'temperature_c_std', fmt(acc_std(t)),
+  local t = rolling_summary(rs.n, rs.t, rs.tt, rs.t0 or 0, rs.tmin, rs.tmax)
+  local h = rolling_summary(rs.n, rs.h, rs.hh, rs.h0 or 0, rs.hmin, rs.hmax)
+  st.roll = {temperature_c = t, humidity_pct = h}
+  redis.call('HSET', rolling_key, 'count', rs.n, 'as_of_ts', string.format('%d', st.max_ts),
+    'temperature_c_mean', fmt(t.mean), 'temperature_c_std', fmt(t.std),
     'temperature_c_min', fmt(t.min), 'temperature_c_max', fmt(t.max),
-    'humidity_pct_mean', fmt(h.mean), 'humidity_pct_std', fmt(acc_std(h)),
+    'humidity_pct_mean', fmt(h.mean), 'humidity_pct_std', fmt(h.std),
     'humidity_pct_min', fmt(h.min), 'humidity_pct_max', fmt(h.max),
     'window_s', cfg.rolling_ms / 1000, 'updated_ms', now)
 end
 
 ---------------------------------------------------------------------------------------------
 
-local function window_of(ts)
-  return ts - (ts % cfg.window_ms)
+-- A reading's member in its sensor's recent set: identical for a resent copy, so it dedupes.
+local function member_at(p)
+  return ARGV[p + 1] .. ':' .. ARGV[p + 4] .. ':' .. ARGV[p + 2] .. ':' .. ARGV[p + 3]
 end
 
-local function apply_reading(sensor, st, oldest, recent_key, id, ts, t, h, seq)
-  local start = window_of(ts)
+-- One reading at ARGV position p: id, ts, temperature, humidity, seq (all as sent).
+-- known: members already stored or seen earlier in this batch; fresh: members to store.
+local function apply_reading(sensor, st, p, known, fresh)
+  local id, seq = ARGV[p], ARGV[p + 4]
+  local ts, t, h = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
+  local start = ts - (ts % cfg.window_ms)
   local window_end = start + cfg.window_ms
   if window_end + cfg.grace_ms <= st.wm or window_end <= st.closed_through then
     st.late = st.late + 1
@@ -319,16 +418,20 @@ local function apply_reading(sensor, st, oldest, recent_key, id, ts, t, h, seq)
                                                            humidity_pct = h, seq = seq}))
     return
   end
-  local member = string.format('%d', ts) .. ':' .. seq .. ':' .. fmt(t) .. ':' .. fmt(h)
-  if redis.call('ZADD', recent_key, 'NX', ts, member) == 0 then
+  local member = member_at(p)
+  if known[member] then
     st.duplicates = st.duplicates + 1
     count('duplicates')
     return
   end
+  known[member] = true
+  fresh[#fresh + 1] = ts
+  fresh[#fresh + 1] = member
   local w = st.windows[start]
   if w == nil then
     w = {n = 0, t = acc_new(), h = acc_new(), first_ts = ts, last_ts = ts}
     st.windows[start] = w
+    st.next_close = math.min(st.next_close, window_end + cfg.grace_ms)
   end
   w.n = w.n + 1
   acc_add(w.t, t)
@@ -336,19 +439,45 @@ local function apply_reading(sensor, st, oldest, recent_key, id, ts, t, h, seq)
   if ts < w.first_ts then w.first_ts = ts end
   if ts > w.last_ts then w.last_ts = ts end
   st.accepted = st.accepted + 1
-  count('processed')
+  processed = processed + 1
   if ts > st.max_ts then st.max_ts = ts end
-  local arrival = parse_id(id)
-  if arrival > st.last_arrival then st.last_arrival = arrival end
-  alerts_for_reading(sensor, st, ts, {temperature_c = t, humidity_pct = h})
-  for metric, value in pairs({temperature_c = t, humidity_pct = h}) do
-    local prev = st.last[metric]
-    if prev == nil or ts > prev[1] then st.last[metric] = {ts, value} end
+  local id_ms, id_seq = parse_id(id)
+  if id_ms > st.last_arrival then st.last_arrival = id_ms end
+  if ts > st.rsum.cut then rolling_add(st.rsum, t, h) end
+  if #reading_rules > 0 then alerts_for_reading(sensor, st, ts, t, h) end
+  local prev = st.last.temperature_c
+  if prev == nil or ts > prev[1] then
+    st.last.temperature_c, st.last.humidity_pct = {ts, t}, {ts, h}
   end
-  if id_before(id, oldest) then
+  if before_oldest(id_ms, id_seq) then
     advance_watermark(sensor, st, ts)
   else
     st.marks[#st.marks + 1] = {id, ts}
+  end
+end
+
+-- A sensor's readings from one batch, in stream order. Which are already stored is asked in one
+-- ZMSCORE and the new ones stored in one ZADD: per-reading calls cost more than the rest.
+local function apply_sensor_readings(sensor, st, recent_key, first, n, skipped, skipped_n)
+  local positions, members = {}, {}
+  for i = 0, n - 1 do
+    local p = first + i * 5
+    if skipped_n == 0 or not skipped[ARGV[p]] then
+      positions[#positions + 1] = p
+      members[#members + 1] = member_at(p)
+    end
+  end
+  local known = {}
+  if #members > 0 then
+    local scores = redis.call('ZMSCORE', recent_key, unpack(members))
+    for i, score in ipairs(scores) do
+      if score then known[members[i]] = true end
+    end
+  end
+  local fresh = {}
+  for _, p in ipairs(positions) do apply_reading(sensor, st, p, known, fresh) end
+  for i = 1, #fresh, 2000 do
+    redis.call('ZADD', recent_key, unpack(fresh, i, math.min(i + 1999, #fresh)))
   end
 end
 
@@ -356,16 +485,19 @@ local function flush_counters()
   for name, by in pairs(counters) do
     redis.call('HINCRBY', KEYS[K_COUNTERS], name, by)
   end
+  if processed > 0 then redis.call('HINCRBY', KEYS[K_COUNTERS], 'processed', processed) end
   if emitted_windows > 0 then redis.call('HINCRBY', KEYS[K_COUNTERS], 'windows_emitted', emitted_windows) end
   if emitted_alerts > 0 then redis.call('HINCRBY', KEYS[K_COUNTERS], 'alerts_emitted', emitted_alerts) end
 end
 
 if mode == 'commit' then
-  -- ARGV 6: min id, 7: max id, 8: number of sensors S, then per sensor: name, n, n x (id, ts, t, h, seq);
+  -- ARGV 6: number of sensors S, then per sensor: name, n, n x (id, ts, t, h, seq);
   -- then D, D x (id, reason, fields json) dead letters; then L, L x id entries trimmed away.
-  local pos = 9
+  -- Each entry is acked one by one first: an entry whose XACK finds it no longer pending was
+  -- committed by a consumer that claimed it meanwhile, so it is skipped here. First commit wins.
+  local pos = 7
   local batches, all_ids = {}, {}
-  for _ = 1, tonumber(ARGV[8]) do
+  for _ = 1, tonumber(ARGV[6]) do
     local sensor, n = ARGV[pos], tonumber(ARGV[pos + 1])
     pos = pos + 2
     batches[#batches + 1] = {sensor = sensor, first = pos, n = n}
@@ -379,59 +511,47 @@ if mode == 'commit' then
   local lost_n = tonumber(ARGV[pos]); pos = pos + 1
   for i = 0, lost_n - 1 do all_ids[#all_ids + 1] = ARGV[pos + i] end
 
-  local mine = {}
-  for _, entry in ipairs(redis.call('XPENDING', KEYS[K_READINGS], group, ARGV[6], ARGV[7], #all_ids + 100000, consumer)) do
-    mine[entry[1]] = true
-  end
-  local stolen = {}
+  local skipped, skipped_n = {}, 0
   for _, id in ipairs(all_ids) do
-    if not mine[id] then stolen[#stolen + 1] = id end
+    if redis.call('XACK', KEYS[K_READINGS], group, id) == 0 then
+      skipped[id] = true
+      skipped_n = skipped_n + 1
+    end
   end
-  if #stolen > 0 then return {'conflict', stolen} end
-
-  for i = 1, #all_ids, 5000 do
-    redis.call('XACK', KEYS[K_READINGS], group, unpack(all_ids, i, math.min(i + 4999, #all_ids)))
-  end
-  local oldest = oldest_pending()
+  find_oldest_pending()
   for i = 0, dead_n - 1 do
     local p = dead_first + i * 3
-    dead_letter(ARGV[p], ARGV[p + 1], ARGV[p + 2])
+    if not skipped[ARGV[p]] then dead_letter(ARGV[p], ARGV[p + 1], ARGV[p + 2]) end
   end
-  if lost_n > 0 then count('lost_to_trim', lost_n) end
+  for i = 0, lost_n - 1 do
+    if not skipped[ARGV[pos + i]] then count('lost_to_trim') end
+  end
 
   for b, batch in ipairs(batches) do
     local sensor = batch.sensor
     local recent_key, rolling_key = KEYS[7 + 2 * b - 1], KEYS[7 + 2 * b]
     local st = load_state(sensor)
-    local latest_ts = -INF
-    for i = 0, batch.n - 1 do
-      local p = batch.first + i * 5
-      local ts = tonumber(ARGV[p + 1])
-      apply_reading(sensor, st, oldest, recent_key, ARGV[p], ts, tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3]),
-                    ARGV[p + 4])
-      if ts > latest_ts then latest_ts = ts end
-    end
-    settle_marks(sensor, st, oldest)
+    apply_sensor_readings(sensor, st, recent_key, batch.first, batch.n, skipped, skipped_n)
+    settle_marks(sensor, st)
     if st.max_ts > -INF then
-      refresh_rolling(sensor, st, recent_key, rolling_key)
+      refresh_rolling(st, recent_key, rolling_key)
       alerts_for_rolling(sensor, st, st.max_ts)
     end
     save_state(sensor, st)
     schedule(sensor, st)
   end
   flush_counters()
-  return {'ok', #all_ids, emitted_windows, emitted_alerts}
+  return {'ok', #all_ids - skipped_n, emitted_windows, emitted_alerts, skipped_n}
 end
 
 if mode == 'sweep' then
   -- ARGV 6: max sensors to visit. Visits sensors whose deadline has passed.
   local due = redis.call('ZRANGEBYSCORE', KEYS[K_DUE], '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))
-  local oldest = oldest_pending()
-  local stuck_cutoff = now - cfg.idle_ms
-  local nothing_stuck = oldest == nil or parse_id(oldest) >= stuck_cutoff
+  find_oldest_pending()
+  local nothing_stuck = oldest_ms >= now - cfg.idle_ms
   for _, sensor in ipairs(due) do
     local st = load_state(sensor)
-    settle_marks(sensor, st, oldest)
+    settle_marks(sensor, st)
     -- A silent sensor's open windows close on the wall clock, but not while an entry has been
     -- pending longer than the idle allowance: it may hold this sensor's readings.
     if nothing_stuck and now - st.last_arrival >= cfg.idle_ms then
@@ -440,10 +560,11 @@ if mode == 'sweep' then
           close_window(sensor, st, start, 'idle')
         end
       end
+      recompute_next_close(st)
     end
-    for _, rule in ipairs(cfg.rules) do
-      if rule.kind == 'silent' and now - st.last_arrival >= rule.after_ms then
-        alert_step(sensor, st.alerts, rule, true, false, now, (now - st.last_arrival) / 1000, nil)
+    for _, rule in ipairs(silent_rules) do
+      if now - st.last_arrival >= rule.after_ms then
+        alert_step(sensor, st, rule, true, false, now, (now - st.last_arrival) / 1000, nil)
       end
     end
     save_state(sensor, st)
