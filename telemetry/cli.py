@@ -41,13 +41,14 @@ def number_type(kind: type, *, minimum: float | None = None, above: float | None
     return convert
 
 
-def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
+def add_redis_arguments(parser: argparse.ArgumentParser, stream_flag: str = "--stream") -> None:
+    """stream_flag: where a command uses --stream for something else (export), the key gets another name."""
     group = parser.add_argument_group("redis")
     group.add_argument("--redis-url", help="redis://, rediss:// or unix:// URL (default: $REDIS_URL, "
                        "else localhost:6379 if it answers, else the embedded server)")
     group.add_argument("--prefix", default=os.environ.get("TELEMETRY_PREFIX", "telemetry"),
                        help="key prefix and hash tag (default: $TELEMETRY_PREFIX or 'telemetry')")
-    group.add_argument("--stream", help="readings stream key, verbatim (default: {PREFIX}:readings)")
+    group.add_argument(stream_flag, dest="stream_key", help="readings stream key, verbatim (default: {PREFIX}:readings)")
     group.add_argument("--fields", default=os.environ.get("TELEMETRY_FIELDS", "default"),
                        help="entry field names: 'default', 'seed' (sensor_id/temp/humidity) or "
                             "PART=NAME,... e.g. sensor=sensor_id,temperature_c=temp")
@@ -63,7 +64,7 @@ class PipelineConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PipelineConfig:
-        return cls(redis_url=args.redis_url, keys=Keys(args.prefix, args.stream), field_map=FieldMap.parse(args.fields))
+        return cls(redis_url=args.redis_url, keys=Keys(args.prefix, args.stream_key), field_map=FieldMap.parse(args.fields))
 
     def target(self, env: Mapping[str, str] = os.environ) -> RedisTarget:
         return resolve_target(self.redis_url, env)

@@ -1,0 +1,1 @@
+"""Exports, reports and plots over the pipeline's streams."""

@@ -1,0 +1,137 @@
+"""python -m analytics {export,report,plot}: CSV/Parquet export, per-sensor report, plots."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+from analytics.export import ExportRequest, export
+from analytics.plot import alert_episodes, sensor_figure
+from analytics.report import build_report, summarise
+from analytics.streams import STREAM_KINDS, RowFilter, iter_rows
+from telemetry.cli import CommandParser, PipelineConfig, add_redis_arguments, run_main
+from telemetry.connection import connect
+from telemetry.errors import UsageError
+from telemetry.timeutil import parse_time_ms
+
+CSV_CHUNK_ROWS = 200_000
+
+
+def add_filters(parser) -> None:
+    parser.add_argument("--sensor", action="append", default=[], metavar="GLOB",
+                        help="only these sensors (repeatable; glob patterns like 'greenhouse-*')")
+    parser.add_argument("--since", help="from this time: ISO-8601, epoch ms, or relative as --since=-15m")
+    parser.add_argument("--until", help="before this time (same forms as --since)")
+
+
+def build_parser() -> CommandParser:
+    parser = CommandParser(prog="python -m analytics", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
+    exporter = commands.add_parser("export", help="stream a stream to CSV or Parquet",
+                                   description="Export a stream in constant memory; atomic rename at the end.")
+    exporter.add_argument("--out", required=True, help="target file (.csv, .csv.gz, .parquet) or - for stdout")
+    exporter.add_argument("--stream", dest="which", choices=sorted(STREAM_KINDS), default="readings",
+                          help="which stream (default readings)")
+    exporter.add_argument("--format", choices=("csv", "parquet"), help="default: from the file name, else csv")
+    add_filters(exporter)
+    add_redis_arguments(exporter, stream_flag="--readings-stream")
+
+    report = commands.add_parser("report", help="per-sensor statistics, gaps, duplicates, dead letters, alerts",
+                                 description="One row per sensor from the live stream or a CSV export.")
+    report.add_argument("--csv", type=Path, help="read an exported readings CSV instead of Redis")
+    report.add_argument("--json", action="store_true", help="machine-readable output")
+    add_filters(report)
+    add_redis_arguments(report)
+
+    plot = commands.add_parser("plot", help="plot one sensor with window means and alert episodes",
+                               description="Temperature and humidity over time, window means, alert episodes.")
+    plot.add_argument("--sensor", required=True, help="sensor name")
+    plot.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    plot.add_argument("--since", help="from this time")
+    plot.add_argument("--until", help="before this time")
+    plot.add_argument("--csv", type=Path, help="read readings from an exported CSV instead of Redis")
+    add_redis_arguments(plot)
+    return parser
+
+
+def row_filter(args, sensors: list[str]) -> RowFilter:
+    return RowFilter(tuple(sensors),
+                     parse_time_ms(args.since, field="--since") if args.since else None,
+                     parse_time_ms(args.until, field="--until") if args.until else None)
+
+
+def redis_frames(db, config: PipelineConfig, which: str, selection: RowFilter) -> Iterator[pd.DataFrame]:
+    kind = STREAM_KINDS[which]
+    for rows in iter_rows(db, kind, config.keys, config.field_map, selection):
+        yield pd.DataFrame(rows, columns=list(kind.columns))
+
+
+def csv_frames(path: Path, selection: RowFilter) -> Iterator[pd.DataFrame]:
+    keep = selection.compiled("ts_ms")
+    try:
+        for chunk in pd.read_csv(path, chunksize=CSV_CHUNK_ROWS, dtype={"sensor": str}):
+            if "sensor" not in chunk or "ts_ms" not in chunk:
+                raise UsageError(f"--csv {path}: not a readings export (needs sensor and ts_ms columns)")
+            yield chunk[[keep(row) for row in chunk.to_dict("records")]] if selection != RowFilter() else chunk
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise UsageError(f"--csv {path}: cannot read ({error.__class__.__name__})") from None
+
+
+def run_export(args, config: PipelineConfig) -> int:
+    file_format = args.format or ("parquet" if args.out.endswith(".parquet") else "csv")
+    request = ExportRequest(STREAM_KINDS[args.which], args.out, row_filter(args, args.sensor), file_format)
+    db = connect(config.target(), announce=args.out != "-")
+    written = export(db, config.keys, config.field_map, request)
+    where = "stdout" if args.out == "-" else args.out
+    print(f"export: wrote {written} {args.which} rows to {where}", file=sys.stderr)
+    return 0
+
+
+def run_report(args, config: PipelineConfig) -> int:
+    selection = row_filter(args, args.sensor)
+    if args.csv:
+        report = build_report(summarise(csv_frames(args.csv, selection)), None, None)
+    else:
+        db = connect(config.target(), announce=not args.json)
+        summaries = summarise(frame.astype({"temperature_c": float, "humidity_pct": float})
+                              for frame in redis_frames(db, config, "readings", selection))
+        dead = Counter(row["sensor"] for frame in redis_frames(db, config, "dead-letter", RowFilter())
+                       for row in frame.to_dict("records"))
+        alerts = Counter(row["sensor"] for frame in redis_frames(db, config, "alerts", RowFilter())
+                         for row in frame.to_dict("records") if row["state"] == "firing")
+        report = build_report(summaries, dead, alerts)
+    print(report.as_json() if args.json else report.as_table())
+    return 0
+
+
+def run_plot(args, config: PipelineConfig) -> int:
+    selection = row_filter(args, [args.sensor])
+    windows = alerts = pd.DataFrame()
+    if args.csv:
+        readings = pd.concat(list(csv_frames(args.csv, selection)) or [pd.DataFrame()])
+    else:
+        db = connect(config.target())
+        readings = pd.concat(list(redis_frames(db, config, "readings", selection)))
+        windows = pd.concat(list(redis_frames(db, config, "aggregates", RowFilter((args.sensor,)))))
+        alerts = pd.concat(list(redis_frames(db, config, "alerts", RowFilter((args.sensor,)))))
+    figure = sensor_figure(args.sensor, readings, windows, alert_episodes(alerts))
+    try:
+        figure.savefig(args.out, dpi=110)
+    except OSError as error:
+        raise UsageError(f"--out {args.out}: cannot write ({error.strerror})") from None
+    print(f"plot: wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = PipelineConfig.from_args(args)
+    return {"export": run_export, "report": run_report, "plot": run_plot}[args.command](args, config)
+
+
+if __name__ == "__main__":
+    run_main(main)

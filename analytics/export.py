@@ -1,0 +1,128 @@
+"""Streams a Redis stream to CSV (optionally gzipped) or Parquet in constant memory.
+
+The output is written to a temporary file beside the target and renamed over it only when
+complete, so a crash or Ctrl-C never leaves a half-written file under the target's name.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import redis
+
+from analytics.streams import RowFilter, StreamKind, iter_rows
+from telemetry.errors import UsageError
+from telemetry.keys import Keys
+from telemetry.schema import FieldMap
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRequest:
+    kind: StreamKind
+    out: str  # a path, or "-" for stdout
+    row_filter: RowFilter = RowFilter()
+    file_format: str = "csv"  # csv or parquet
+
+
+class Progress:
+    """A one-line progress counter on stderr, only when a person is watching."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled, self.done = total, enabled, 0
+
+    def advance(self, entries: int) -> None:
+        self.done += entries
+        if self.enabled:
+            share = self.done / self.total if self.total else 1.0
+            print(f"\rexport: {self.done:,}/{self.total:,} entries ({share:.0%})", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)
+
+
+def _writable_temp_beside(target: Path) -> tuple[int, str]:
+    directory = target.parent if str(target.parent) else Path(".")
+    if not directory.is_dir():
+        raise UsageError(f"--out {target}: directory {directory} does not exist")
+    try:
+        return tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=directory)
+    except OSError as error:
+        raise UsageError(f"--out {target}: cannot write there ({error.strerror})") from None
+
+
+def _write_csv(stream: IO[str], columns: tuple[str, ...], pages: Iterator[list[dict]], progress: Progress) -> int:
+    writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    written = 0
+    for rows in pages:
+        writer.writerows(rows)
+        written += len(rows)
+        progress.advance(len(rows))
+    return written
+
+
+def _write_parquet(path: str, columns: tuple[str, ...], pages: Iterator[list[dict]], progress: Progress) -> int:
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer, schema, written = None, None, 0
+    try:
+        for rows in pages:
+            progress.advance(len(rows))
+            if not rows:
+                continue
+            table = pa.Table.from_pandas(pd.DataFrame(rows, columns=list(columns)), preserve_index=False)
+            if writer is None:
+                schema = table.schema
+                writer = pq.ParquetWriter(path, schema)
+            writer.write_table(table.cast(schema))
+            written += len(rows)
+        if writer is None:
+            pq.write_table(pa.table({column: pa.array([], pa.string()) for column in columns}), path)
+    finally:
+        if writer is not None:
+            writer.close()
+    return written
+
+
+def export(db: redis.Redis, keys: Keys, field_map: FieldMap, request: ExportRequest) -> int:
+    """Write the export and return the number of rows written."""
+    key = request.kind.key(keys)
+    pages = iter_rows(db, request.kind, keys, field_map, request.row_filter)
+    progress = Progress(db.xlen(key), enabled=sys.stderr.isatty())
+    if request.out == "-":
+        if request.file_format != "csv":
+            raise UsageError("--out -: only CSV can go to stdout")
+        try:
+            return _write_csv(sys.stdout, request.kind.columns, pages, progress)
+        finally:
+            progress.close()
+    target = Path(request.out)
+    descriptor, temporary = _writable_temp_beside(target)
+    try:
+        if request.file_format == "parquet":
+            os.close(descriptor)
+            written = _write_parquet(temporary, request.kind.columns, pages, progress)
+        else:
+            raw = os.fdopen(descriptor, "wb")
+            binary = gzip.GzipFile(fileobj=raw, mode="wb") if target.name.endswith(".gz") else raw
+            with raw, binary, io.TextIOWrapper(binary, encoding="utf-8", newline="") as text:
+                written = _write_csv(text, request.kind.columns, pages, progress)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    finally:
+        progress.close()
+    return written

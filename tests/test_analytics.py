@@ -1,0 +1,135 @@
+"""Export, report and plot: round trips, filters, bad input and the picture."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pandas as pd
+import pytest
+
+from analytics.plot import alert_episodes, sensor_figure
+from analytics.report import seq_health
+from telemetry.errors import UsageError
+from telemetry.schema import Reading
+from telemetry.timeutil import parse_time_ms
+from tests.aggregation_helpers import START, add_readings, drain, make_worker, rules
+from tests.conftest import run_cli
+
+
+def produce(redis_url, *args):
+    result = run_cli("producers", *args, "--redis-url", redis_url)
+    assert result.returncode == 0, result.stderr
+
+
+def test_export_round_trip_is_exact(redis_url, db, keys, tmp_path):
+    produce(redis_url, "--fleet", "rt-", "5", "--count", "400", "--start", str(START), "--spike-rate", "0.05")
+    out = tmp_path / "readings.csv"
+    result = run_cli("analytics", "export", "--out", str(out), "--redis-url", redis_url)
+    assert result.returncode == 0, result.stderr
+    assert "wrote 2000 readings rows" in result.stderr
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["stream_id", "sensor", "time", "ts_ms", "temperature_c", "humidity_pct", "seq"]
+    source = [Reading.decode(fields, entry_id) for entry_id, fields in db.xrange(keys.readings)]
+    assert len(frame) == len(source) and not frame["stream_id"].duplicated().any()
+    for row, reading in zip(frame.itertuples(), source):
+        assert (row.sensor, row.ts_ms, row.temperature_c, row.humidity_pct, row.seq) == (
+            reading.sensor, reading.ts_ms, reading.temperature_c, reading.humidity_pct, reading.seq)
+    assert frame["time"].iloc[0].endswith("Z") and pd.to_datetime(frame["time"]).dt.tz is not None
+
+
+def test_export_filters_gzip_and_stdout(redis_url, tmp_path):
+    produce(redis_url, "green-1", "green-2", "red-1", "--count", "120", "--start", str(START))
+    out = tmp_path / "green.csv.gz"
+    result = run_cli("analytics", "export", "--out", str(out), "--sensor", "green-*",
+                     "--since", str(START + 30_000), "--until", str(START + 60_000), "--redis-url", redis_url)
+    assert result.returncode == 0, result.stderr
+    with gzip.open(out, "rt") as handle:
+        frame = pd.read_csv(handle)
+    assert set(frame["sensor"]) == {"green-1", "green-2"} and len(frame) == 60
+    assert frame["ts_ms"].min() == START + 30_000 and frame["ts_ms"].max() == START + 59_000
+    piped = run_cli("analytics", "export", "--out", "-", "--sensor", "red-1", "--redis-url", redis_url)
+    assert piped.returncode == 0 and len(piped.stdout.strip().splitlines()) == 121
+
+
+def test_export_other_streams_and_parquet(redis_url, db, keys, tmp_path):
+    add_readings(db, keys, [Reading("s", START + i * 1000, 20.0 + (i > 50) * 20, 50.0, i) for i in range(130)])
+    db.xadd(keys.readings, {"sensor": "s", "ts": "1", "temperature_c": "hot", "humidity_pct": "1"})
+    drain(make_worker(db, keys, rules=rules('[[rule]]\nname="hot"\nkind="threshold"\nabove=30.0')), START + 10**9)
+    for which, column in (("aggregates", "window_start"), ("alerts", "alert_id"), ("dead-letter", "reason")):
+        out = tmp_path / f"{which}.csv"
+        assert run_cli("analytics", "export", "--stream", which, "--out", str(out), "--redis-url", redis_url
+                       ).returncode == 0
+        frame = pd.read_csv(out)
+        assert len(frame) >= 1 and column in frame.columns
+    parquet = tmp_path / "readings.parquet"
+    assert run_cli("analytics", "export", "--out", str(parquet), "--redis-url", redis_url).returncode == 0
+    assert len(pd.read_parquet(parquet)) == 130  # the malformed entry is not a reading
+
+
+def test_relative_and_iso_times():
+    now = 1_700_000_000_000
+    assert parse_time_ms("-15m", now=now) == now - 900_000
+    assert parse_time_ms("2023-11-14T22:13:20Z") == 1_700_000_000_000
+    assert parse_time_ms("2023-11-14T22:13:20") == 1_700_000_000_000
+    assert parse_time_ms("1700000000000") == now
+    with pytest.raises(UsageError, match="not a time"):
+        parse_time_ms("last tuesday")
+
+
+@pytest.mark.parametrize("args", [
+    ("--stream", "nonsense"),
+    ("--since", "yesterday-ish"),
+])
+def test_bad_input_exits_2_and_leaves_the_target_untouched(redis_url, tmp_path, args):
+    out = tmp_path / "keep.csv"
+    out.write_text("precious\n")
+    result = run_cli("analytics", "export", "--out", str(out), *args, "--redis-url", redis_url)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if not line.startswith("redis:")]) == 1
+    assert out.read_text() == "precious\n"
+
+
+def test_unwritable_path_exits_2(redis_url, tmp_path):
+    result = run_cli("analytics", "export", "--out", str(tmp_path / "missing" / "x.csv"), "--redis-url", redis_url)
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_gap_and_duplicate_detection():
+    import numpy as np
+
+    assert seq_health(np.array([0, 1, 2, 5, 6, 6, 9])) == {"missing": 4, "gaps": 2, "duplicates": 1}
+    assert seq_health(np.arange(10)) == {"missing": 0, "gaps": 0, "duplicates": 0}
+
+
+def test_report_finds_dropouts_and_counts_dead_letters_and_alerts(redis_url, db, keys):
+    produce(redis_url, "d", "--count", "600", "--start", str(START), "--dropout-rate", "0.01")
+    db.xadd(keys.readings, {"sensor": "d", "ts": "1", "temperature_c": "nan", "humidity_pct": "1"})
+    drain(make_worker(db, keys, rules=rules('[[rule]]\nname="cold"\nkind="threshold"\nbelow=100.0')), START + 10**9)
+    result = run_cli("analytics", "report", "--json", "--redis-url", redis_url)
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)["sensors"][0]
+    produced = [int(f["seq"]) for _, f in db.xrange(keys.readings) if "seq" in f]
+    assert row["count"] == len(produced) < 600
+    assert row["missing"] == 600 - len(produced) - (599 - max(produced)) and row["gaps"] >= 1
+    assert row["dead_letters"] == 1 and row["alerts"] == 1
+
+
+def test_plot_is_a_png_with_the_expected_series(redis_url, db, keys, tmp_path):
+    temps = [20.0] * 100 + [45.0] * 60 + [20.0] * 100
+    add_readings(db, keys, [Reading("p", START + i * 1000, t, 50.0, i) for i, t in enumerate(temps)])
+    drain(make_worker(db, keys, rules=rules('[[rule]]\nname="hot"\nkind="threshold"\nabove=40.0\nseverity="critical"')),
+          START + 10**9)
+    out = tmp_path / "p.png"
+    result = run_cli("analytics", "plot", "--sensor", "p", "--out", str(out), "--redis-url", redis_url)
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    readings = pd.DataFrame({"ts_ms": [START + i * 1000 for i in range(260)], "temperature_c": temps,
+                             "humidity_pct": [50.0] * 260})
+    alerts = pd.DataFrame([fields for _, fields in db.xrange(keys.alerts)])
+    windows = pd.DataFrame([fields for _, fields in db.xrange(keys.aggregates)])
+    figure = sensor_figure("p", readings, windows, alert_episodes(alerts))
+    labels = [line.get_label() for line in figure.axes[0].get_lines()]
+    assert labels == ["temperature_c", "window mean"]
+    assert [line.get_label() for line in figure.axes[1].get_lines()] == ["humidity_pct", "window mean"]
+    assert len(figure.axes[0].patches) == 1  # one alert episode shaded
