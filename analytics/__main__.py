@@ -12,7 +12,7 @@ import pandas as pd
 from analytics.export import ExportRequest, export
 from analytics.plot import alert_episodes, sensor_figure
 from analytics.report import build_report, summarise
-from analytics.streams import STREAM_KINDS, RowFilter, iter_rows
+from analytics.streams import STREAM_KINDS, RowFilter, iter_frames
 from telemetry.cli import CommandParser, PipelineConfig, add_redis_arguments, run_main
 from telemetry.connection import connect
 from telemetry.errors import UsageError
@@ -65,18 +65,16 @@ def row_filter(args, sensors: list[str]) -> RowFilter:
 
 
 def redis_frames(db, config: PipelineConfig, which: str, selection: RowFilter) -> Iterator[pd.DataFrame]:
-    kind = STREAM_KINDS[which]
-    for rows in iter_rows(db, kind, config.keys, config.field_map, selection):
-        yield pd.DataFrame(rows, columns=list(kind.columns))
+    for _, frame in iter_frames(db, STREAM_KINDS[which], config.keys, config.field_map, selection):
+        yield frame
 
 
 def csv_frames(path: Path, selection: RowFilter) -> Iterator[pd.DataFrame]:
-    keep = selection.compiled("ts_ms")
     try:
         for chunk in pd.read_csv(path, chunksize=CSV_CHUNK_ROWS, dtype={"sensor": str}):
             if "sensor" not in chunk or "ts_ms" not in chunk:
                 raise UsageError(f"--csv {path}: not a readings export (needs sensor and ts_ms columns)")
-            yield chunk[[keep(row) for row in chunk.to_dict("records")]] if selection != RowFilter() else chunk
+            yield selection.apply(chunk, "ts_ms")
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise UsageError(f"--csv {path}: cannot read ({error.__class__.__name__})") from None
 
@@ -97,12 +95,11 @@ def run_report(args, config: PipelineConfig) -> int:
         report = build_report(summarise(csv_frames(args.csv, selection)), None, None)
     else:
         db = connect(config.target(), announce=not args.json)
-        summaries = summarise(frame.astype({"temperature_c": float, "humidity_pct": float})
-                              for frame in redis_frames(db, config, "readings", selection))
-        dead = Counter(row["sensor"] for frame in redis_frames(db, config, "dead-letter", RowFilter())
-                       for row in frame.to_dict("records"))
-        alerts = Counter(row["sensor"] for frame in redis_frames(db, config, "alerts", RowFilter())
-                         for row in frame.to_dict("records") if row["state"] == "firing")
+        summaries = summarise(redis_frames(db, config, "readings", selection))
+        dead = Counter(sensor for frame in redis_frames(db, config, "dead-letter", RowFilter())
+                       for sensor in frame["sensor"])
+        alerts = Counter(sensor for frame in redis_frames(db, config, "alerts", RowFilter())
+                         for sensor in frame.loc[frame["state"] == "firing", "sensor"])
         report = build_report(summaries, dead, alerts)
     print(report.as_json() if args.json else report.as_table())
     return 0

@@ -1,22 +1,26 @@
-"""The exportable streams: which key each lives under, its CSV columns, and the event time to filter on.
+"""The exportable streams: which key each lives under, its columns, and the event time to filter on.
 
-Rows are flat dicts in column order. Readings are decoded through the schema, so the export of a
-stream written by another producer (configured --fields) comes out in the canonical columns.
+Each XRANGE page becomes one DataFrame, converted and filtered column-wise: per-row Python
+would cap an export near 50,000 rows/s. Readings are validated with the schema's rules, so an
+export of a stream written by another producer (configured --fields) comes out in canonical
+columns, and malformed entries, which the aggregator dead-letters, are left out.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
-import re
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
+import pandas as pd
 import redis
 
 from telemetry.keys import Keys
-from telemetry.schema import FieldMap, Reading, SchemaError
-from telemetry.timeutil import iso_utc, stream_id_ms
+from telemetry.schema import HUMIDITY_RANGE_PCT, SENSOR_NAME, TEMPERATURE_RANGE_C, FieldMap
 
 PAGE_SIZE = 10_000
 
@@ -29,60 +33,119 @@ ALERT_COLUMNS = ("stream_id", "time", "ts", "alert_id", "rule", "kind", "sensor"
                  "threshold")
 DEAD_LETTER_COLUMNS = ("stream_id", "time", "dead_lettered_ms", "entry_id", "sensor", "reason", "consumer", "fields")
 
+Page = list[tuple[str, dict[str, str]]]
+
+
+def iso_utc_column(epoch_ms: pd.Series) -> np.ndarray:
+    """ISO-8601 UTC with milliseconds and Z, vectorised (the same text as timeutil.iso_utc)."""
+    stamps = np.datetime_as_string(epoch_ms.to_numpy(dtype="int64").astype("datetime64[ms]"), unit="ms")
+    return np.char.add(stamps.astype(str), "Z")
+
+
+def _as_dict(fields: dict | list) -> dict:
+    """Pages come raw (flat [name, value, ...] lists) from `iter_entries`; dict them where needed."""
+    return fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2]))
+
+
+def _fields_frame(page: Page, columns: tuple[str, ...]) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records([_as_dict(fields) for _, fields in page])
+    frame["stream_id"] = [entry_id for entry_id, _ in page]
+    return frame.reindex(columns=[c for c in dict.fromkeys(("stream_id", *frame.columns, *columns))])
+
+
+def _numeric(frame: pd.DataFrame, name: str | None) -> pd.Series:
+    if not name or name not in frame:
+        return pd.Series(np.nan, index=frame.index)
+    column = frame[name]
+    try:
+        return pd.Series(column.to_numpy(dtype=object).astype(float), index=frame.index)
+    except (TypeError, ValueError):  # some entry is malformed: the slow path marks it NaN
+        return pd.to_numeric(column, errors="coerce")
+
+
+def _uniform_frame(page: Page) -> pd.DataFrame | None:
+    """When every entry has the same fields in the same order (one producer), slice columns
+    out of one matrix instead of building a dict per entry."""
+    first = page[0][1]
+    width = len(first)
+    values = [fields for _, fields in page]
+    if width == 0 or width % 2 or any(len(fields) != width for fields in values):
+        return None
+    matrix = np.array(values, dtype=object)
+    names = first[::2]
+    if len(set(names)) != len(names) or any((matrix[:, 2 * i] != name).any() for i, name in enumerate(names)):
+        return None
+    frame = pd.DataFrame({name: matrix[:, 2 * i + 1] for i, name in enumerate(names)})
+    frame["stream_id"] = [entry_id for entry_id, _ in page]
+    return frame
+
+
+def readings_frame(page: Page, field_map: FieldMap) -> pd.DataFrame:
+    raw = _uniform_frame(page)
+    if raw is None:
+        raw = _fields_frame(page, ())
+    sensor = raw[field_map.sensor] if field_map.sensor in raw else pd.Series("", index=raw.index)
+    if field_map.ts:
+        ts = _numeric(raw, field_map.ts)
+    else:
+        ts = pd.to_numeric(raw["stream_id"].str.split("-").str[0])
+    temperature = _numeric(raw, field_map.temperature_c)
+    humidity = _numeric(raw, field_map.humidity_pct)
+    valid = (sensor.fillna("").str.fullmatch(SENSOR_NAME.pattern) & ts.notna() & (ts >= 0)
+             & temperature.between(*TEMPERATURE_RANGE_C) & humidity.between(*HUMIDITY_RANGE_PCT))
+    frame = pd.DataFrame({"stream_id": raw["stream_id"], "sensor": sensor, "ts_ms": ts,
+                          "temperature_c": temperature, "humidity_pct": humidity,
+                          "seq": _numeric(raw, field_map.seq)})[valid]
+    frame["ts_ms"] = frame["ts_ms"].astype("int64")
+    frame["seq"] = frame["seq"].astype("Int64")
+    frame["sensor"] = frame["sensor"].astype(str)
+    frame["time"] = iso_utc_column(frame["ts_ms"]) if len(frame) else []
+    return frame[list(READING_COLUMNS)]
+
+
+def aggregates_frame(page: Page, _: FieldMap) -> pd.DataFrame:
+    frame = _fields_frame(page, AGGREGATE_COLUMNS)
+    frame["window_start_time"] = iso_utc_column(pd.to_numeric(frame["window_start"]).fillna(0))
+    return frame[list(AGGREGATE_COLUMNS)]
+
+
+def alerts_frame(page: Page, _: FieldMap) -> pd.DataFrame:
+    frame = _fields_frame(page, ALERT_COLUMNS)
+    frame["time"] = iso_utc_column(pd.to_numeric(frame["ts"]).fillna(0))
+    return frame[list(ALERT_COLUMNS)]
+
+
+def _original_sensor(fields_json: object) -> str:
+    try:
+        original = json.loads(str(fields_json))
+    except ValueError:
+        return ""
+    return str(original.get("sensor", original.get("sensor_id", ""))) if isinstance(original, dict) else ""
+
+
+def dead_letter_frame(page: Page, _: FieldMap) -> pd.DataFrame:
+    frame = _fields_frame(page, DEAD_LETTER_COLUMNS)
+    frame["time"] = iso_utc_column(pd.to_numeric(frame["dead_lettered_ms"]).fillna(0))
+    frame["sensor"] = [_original_sensor(value) for value in frame["fields"]]
+    return frame[list(DEAD_LETTER_COLUMNS)]
+
 
 @dataclass(frozen=True, slots=True)
 class StreamKind:
     name: str
     columns: tuple[str, ...]
     key: Callable[[Keys], str]
-    # (entry id, fields) -> row, or None for an entry this export cannot show (a malformed reading)
-    to_row: Callable[[str, dict[str, str], FieldMap], dict | None]
+    to_frame: Callable[[Page, FieldMap], pd.DataFrame]
     time_column: str  # epoch-ms column that --since/--until filter on
 
 
-def _reading_row(entry_id: str, fields: dict[str, str], field_map: FieldMap) -> dict | None:
-    try:
-        reading = Reading.decode(fields, entry_id, field_map)
-    except SchemaError:
-        return None  # the aggregator dead-letters these; the export shows readings
-    return {"stream_id": entry_id, "sensor": reading.sensor, "time": iso_utc(reading.ts_ms), "ts_ms": reading.ts_ms,
-            "temperature_c": reading.temperature_c, "humidity_pct": reading.humidity_pct,
-            "seq": "" if reading.seq is None else reading.seq}
-
-
-def _aggregate_row(entry_id: str, fields: dict[str, str], _: FieldMap) -> dict:
-    row = {column: fields.get(column, "") for column in AGGREGATE_COLUMNS}
-    row["stream_id"] = entry_id
-    row["window_start_time"] = iso_utc(int(fields.get("window_start") or 0))
-    return row
-
-
-def _alert_row(entry_id: str, fields: dict[str, str], _: FieldMap) -> dict:
-    row = {column: fields.get(column, "") for column in ALERT_COLUMNS}
-    row["stream_id"] = entry_id
-    row["time"] = iso_utc(int(fields.get("ts") or 0))
-    return row
-
-
-def _dead_letter_row(entry_id: str, fields: dict[str, str], _: FieldMap) -> dict:
-    row = {column: fields.get(column, "") for column in DEAD_LETTER_COLUMNS}
-    row["stream_id"] = entry_id
-    row["time"] = iso_utc(int(fields.get("dead_lettered_ms") or stream_id_ms(entry_id)))
-    try:
-        original = json.loads(fields.get("fields", "{}"))
-        row["sensor"] = original.get("sensor", original.get("sensor_id", "")) if isinstance(original, dict) else ""
-    except ValueError:
-        row["sensor"] = ""
-    return row
-
-
 STREAM_KINDS = {
-    "readings": StreamKind("readings", READING_COLUMNS, lambda keys: keys.readings, _reading_row, "ts_ms"),
-    "aggregates": StreamKind("aggregates", AGGREGATE_COLUMNS, lambda keys: keys.aggregates, _aggregate_row,
+    "readings": StreamKind("readings", READING_COLUMNS, lambda keys: keys.readings, readings_frame, "ts_ms"),
+    "aggregates": StreamKind("aggregates", AGGREGATE_COLUMNS, lambda keys: keys.aggregates, aggregates_frame,
                              "window_start"),
-    "alerts": StreamKind("alerts", ALERT_COLUMNS, lambda keys: keys.alerts, _alert_row, "ts"),
-    "dead-letter": StreamKind("dead-letter", DEAD_LETTER_COLUMNS, lambda keys: keys.dead_letter, _dead_letter_row,
-                              "dead_lettered_ms"),
+    "alerts": StreamKind("alerts", ALERT_COLUMNS, lambda keys: keys.alerts, alerts_frame, "ts"),
+    "dead-letter": StreamKind("dead-letter", DEAD_LETTER_COLUMNS, lambda keys: keys.dead_letter,
+                              dead_letter_frame, "dead_lettered_ms"),
 }
 
 
@@ -92,29 +155,36 @@ class RowFilter:
     since_ms: int | None = None
     until_ms: int | None = None
 
-    def compiled(self, time_column: str) -> Callable[[dict], bool]:
-        pattern = re.compile("|".join(fnmatch.translate(p) for p in self.sensor_patterns)) if self.sensor_patterns else None
-        since, until = self.since_ms, self.until_ms
-
-        def keep(row: dict) -> bool:
-            if pattern is not None and not pattern.match(str(row.get("sensor", ""))):
-                return False
-            if since is not None or until is not None:
-                moment = int(row.get(time_column) or 0)
-                if since is not None and moment < since:
-                    return False
-                if until is not None and moment >= until:
-                    return False
-            return True
-
-        return keep
+    def apply(self, frame: pd.DataFrame, time_column: str) -> pd.DataFrame:
+        keep = pd.Series(True, index=frame.index)
+        if self.sensor_patterns:
+            pattern = "|".join(fnmatch.translate(p) for p in self.sensor_patterns)
+            keep &= frame["sensor"].astype(str).str.match(pattern)
+        if self.since_ms is not None or self.until_ms is not None:
+            moment = pd.to_numeric(frame[time_column], errors="coerce")
+            if self.since_ms is not None:
+                keep &= moment >= self.since_ms
+            if self.until_ms is not None:
+                keep &= moment < self.until_ms
+        return frame[keep]
 
 
-def iter_entries(db: redis.Redis, key: str, page_size: int = PAGE_SIZE) -> Iterator[list[tuple[str, dict]]]:
-    """Pages of XRANGE: memory stays at one page whatever the stream's length."""
+def raw_xrange(db: redis.Redis, key: str, start: str, count: int) -> Page:
+    """XRANGE without redis-py's reply callback, which builds a dict per entry."""
+    connection = db.connection_pool.get_connection()
+    try:
+        connection.send_command("XRANGE", key, start, "+", "COUNT", count)
+        return connection.read_response()
+    finally:
+        db.connection_pool.release(connection)
+
+
+def iter_entries(db: redis.Redis, key: str, page_size: int = PAGE_SIZE) -> Iterator[Page]:
+    """Pages of XRANGE, each entry as (id, [name, value, ...]): memory stays at one page whatever
+    the stream's length, and skipping redis-py's per-entry dict building doubles the read rate."""
     cursor = "-"
     while True:
-        page = db.xrange(key, min=cursor, count=page_size)
+        page = raw_xrange(db, key, cursor, page_size)
         if not page:
             return
         yield page
@@ -123,10 +193,32 @@ def iter_entries(db: redis.Redis, key: str, page_size: int = PAGE_SIZE) -> Itera
         cursor = f"({page[-1][0]}"
 
 
-def iter_rows(db: redis.Redis, kind: StreamKind, keys: Keys, field_map: FieldMap, row_filter: RowFilter
-              ) -> Iterator[list[dict]]:
-    keep = row_filter.compiled(kind.time_column)
-    for page in iter_entries(db, kind.key(keys)):
-        rows = [row for row in (kind.to_row(entry_id, fields, field_map) for entry_id, fields in page)
-                if row is not None and keep(row)]
-        yield rows
+def prefetched(pages: Iterator[Page], depth: int = 2) -> Iterator[Page]:
+    """Read the next pages in a thread while this one is converted: Redis serves XRANGE on the
+    other core in the meantime. At most `depth` pages wait, so memory stays bounded."""
+    outbox: queue.Queue = queue.Queue(maxsize=depth)
+    finished = object()
+
+    def read() -> None:
+        try:
+            for page in pages:
+                outbox.put(page)
+            outbox.put(finished)
+        except BaseException as error:  # re-raised in the consuming thread
+            outbox.put(error)
+
+    threading.Thread(target=read, name="xrange-prefetch", daemon=True).start()
+    while True:
+        item = outbox.get()
+        if item is finished:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def iter_frames(db: redis.Redis, kind: StreamKind, keys: Keys, field_map: FieldMap, row_filter: RowFilter
+                ) -> Iterator[tuple[int, pd.DataFrame]]:
+    """(entries read, rows kept) per page."""
+    for page in prefetched(iter_entries(db, kind.key(keys))):
+        yield len(page), row_filter.apply(kind.to_frame(page, field_map), kind.time_column)

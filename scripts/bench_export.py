@@ -1,0 +1,99 @@
+"""Export 1,000,000 readings: rows/s and peak RSS against a naive whole-stream pandas export, same run.
+
+Each export runs in a child process so that its peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import walrus
+from bench_common import Figure, bench_redis, parser, print_figures
+
+from producers.simulation import Simulation, SimulationSettings
+from producers.writer import StreamWriter
+from telemetry.keys import Keys
+from telemetry.schema import FieldMap
+
+ROOT = Path(__file__).resolve().parent.parent
+START = 1_700_000_000_000
+KEYS = Keys("bench-export")
+
+
+def fill(db: walrus.Database, readings: int) -> None:
+    sensors = 100
+    names = tuple(f"bench-{i:04d}" for i in range(sensors))
+    simulation = Simulation(SimulationSettings(names, count=readings // sensors, backfill_start_ms=START),
+                            StreamWriter(db, KEYS, FieldMap(), maxlen=0), FieldMap(), START, [None] * sensors)
+    while not simulation.finished(START + 10**12):
+        simulation.step(START + 10**12)
+    simulation.writer.flush()
+
+
+def child(mode: str, url: str, out: str) -> None:
+    """Runs in a fresh process; prints rows, seconds and its own peak RSS."""
+    db = walrus.Database.from_url(url, decode_responses=True)
+    started = time.perf_counter()
+    if mode == "ours":
+        from analytics.export import ExportRequest, export
+        from analytics.streams import STREAM_KINDS
+
+        rows = export(db, KEYS, FieldMap(), ExportRequest(STREAM_KINDS["readings"], out))
+    else:
+        import pandas as pd
+
+        entries = db.xrange(KEYS.readings)  # the whole stream at once
+        frame = pd.DataFrame([{"stream_id": entry_id, **fields} for entry_id, fields in entries])
+        frame.to_csv(out, index=False)
+        rows = len(frame)
+    seconds = time.perf_counter() - started
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"rows": rows, "seconds": seconds, "peak_mib": peak_kib / 1024}))
+
+
+def run_child(mode: str, url: str, folder: str) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--child", mode, "--redis-url", url, "--out",
+                             os.path.join(folder, f"{mode}.csv")], capture_output=True, text=True, check=True,
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    arguments = parser(__doc__)
+    arguments.add_argument("--readings", type=int, default=1_000_000)
+    arguments.add_argument("--child", choices=("ours", "naive"), help=argparse_suppress())
+    arguments.add_argument("--out", help=argparse_suppress())
+    args = arguments.parse_args()
+    if args.child:
+        child(args.child, args.redis_url, args.out)
+        return
+    with bench_redis(args.redis_url) as url, tempfile.TemporaryDirectory(prefix="bench-export-") as folder:
+        db = walrus.Database.from_url(url, decode_responses=True)
+        fill(db, args.readings)
+        ours = run_child("ours", url, folder)
+        naive = run_child("naive", url, folder)
+        db.delete(*db.keys(f"{{{KEYS.prefix}}}:*"))
+    assert ours["rows"] == naive["rows"] == args.readings
+    print_figures(f"export of {args.readings:,} readings", [
+        Figure("export rows/s", ours["rows"] / ours["seconds"], "rows/s", "naive pandas export",
+               naive["rows"] / naive["seconds"], ">= 150,000 rows/s"),
+        Figure("export peak RSS", ours["peak_mib"], "MiB", "naive pandas export", naive["peak_mib"],
+               "<= 1/5 of naive (ratio <= 0.2)"),
+    ], args.json)
+
+
+def argparse_suppress() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    main()
