@@ -28,6 +28,26 @@ RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 Entries = list[tuple[str, dict[str, str] | None]]
 
 
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """What one commit (or sweep) did, as the aggregate script reports it."""
+
+    applied: int = 0
+    windows: int = 0
+    alerts: int = 0
+    skipped_as_committed_elsewhere: int = 0
+    late: int = 0
+    fired: tuple[tuple[str, str], ...] = ()  # (rule, severity) per alert that fired
+
+    @classmethod
+    def from_reply(cls, reply: list) -> CommitResult:
+        fired = tuple(tuple(label.rsplit(":", 1)) for label in reply[6])
+        return cls(reply[1], reply[2], reply[3], reply[4], reply[5], fired)
+
+
+OnBatch = Callable[[CommitBatch, CommitResult, float], None]
+
+
 @dataclass(slots=True)
 class WorkerStats:
     entries: int = 0
@@ -43,7 +63,7 @@ class WorkerStats:
 
 class AggregatorWorker:
     def __init__(self, db: walrus.Database, keys: Keys, field_map: FieldMap, settings: AggregatorSettings,
-                 *, log=sys.stderr, on_batch: Callable[[CommitBatch, float], None] | None = None) -> None:
+                 *, log=sys.stderr, on_batch: OnBatch | None = None) -> None:
         self.db = db
         self.keys = keys
         self.field_map = field_map
@@ -101,20 +121,21 @@ class AggregatorWorker:
 
     # -- committing ------------------------------------------------------------------------
 
-    def commit(self, batch: CommitBatch, now: int) -> None:
+    def commit(self, batch: CommitBatch, now: int) -> CommitResult:
         """Apply a batch exactly once: entries another consumer committed first are skipped."""
         if not len(batch):
-            return
-        _, applied, windows, alerts, skipped = self.aggregate(
+            return CommitResult()
+        result = CommitResult.from_reply(self.aggregate(
             keys=batch.script_keys(self.keys),
-            args=["commit", self.settings.group, self.settings.consumer, now, self.lua_config, *batch.script_args()])
-        self.stats.entries += applied
+            args=["commit", self.settings.group, self.settings.consumer, now, self.lua_config, *batch.script_args()]))
+        self.stats.entries += result.applied
         self.stats.readings += sum(len(items) for items in batch.readings.values())
         self.stats.dead_lettered += len(batch.dead_letters)
         self.stats.lost_to_trim += len(batch.lost_ids)
-        self.stats.windows_emitted += windows
-        self.stats.alerts_emitted += alerts
-        self.stats.skipped_as_committed_elsewhere += skipped
+        self.stats.windows_emitted += result.windows
+        self.stats.alerts_emitted += result.alerts
+        self.stats.skipped_as_committed_elsewhere += result.skipped_as_committed_elsewhere
+        return result
 
     def process(self, entries: Entries, now: int, *, redelivered: bool) -> int:
         if not entries:
@@ -123,10 +144,10 @@ class AggregatorWorker:
         counts = self._delivery_counts(entries) if redelivered else None
         batch = build_batch(entries, self.field_map, now, self.settings.max_skew_ms, counts,
                             self.settings.max_deliveries)
-        self.commit(batch, now)
+        result = self.commit(batch, now)
         elapsed = time.perf_counter() - started
         if self.on_batch is not None:
-            self.on_batch(batch, elapsed)
+            self.on_batch(batch, result, elapsed)
         return len(entries)
 
     def sweep(self, now: int) -> None:
@@ -134,8 +155,11 @@ class AggregatorWorker:
             reply = self.aggregate(keys=CommitBatch().script_keys(self.keys),
                                    args=["sweep", self.settings.group, self.settings.consumer, now,
                                          self.lua_config, 500])
-            self.stats.windows_emitted += reply[2]
-            self.stats.alerts_emitted += reply[3]
+            result = CommitResult.from_reply(reply)
+            self.stats.windows_emitted += result.windows
+            self.stats.alerts_emitted += result.alerts
+            if self.on_batch is not None and result.alerts:
+                self.on_batch(CommitBatch(), result, 0.0)
             if reply[1] < 500:
                 return
 

@@ -40,6 +40,7 @@ def build_parser() -> CommandParser:
         parser.add_argument(f"--{fault}-rate", type=number_type(float, minimum=0), default=0.0,
                             help=f"probability per reading that a {fault} fault starts")
     parser.add_argument("--json", action="store_true", help="print the final counts as JSON")
+    parser.add_argument("--metrics-port", type=number_type(int, minimum=1), help="serve Prometheus metrics here")
     add_redis_arguments(parser)
     return parser
 
@@ -105,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
                             TrimGuard(db, config.keys.readings, args.maxlen))
     print(f"producer: {len(settings.names)} sensors at {settings.rate_hz:g} Hz"
           + (" (backfill)" if simulation.backfilling else ""), file=sys.stderr)
-    simulation.run(now_ms, time.sleep, lambda: stop.requested)
+    on_progress = None
+    if args.metrics_port:
+        from telemetry.metrics import start_producer_metrics
+
+        on_progress = start_producer_metrics(args.metrics_port).inc
+    simulation.run(now_ms, time.sleep, lambda: stop.requested, on_progress)
     report(simulation.counts(), args.json, stop.requested)
     return 0
 

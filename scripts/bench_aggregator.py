@@ -15,7 +15,7 @@ from bench_common import Figure, Stopwatch, bench_redis, parser, print_figures
 from consumers.batch import CommitBatch
 from consumers.rules import load_rules
 from consumers.settings import AggregatorSettings
-from consumers.worker import AggregatorWorker
+from consumers.worker import AggregatorWorker, CommitResult
 from producers.simulation import Simulation, SimulationSettings
 from producers.writer import StreamWriter
 from telemetry.keys import Keys
@@ -63,7 +63,7 @@ def latency_ms(url: str, keys: Keys, seconds: float = 8.0) -> tuple[float, float
     db = walrus.Database.from_url(url, decode_responses=True)
     latencies: list[int] = []
 
-    def record(batch: CommitBatch, _elapsed: float) -> None:
+    def record(batch: CommitBatch, _result: CommitResult, _elapsed: float) -> None:
         committed = now_ms()
         latencies.extend(committed - stream_id_ms(entry_id) for entry_id in batch.entry_ids)
 

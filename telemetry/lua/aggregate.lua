@@ -23,6 +23,7 @@ local cfg = cjson.decode(ARGV[5])
 local INF = math.huge
 local counters = {}
 local emitted_windows, emitted_alerts, processed = 0, 0, 0
+local alert_labels = {}  -- 'rule:severity' of each alert fired, for the worker's metrics
 
 local function count(name, by)
   counters[name] = (counters[name] or 0) + (by or 1)
@@ -123,6 +124,7 @@ local function emit_alert(sensor, rule, st, state, ts, value, sensor_state, cont
   end
   xadd(KEYS[K_ALERTS], cfg.output_maxlen, fields)
   emitted_alerts = emitted_alerts + 1
+  if state == 'firing' then alert_labels[#alert_labels + 1] = rule.name .. ':' .. rule.severity end
 end
 
 -- breach: the condition holds now; clear: it is gone beyond the hysteresis band.
@@ -541,7 +543,8 @@ if mode == 'commit' then
     schedule(sensor, st)
   end
   flush_counters()
-  return {'ok', #all_ids - skipped_n, emitted_windows, emitted_alerts, skipped_n}
+  return {'ok', #all_ids - skipped_n, emitted_windows, emitted_alerts, skipped_n, counters.late or 0,
+          alert_labels}
 end
 
 if mode == 'sweep' then
@@ -571,7 +574,7 @@ if mode == 'sweep' then
     schedule(sensor, st)
   end
   flush_counters()
-  return {'ok', #due, emitted_windows, emitted_alerts}
+  return {'ok', #due, emitted_windows, emitted_alerts, 0, 0, alert_labels}
 end
 
 return redis.error_reply('unknown mode ' .. tostring(mode))

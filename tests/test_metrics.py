@@ -1,0 +1,48 @@
+"""Prometheus metrics from a running worker and producer, scraped over HTTP."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from telemetry.embedded import free_port
+from tests.aggregation_helpers import START
+from tests.conftest import run_cli
+from tests.crash_harness import spawn, wait_for
+
+
+def scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            return response.read().decode()
+    except OSError:
+        return ""
+
+
+def test_worker_exports_counters_gauges_and_histogram(redis_url, db, keys):
+    assert run_cli("producers", "m1", "m2", "--count", "300", "--start", str(START), "--spike-rate", "0.05",
+                   "--redis-url", redis_url).returncode == 0
+    db.xadd(keys.readings, {"sensor": "m1", "ts": "1", "temperature_c": "nan", "humidity_pct": "1"})
+    port = free_port()
+    worker = spawn("consumers", "aggregate", "--start", "all", "--metrics-port", str(port), "--redis-url", redis_url)
+    try:
+        wait_for(lambda: "telemetry_readings_processed_total 600.0" in scrape(port), 30, "600 processed")
+        text = scrape(port)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    assert 'telemetry_readings_dead_lettered_total{reason="malformed"} 1.0' in text
+    assert 'telemetry_alerts_total{rule="temperature-jump",severity="warning"}' in text
+    assert 'telemetry_group_lag_entries{group="aggregators"} 0.0' in text
+    assert 'telemetry_group_pending_entries{group="aggregators"} 0.0' in text
+    assert "telemetry_batch_processing_seconds_bucket" in text
+
+
+def test_producer_exports_produced_readings(redis_url):
+    port = free_port()
+    producer = spawn("producers", "p1", "--rate", "20", "--metrics-port", str(port), "--redis-url", redis_url)
+    try:
+        wait_for(lambda: "telemetry_readings_produced_total" in scrape(port)
+                 and "telemetry_readings_produced_total 0.0" not in scrape(port), 30, "readings produced")
+    finally:
+        producer.terminate()
+        assert producer.wait(timeout=30) == 0
