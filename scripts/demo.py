@@ -1,0 +1,148 @@
+"""make demo: five named sensors (one faulty) and two aggregator workers, each its own process,
+a live view for DEMO_SECONDS (default 60) or until Ctrl-C, then CSV exports and a plot in out/."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+
+from analytics.dashboard import collect_snapshot, plain_summary, rates_between, render
+from analytics.export import ExportRequest, export
+from analytics.plot import alert_episodes, sensor_figure
+from analytics.streams import STREAM_KINDS, RowFilter, iter_frames
+from telemetry.cli import StopSignal
+from telemetry.connection import connect, resolve_target
+from telemetry.embedded import EmbeddedRedis, default_home
+from telemetry.keys import Keys
+from telemetry.schema import FieldMap
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "out"
+PREFIX = "demo"
+SENSORS = ("greenhouse-north", "greenhouse-south", "cold-store", "server-room", "attic")
+FAULTY = "attic"
+FAULT_FLAGS = ("--spike-rate", "0.02", "--stuck-rate", "0.004", "--dropout-rate", "0.003", "--drift-rate", "0.002")
+WORKER_FLAGS = ("--window", "10s", "--grace", "2s", "--rolling", "60s", "--idle", "15s", "--claim-idle", "10s",
+                "--start", "all")
+
+
+def spawn(url: str, log: Path, module: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module, *args, "--redis-url", url, "--prefix", PREFIX],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                            stderr=log.open("w"), start_new_session=True)
+
+
+def stop_all(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM: producers flush and workers commit their batch; SIGKILL only after 20 s."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def clear_demo_keys(db) -> None:
+    """So that a second `make demo` starts from nothing, not on top of the first."""
+    batch = list(db.scan_iter(match=f"{{{PREFIX}}}:*", count=1000))
+    for start in range(0, len(batch), 1000):
+        db.delete(*batch[start:start + 1000])
+
+
+def write_outputs(db, keys: Keys) -> list[Path]:
+    OUT.mkdir(exist_ok=True)
+    written = []
+    for which in ("readings", "aggregates", "alerts"):
+        target = OUT / f"{which}.csv"
+        export(db, keys, FieldMap(), ExportRequest(STREAM_KINDS[which], str(target)))
+        written.append(target)
+    frames = {which: [frame for _, frame in iter_frames(db, STREAM_KINDS[which], keys, FieldMap(),
+                                                        RowFilter((FAULTY,)))]
+              for which in ("readings", "aggregates", "alerts")}
+    import pandas as pd
+
+    def joined(which: str) -> pd.DataFrame:
+        return pd.concat(frames[which]) if frames[which] else pd.DataFrame()
+
+    plot = OUT / f"{FAULTY}.png"
+    sensor_figure(FAULTY, joined("readings"), joined("aggregates"), alert_episodes(joined("alerts"))).savefig(plot, dpi=110)
+    written.append(plot)
+    return written
+
+
+def main() -> int:
+    argparse.ArgumentParser(description=__doc__).parse_args()
+    try:
+        seconds = float(os.environ.get("DEMO_SECONDS", "60"))
+    except ValueError:
+        print(f"demo: DEMO_SECONDS={os.environ['DEMO_SECONDS']!r} is not a number", file=sys.stderr)
+        return 2
+    embedded = EmbeddedRedis(default_home())
+    embedded_was_running = embedded.running_url() is not None
+    target = resolve_target(None)
+    db = connect(target)
+    keys = Keys(PREFIX)
+    clear_demo_keys(db)
+    logs = OUT / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    stop = StopSignal().install()
+    processes = [spawn(target.url, logs / f"worker-{n}.log", "consumers", "aggregate", "--consumer", f"demo-worker-{n}",
+                       *WORKER_FLAGS) for n in (1, 2)]
+    for sensor in SENSORS:
+        faults = FAULT_FLAGS if sensor == FAULTY else ()
+        processes.append(spawn(target.url, logs / f"producer-{sensor}.log", "producers", sensor, "--rate", "2",
+                               *faults))
+    console = Console(stderr=False)
+    interactive = console.is_terminal
+    print(f"demo: {len(SENSORS)} sensors ({FAULTY} with faults) and 2 workers for {seconds:g}s; Ctrl-C stops early")
+    deadline = time.monotonic() + seconds
+    previous = None
+    try:
+        with Live(console=console, refresh_per_second=2, transient=False) if interactive else _NoLive() as live:
+            next_plain = time.monotonic() + 10
+            while time.monotonic() < deadline and not stop.requested:
+                snapshot = collect_snapshot(db, keys, list(SENSORS))
+                rates = rates_between(previous, snapshot)
+                previous = snapshot
+                if interactive:
+                    live.update(render(snapshot, rates))
+                elif time.monotonic() >= next_plain:
+                    print(f"demo: {plain_summary(snapshot, rates)}", flush=True)
+                    next_plain += 10
+                time.sleep(0.5)
+    finally:
+        stop_all(processes)
+    time.sleep(0.2)
+    final = collect_snapshot(db, keys, list(SENSORS))
+    print(f"demo: stopped. {plain_summary(final, {})}")
+    for path in write_outputs(db, keys):
+        print(f"demo: wrote {path.relative_to(ROOT)}")
+    print(f"demo: process logs in {logs.relative_to(ROOT)}/")
+    if target.origin.startswith("embedded") and not embedded_was_running:
+        embedded.stop()
+        print("demo: stopped the embedded redis-server it started (data stays in .telemetry/)")
+    return 0
+
+
+class _NoLive:
+    def __enter__(self) -> _NoLive:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
