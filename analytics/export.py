@@ -12,13 +12,12 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-import redis
-
 import pandas as pd
+import redis
 
 from analytics.streams import RowFilter, StreamKind, iter_frames
 from telemetry.errors import UsageError
@@ -30,7 +29,7 @@ from telemetry.schema import FieldMap
 class ExportRequest:
     kind: StreamKind
     out: str  # a path, or "-" for stdout
-    row_filter: RowFilter = RowFilter()
+    row_filter: RowFilter = field(default_factory=RowFilter)
     file_format: str = "csv"  # csv or parquet
 
 

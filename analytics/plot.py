@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
 
-from telemetry.errors import UsageError  # noqa: E402
+from telemetry.errors import UsageError
 
 
 @dataclass(frozen=True, slots=True)

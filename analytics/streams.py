@@ -204,7 +204,7 @@ def prefetched(pages: Iterator[Page], depth: int = 2) -> Iterator[Page]:
             for page in pages:
                 outbox.put(page)
             outbox.put(finished)
-        except BaseException as error:  # re-raised in the consuming thread
+        except Exception as error:  # noqa: BLE001 - handed to the consuming thread, which re-raises it
             outbox.put(error)
 
     threading.Thread(target=read, name="xrange-prefetch", daemon=True).start()

@@ -37,7 +37,7 @@ def collect_status(db: redis.Redis, keys: Keys, maxlen: int, *, now: int | None 
     for lag in lags:
         if maxlen and lag.lag_entries > maxlen // 2:
             warnings.append(f"group {lag.group!r} lags {lag.lag_entries} entries, over half of MAXLEN {maxlen}: "
-                            f"trimming will delete readings it has not read")
+                            "trimming will delete readings it has not read")
         for consumer in lag.consumers:
             if consumer.pending and consumer.idle_ms > 60_000:
                 warnings.append(f"consumer {consumer.name!r} in {lag.group!r} holds {consumer.pending} pending "
@@ -59,8 +59,8 @@ def render_status(status: PipelineStatus) -> str:
     def age(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}s ago"
 
-    lines = [f"stream {status.stream}: {status.length} entries (MAXLEN {status.maxlen or 'off'}), "
-             f"first {age(status.first_entry_age_s)}, last {age(status.last_entry_age_s)}"]
+    lines = [(f"stream {status.stream}: {status.length} entries (MAXLEN {status.maxlen or 'off'}), "
+              f"first {age(status.first_entry_age_s)}, last {age(status.last_entry_age_s)}")]
     if not status.groups:
         lines.append("  no consumer groups")
     for lag in status.groups:

@@ -7,7 +7,7 @@ sleeping and the stop flag, so tests drive `step` with a fake clock and no threa
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,7 +27,7 @@ class SimulationSettings:
     count: int | None = None  # readings (ticks) per sensor, then stop
     duration_s: float | None = None  # event-time span, then stop
     backfill_start_ms: int | None = None  # write history from here as fast as Redis takes it
-    faults: FaultRates = FaultRates()
+    faults: FaultRates = field(default_factory=FaultRates)
     batch_size: int = 1000
 
 

@@ -47,7 +47,7 @@ class StreamWriter:
         self.reconnects = 0
         self._outbox: queue.Queue[list[str]] = queue.Queue(maxsize=2)
         self._sender: threading.Thread | None = None
-        self._sender_error: BaseException | None = None
+        self._sender_error: Exception | None = None
 
     def submit(self, rows: list[str]) -> None:
         """Queue a batch for a sender thread, so the next batch is built while Redis stores this one.
@@ -71,7 +71,7 @@ class StreamWriter:
             try:
                 if self._sender_error is None:
                     self.write(rows)
-            except BaseException as error:  # handed to the producing thread at its next call
+            except Exception as error:  # noqa: BLE001 - handed to the producing thread, which re-raises it
                 self._sender_error = error
             finally:
                 self._outbox.task_done()

@@ -10,30 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import walrus
-from bench_common import Figure, Stopwatch, bench_redis, parser, print_figures
+from bench_common import Figure, Stopwatch, backfill, bench_redis, parser, print_figures
 
 from consumers.batch import CommitBatch
 from consumers.rules import load_rules
 from consumers.settings import AggregatorSettings
 from consumers.worker import AggregatorWorker, CommitResult
-from producers.simulation import Simulation, SimulationSettings
-from producers.writer import StreamWriter
 from telemetry.keys import Keys
 from telemetry.schema import FieldMap
 from telemetry.timeutil import now_ms, stream_id_ms
 
 ROOT = Path(__file__).resolve().parent.parent
-START = 1_700_000_000_000
-
-
-def fill(db: walrus.Database, keys: Keys, sensors: int, per_sensor: int) -> int:
-    names = tuple(f"bench-{i:04d}" for i in range(sensors))
-    simulation = Simulation(SimulationSettings(names, count=per_sensor, backfill_start_ms=START),
-                            StreamWriter(db, keys, FieldMap(), maxlen=0), FieldMap(), START, [None] * sensors)
-    while not simulation.finished(START + 10**12):
-        simulation.step(START + 10**12)
-    simulation.writer.flush()
-    return db.xlen(keys.readings)
 
 
 def worker_rate(db: walrus.Database, keys: Keys, total: int) -> float:
@@ -86,7 +73,8 @@ def main() -> None:
     with bench_redis(args.redis_url) as url:
         db = walrus.Database.from_url(url, decode_responses=True)
         keys = Keys("bench-agg")
-        total = fill(db, keys, sensors=100, per_sensor=2000)
+        backfill(db, keys, sensors=100, per_sensor=2000)
+        total = db.xlen(keys.readings)
         fast = worker_rate(db, keys, total)
         seed = seed_style_rate(db, keys, 20_000)
         p50, p99, live_rate = latency_ms(url, Keys("bench-lat"))

@@ -14,7 +14,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def run(script: str) -> dict:
-    result = subprocess.run([sys.executable, str(HERE / script), "--json"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, str(HERE / script), "--json"], capture_output=True, text=True, check=False,
                             env={**os.environ, "PYTHONPATH": str(HERE.parent)})
     if result.returncode != 0:
         raise SystemExit(f"bench: {script} failed:\n{result.stderr.strip()}")

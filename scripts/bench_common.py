@@ -11,8 +11,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Self
 
+from producers.simulation import Simulation, SimulationSettings
+from producers.writer import StreamWriter
 from telemetry.embedded import PrivateRedisServer
+from telemetry.keys import Keys
+from telemetry.schema import FieldMap
+
+START_MS = 1_700_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +51,12 @@ def bench_redis(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    with tempfile.TemporaryDirectory(prefix="telemetry-bench-") as folder:
-        with PrivateRedisServer(Path(folder)) as server:
-            yield server.url
+    with tempfile.TemporaryDirectory(prefix="telemetry-bench-") as folder, PrivateRedisServer(Path(folder)) as server:
+        yield server.url
 
 
 class Stopwatch:
-    def __enter__(self) -> Stopwatch:
+    def __enter__(self) -> Self:
         self.started = time.perf_counter()
         return self
 
@@ -77,3 +83,14 @@ def print_figures(title: str, figures: list[Figure], as_json: bool) -> None:
         if figure.target:
             line += f"   (target {figure.target})"
         print(line)
+
+
+def backfill(db, keys: Keys, sensors: int, per_sensor: int, maxlen: int = 0) -> Simulation:
+    """Write per_sensor readings for each of `sensors` simulated sensors as fast as Redis takes them."""
+    names = tuple(f"bench-{i:04d}" for i in range(sensors))
+    simulation = Simulation(SimulationSettings(names, count=per_sensor, backfill_start_ms=START_MS),
+                            StreamWriter(db, keys, FieldMap(), maxlen=maxlen), FieldMap(), START_MS, [None] * sensors)
+    while not simulation.finished(START_MS + 10**12):
+        simulation.step(START_MS + 10**12)
+    simulation.writer.flush()
+    return simulation

@@ -15,26 +15,13 @@ import time
 from pathlib import Path
 
 import walrus
-from bench_common import Figure, bench_redis, parser, print_figures
+from bench_common import Figure, backfill, bench_redis, parser, print_figures
 
-from producers.simulation import Simulation, SimulationSettings
-from producers.writer import StreamWriter
 from telemetry.keys import Keys
 from telemetry.schema import FieldMap
 
 ROOT = Path(__file__).resolve().parent.parent
-START = 1_700_000_000_000
 KEYS = Keys("bench-export")
-
-
-def fill(db: walrus.Database, readings: int) -> None:
-    sensors = 100
-    names = tuple(f"bench-{i:04d}" for i in range(sensors))
-    simulation = Simulation(SimulationSettings(names, count=readings // sensors, backfill_start_ms=START),
-                            StreamWriter(db, KEYS, FieldMap(), maxlen=0), FieldMap(), START, [None] * sensors)
-    while not simulation.finished(START + 10**12):
-        simulation.step(START + 10**12)
-    simulation.writer.flush()
 
 
 def child(mode: str, url: str, out: str) -> None:
@@ -76,7 +63,7 @@ def main() -> None:
         return
     with bench_redis(args.redis_url) as url, tempfile.TemporaryDirectory(prefix="bench-export-") as folder:
         db = walrus.Database.from_url(url, decode_responses=True)
-        fill(db, args.readings)
+        backfill(db, KEYS, sensors=100, per_sensor=args.readings // 100)
         ours = run_child("ours", url, folder)
         naive = run_child("naive", url, folder)
         db.delete(*db.keys(f"{{{KEYS.prefix}}}:*"))

@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import walrus
-from bench_common import Figure, Stopwatch, bench_redis, parser, print_figures
+from bench_common import START_MS, Figure, Stopwatch, backfill, bench_redis, parser, print_figures
 
-from producers.simulation import Simulation, SimulationSettings
-from producers.writer import StreamWriter
 from telemetry.keys import Keys
-from telemetry.schema import FieldMap
-
-START = 1_700_000_000_000
 
 
 def simulator_rate(db: walrus.Database, sensors: int, per_sensor: int) -> float:
     keys = Keys("bench-sim")
-    names = tuple(f"bench-{i:04d}" for i in range(sensors))
-    settings = SimulationSettings(names, count=per_sensor, backfill_start_ms=START)
-    simulation = Simulation(settings, StreamWriter(db, keys, FieldMap(), maxlen=1_000_000), FieldMap(), START,
-                            [None] * sensors)
     with Stopwatch() as watch:
-        while not simulation.finished(START + 10**12):
-            simulation.step(START + 10**12)
-        simulation.writer.flush()
+        simulation = backfill(db, keys, sensors, per_sensor, maxlen=1_000_000)
     written = sum(simulation.counts().values())
     assert db.xlen(keys.readings) == written
     return written / watch.seconds
@@ -33,7 +22,7 @@ def seed_style_rate(db: walrus.Database, readings: int) -> float:
     stream = db.Stream(Keys("bench-seed").readings)
     with Stopwatch() as watch:
         for i in range(readings):
-            stream.add({"sensor": f"bench-{i % 100:04d}", "ts": str(START + i), "temperature_c": "21.3",
+            stream.add({"sensor": f"bench-{i % 100:04d}", "ts": str(START_MS + i), "temperature_c": "21.3",
                         "humidity_pct": "45.1", "seq": str(i // 100), "v": "1"}, maxlen=1_000_000)
     return readings / watch.seconds
 

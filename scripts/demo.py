@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Self
 
 from rich.console import Console
 from rich.live import Live
@@ -137,7 +138,7 @@ def main() -> int:
 
 
 class _NoLive:
-    def __enter__(self) -> _NoLive:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info) -> None:

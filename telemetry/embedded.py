@@ -17,6 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import redis
 
@@ -165,7 +166,7 @@ class PrivateRedisServer:
         self.stop()
         self.start()
 
-    def __enter__(self) -> PrivateRedisServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 from telemetry.errors import UsageError
 from telemetry.timeutil import stream_id_ms
@@ -42,7 +43,7 @@ class FieldMap:
     seq: str | None = "seq"
     version: str | None = "v"
 
-    PRESETS = {}  # filled below: name -> FieldMap
+    PRESETS: ClassVar[dict[str, FieldMap]] = {}  # filled below
 
     @classmethod
     def parse(cls, spec: str) -> FieldMap:

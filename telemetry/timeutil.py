@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from telemetry.errors import UsageError
 
@@ -29,7 +29,7 @@ def stream_id_key(entry_id: str) -> tuple[int, int]:
 
 def iso_utc(ts_ms: int) -> str:
     """ISO-8601 in UTC with millisecond precision and a trailing Z, as spreadsheets and pandas read it."""
-    moment = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
+    moment = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
 
 
@@ -45,13 +45,13 @@ def parse_time_ms(text: str, *, now: int | None = None, field: str = "time") -> 
     if value.isdigit():
         return int(value)
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(value)
     except ValueError:
         raise UsageError(
             f"{field}: {text!r} is not a time (use ISO-8601, epoch ms, 'now' or e.g. -15m)"
         ) from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
 
 

@@ -49,5 +49,5 @@ def run_cli(module: str, *args: str, env_extra: dict | None = None, timeout: flo
             input_text: str | None = None) -> subprocess.CompletedProcess:
     """Run `python -m module args` as a user would, with the test server's URL and no 6379 fallback."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, check=False,
                           timeout=timeout, cwd=ROOT, env=env, input=input_text)

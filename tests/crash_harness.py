@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import pandas as pd
+import redis
 import walrus
 
 from telemetry.keys import Keys
@@ -55,7 +56,7 @@ class Fleet:
     def _holds_uncommitted(self, name: str, keys: Keys) -> bool:
         try:
             return bool(self.db.xpending_range(keys.readings, "aggregators", "-", "+", 1, consumername=name))
-        except Exception:  # the server may be restarting in the fault test
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):  # restarting in the fault test
             return False
 
     def catch_between_read_and_commit(self, name: str, keys: Keys, rng: random.Random, tries: int = 200) -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from consumers.batch import build_batch
 from telemetry.schema import FieldMap, Reading
-from tests.aggregation_helpers import START, add_readings, drain, make_worker, rules, stream_frame
 from telemetry.timeutil import now_ms
+from tests.aggregation_helpers import START, add_readings, drain, make_worker, rules, stream_frame
 from tests.conftest import run_cli
 
 LATER = START + 10**9  # a wall clock far past the data: nothing is "future"

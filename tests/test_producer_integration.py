@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -100,7 +101,7 @@ def test_redis_restart_mid_run_leaves_no_seq_gap(redis_server, redis_url, keys):
     while client.xlen(keys.readings) < 500 and time.monotonic() < deadline:
         time.sleep(0.05)
     redis_server.restart()
-    out, err = producer.communicate(timeout=60)
+    _, err = producer.communicate(timeout=60)
     assert producer.returncode == 0, err
     assert "retrying" in err  # the outage was seen, not dodged
     grouped = readings_by_sensor(walrus.Database.from_url(redis_url, decode_responses=True), keys)
@@ -129,7 +130,7 @@ def test_sigterm_flushes_and_prints_counts(redis_url, keys):
 def test_trim_guard_warns_once_per_interval_naming_the_group(db, keys):
     writer = StreamWriter(db, keys, FieldMap(), maxlen=0)
     db.xgroup_create(keys.readings, "slow", id="0", mkstream=True)
-    guard = TrimGuard(db, keys.readings, maxlen=100, check_every_ms=0, warn_every_ms=60_000, log=open(os.devnull, "w"))
+    guard = TrimGuard(db, keys.readings, maxlen=100, check_every_ms=0, warn_every_ms=60_000, log=io.StringIO())
     simulation = Simulation(SimulationSettings(("s",), count=80, backfill_start_ms=START, faults=FaultRates()),
                             writer, FieldMap(), START, [None])
     simulation.step(START + 10**9)
