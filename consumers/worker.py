@@ -8,7 +8,9 @@ what to hand it, so a `kill -9` anywhere loses nothing: uncommitted entries stay
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +81,7 @@ class AggregatorWorker:
         self.claim_cursor = "0-0"
         self.next_sweep_ms = 0
         self.idle_reads = 0
+        self.read_ahead: ReadAhead | None = None
 
     def ensure_group(self) -> None:
         """Create the group (and stream) idempotently: BUSYGROUP means another worker did it first."""
@@ -137,18 +140,24 @@ class AggregatorWorker:
         self.stats.skipped_as_committed_elsewhere += result.skipped_as_committed_elsewhere
         return result
 
-    def process(self, entries: Entries, now: int, *, redelivered: bool) -> int:
-        if not entries:
-            return 0
+    def decode(self, entries: Entries, now: int, *, redelivered: bool) -> DecodedBatch:
         started = time.perf_counter()
-        counts = self._delivery_counts(entries) if redelivered else None
+        counts = self._delivery_counts(entries) if redelivered and entries else None
         batch = build_batch(entries, self.field_map, now, self.settings.max_skew_ms, counts,
                             self.settings.max_deliveries)
-        result = self.commit(batch, now)
-        elapsed = time.perf_counter() - started
+        return DecodedBatch(batch, time.perf_counter() - started)
+
+    def commit_decoded(self, decoded: DecodedBatch, now: int) -> int:
+        if not len(decoded.batch):
+            return 0
+        started = time.perf_counter()
+        result = self.commit(decoded.batch, now)
         if self.on_batch is not None:
-            self.on_batch(batch, result, elapsed)
-        return len(entries)
+            self.on_batch(decoded.batch, result, decoded.decode_seconds + time.perf_counter() - started)
+        return len(decoded.batch)
+
+    def process(self, entries: Entries, now: int, *, redelivered: bool) -> int:
+        return self.commit_decoded(self.decode(entries, now, redelivered=redelivered), now)
 
     def sweep(self, now: int) -> None:
         for _ in range(100):  # bounded: at most 100 x 500 sensors per sweep
@@ -175,6 +184,10 @@ class AggregatorWorker:
             entries = self._read("0", None)
             self.own_pending_done = not entries
             handled = self.process(entries, now, redelivered=True)
+        elif self.read_ahead is not None:
+            decoded = self.read_ahead.take(self.settings.block_ms / 1000)
+            self.idle_reads = 0 if len(decoded.batch) else self.idle_reads + 1
+            handled = self.commit_decoded(decoded, now_ms())
         else:
             entries = self._read(">", self.settings.block_ms if block else None)
             self.idle_reads = 0 if entries else self.idle_reads + 1
@@ -187,12 +200,29 @@ class AggregatorWorker:
     def drained(self) -> bool:
         return self.own_pending_done and self.idle_reads > 0 and self.claim_cursor == "0-0"
 
+    def _read_new(self) -> DecodedBatch:
+        return self.decode(self._read(">", self.settings.block_ms), now_ms(), redelivered=False)
+
     def run(self, stop_requested: Callable[[], bool], clock: Callable[[], int] = now_ms) -> WorkerStats:
-        """Loop until stopped or a bound is reached, riding out Redis outages with backoff."""
+        """Loop until stopped or a bound is reached, riding out Redis outages with backoff.
+
+        Once this consumer's own pending entries are done, new entries are read and decoded by a
+        read-ahead thread while the previous batch commits, so Python and Redis work at once.
+        """
+        try:
+            return self._run(stop_requested, clock)
+        finally:
+            if self.read_ahead is not None:
+                for decoded in self.read_ahead.stop():  # the batches in hand: commit, then exit
+                    self.commit_decoded(decoded, now_ms())
+
+    def _run(self, stop_requested: Callable[[], bool], clock: Callable[[], int]) -> WorkerStats:
         started = clock()
         backoff = Backoff()
         settings = self.settings
         while not stop_requested():
+            if self.own_pending_done and self.read_ahead is None and settings.count is None:
+                self.read_ahead = ReadAhead(self._read_new, self.log)
             if settings.count is not None and self.stats.entries >= settings.count:
                 break
             if settings.duration_ms is not None and clock() - started >= settings.duration_ms:
@@ -209,3 +239,66 @@ class AggregatorWorker:
                 self.own_pending_done = False  # whatever was in flight is still pending: take it again
                 time.sleep(delay)
         return self.stats
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedBatch:
+    batch: CommitBatch
+    decode_seconds: float
+
+
+class ReadAhead:
+    """A thread that reads and decodes the next batch of new entries while the current one commits.
+
+    It holds at most one decoded batch (plus the one it is reading). Entries it has read are
+    pending to this consumer, so if the process dies they are claimed like any others; and a
+    batch committed twice (after an outage made the main loop re-read its pending entries) is
+    harmless, because the commit skips entries already acknowledged.
+    """
+
+    def __init__(self, read: Callable[[], DecodedBatch], log) -> None:
+        self.read = read
+        self.log = log
+        self.outbox: queue.Queue[DecodedBatch | Exception] = queue.Queue(maxsize=1)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="read-ahead", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        backoff = Backoff()
+        while not self.stopping.is_set():
+            try:
+                decoded = self.read()
+                backoff.reset()
+            except RETRYABLE as error:
+                delay = backoff.next_delay()
+                print(f"aggregator: read-ahead: Redis unavailable ({error.__class__.__name__}); "
+                      f"retrying in {delay:.1f}s", file=self.log)
+                time.sleep(delay)
+                continue
+            except Exception as error:  # noqa: BLE001 - handed to the main loop, which re-raises it
+                self.outbox.put(error)
+                return
+            self.outbox.put(decoded)
+
+    def take(self, timeout_s: float) -> DecodedBatch:
+        try:
+            item = self.outbox.get(timeout=timeout_s)
+        except queue.Empty:
+            return DecodedBatch(CommitBatch(), 0.0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def stop(self) -> list[DecodedBatch]:
+        """Stop reading and hand back what was read but not committed yet."""
+        self.stopping.set()
+        left: list[DecodedBatch] = []
+        while self.thread.is_alive() or not self.outbox.empty():
+            try:
+                item = self.outbox.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if isinstance(item, DecodedBatch) and len(item.batch):
+                left.append(item)
+        return left

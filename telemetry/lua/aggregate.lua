@@ -313,30 +313,26 @@ end
 
 -- Extremes carry how many readings in the window hold them, so that evicting one copy of the
 -- minimum (common with 0.1-resolution values) does not force a rescan.
-local function extreme_add(rs, name, value, lower)
-  local current = rs[name]
-  if (lower and value < current) or (not lower and value > current) then
-    rs[name], rs[name .. '_n'] = value, 1
-  elseif value == current then
-    rs[name .. '_n'] = rs[name .. '_n'] + 1
-  end
-end
-
--- True when the window lost the last copy of this extreme.
-local function extreme_evict(rs, name, value)
-  if value ~= rs[name] then return false end
-  rs[name .. '_n'] = rs[name .. '_n'] - 1
-  return rs[name .. '_n'] <= 0
-end
-
 local function rolling_add(rs, t, h)
   if rs.t0 == nil then rs.t0, rs.h0 = t, h end
   local dt, dh = t - rs.t0, h - rs.h0
   rs.n, rs.t, rs.tt, rs.h, rs.hh = rs.n + 1, rs.t + dt, rs.tt + dt * dt, rs.h + dh, rs.hh + dh * dh
-  extreme_add(rs, 'tmin', t, true)
-  extreme_add(rs, 'tmax', t, false)
-  extreme_add(rs, 'hmin', h, true)
-  extreme_add(rs, 'hmax', h, false)
+  if t < rs.tmin then rs.tmin, rs.tmin_n = t, 1 elseif t == rs.tmin then rs.tmin_n = rs.tmin_n + 1 end
+  if t > rs.tmax then rs.tmax, rs.tmax_n = t, 1 elseif t == rs.tmax then rs.tmax_n = rs.tmax_n + 1 end
+  if h < rs.hmin then rs.hmin, rs.hmin_n = h, 1 elseif h == rs.hmin then rs.hmin_n = rs.hmin_n + 1 end
+  if h > rs.hmax then rs.hmax, rs.hmax_n = h, 1 elseif h == rs.hmax then rs.hmax_n = rs.hmax_n + 1 end
+end
+
+-- Take one reading out of the sums; true when that removed the last copy of an extreme.
+local function rolling_remove(rs, t, h)
+  local dt, dh = t - rs.t0, h - rs.h0
+  rs.n, rs.t, rs.tt, rs.h, rs.hh = rs.n - 1, rs.t - dt, rs.tt - dt * dt, rs.h - dh, rs.hh - dh * dh
+  local lost = false
+  if t == rs.tmin then rs.tmin_n = rs.tmin_n - 1; lost = lost or rs.tmin_n <= 0 end
+  if t == rs.tmax then rs.tmax_n = rs.tmax_n - 1; lost = lost or rs.tmax_n <= 0 end
+  if h == rs.hmin then rs.hmin_n = rs.hmin_n - 1; lost = lost or rs.hmin_n <= 0 end
+  if h == rs.hmax then rs.hmax_n = rs.hmax_n - 1; lost = lost or rs.hmax_n <= 0 end
+  return lost
 end
 
 local function rolling_clear(rs)
@@ -368,11 +364,7 @@ local function refresh_rolling(st, recent_key, rolling_key)
     local recompute = false
     for _, member in ipairs(redis.call('ZRANGEBYSCORE', recent_key, score_bound(rs.cut, true), new_cut)) do
       local t, h = parse_member(member)
-      local lost_t_min, lost_t_max = extreme_evict(rs, 'tmin', t), extreme_evict(rs, 'tmax', t)
-      local lost_h_min, lost_h_max = extreme_evict(rs, 'hmin', h), extreme_evict(rs, 'hmax', h)
-      if lost_t_min or lost_t_max or lost_h_min or lost_h_max then recompute = true end
-      local dt, dh = t - rs.t0, h - rs.h0
-      rs.n, rs.t, rs.tt, rs.h, rs.hh = rs.n - 1, rs.t - dt, rs.tt - dt * dt, rs.h - dh, rs.hh - dh * dh
+      if rolling_remove(rs, t, h) then recompute = true end
     end
     rs.cut = new_cut
     if recompute or rs.n <= 0 then
