@@ -290,9 +290,14 @@ local function next_due(st)
   return due
 end
 
+-- Deadlines are rounded up to the second, so a busy sensor's entry changes about once a second
+-- rather than on every batch; a sweep may come up to a second later, never earlier.
 local function schedule(sensor, st)
   local due = next_due(st)
   if due <= now then due = now + 1000 end  -- blocked for now (e.g. a stuck entry): look again soon
+  if due ~= INF then due = math.ceil(due / 1000) * 1000 end
+  if due == st.due then return end
+  st.due = due
   if due == INF then
     redis.call('ZREM', KEYS[K_DUE], sensor)
   else
@@ -375,9 +380,11 @@ local function refresh_rolling(st, recent_key, rolling_key)
       end
     end
   end
+  -- Members below both horizons are dropped in steps of a rolling window, not on every batch.
   local keep_from = math.min(new_cut, st.wm - cfg.window_ms - cfg.grace_ms)
-  if keep_from > -INF then
+  if keep_from > -INF and keep_from - (rs.trimmed_to or -INF) >= cfg.rolling_ms then
     redis.call('ZREMRANGEBYSCORE', recent_key, '-inf', score_bound(keep_from, true))
+    rs.trimmed_to = keep_from
   end
   local t = rolling_summary(rs.n, rs.t, rs.tt, rs.t0 or 0, rs.tmin, rs.tmax)
   local h = rolling_summary(rs.n, rs.h, rs.hh, rs.h0 or 0, rs.hmin, rs.hmax)
