@@ -39,7 +39,7 @@ class CommitBatch:
         return base
 
     def script_args(self) -> list:
-        args: list = [len(self.readings)]
+        args: list = [self.entry_ids[0], self.entry_ids[-1], len(self.readings)]
         for sensor, items in self.readings.items():
             args += [sensor, len(items)]
             for entry_id, reading in items:

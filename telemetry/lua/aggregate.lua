@@ -1,7 +1,7 @@
 -- The aggregator's state machine, run atomically inside Redis.
 --
--- mode 'commit': apply one worker batch. XACKs each entry and skips those already acked (another
---   consumer claimed and committed them first: first commit wins), writes dead letters, folds the readings into per-sensor windows, rolling buffers and alert states,
+-- mode 'commit': apply one worker batch. Skips entries no longer pending (another consumer
+--   claimed and committed them first: first commit wins), XACKs the rest, writes dead letters, folds the readings into per-sensor windows, rolling buffers and alert states,
 --   and emits closed windows and alert transitions. All or nothing, so a worker killed at any
 --   moment either applied a batch completely or not at all, and no entry is applied twice.
 -- mode 'sweep': visit sensors whose next wall-clock deadline has passed: settle watermarks,
@@ -80,7 +80,7 @@ local function load_state(sensor)
   local packed = redis.call('HGET', KEYS[K_STATE], sensor)
   if packed then return cmsgpack.unpack(packed) end
   return {wm = -INF, closed_through = -INF, max_ts = -INF, last_arrival = 0, windows = {}, marks = {},
-          alerts = {}, roll = {}, last = {}, late = 0, duplicates = 0, accepted = 0,
+          alerts = {}, roll = {}, last_ts = -INF, late = 0, duplicates = 0, accepted = 0,
           next_close = INF, rsum = {n = 0, t = 0, tt = 0, h = 0, hh = 0, tmin = INF, tmax = -INF, hmin = INF,
                                     hmax = -INF, tmin_n = 0, tmax_n = 0, hmin_n = 0, hmax_n = 0, cut = -INF}}
 end
@@ -170,9 +170,10 @@ local function alerts_for_reading(sensor, st, ts, t, h)
       local breach, clear = compare(rule, value)
       alert_step(sensor, st, rule, breach, clear, ts, value, rule.metric)
     elseif kind == 'rate_of_change' then
-      local prev = st.last[rule.metric]
-      if prev ~= nil and ts > prev[1] then
-        local per_min = math.abs(value - prev[2]) / (ts - prev[1]) * 60000
+      if ts > st.last_ts and st.last_ts > -INF then
+        local previous = st.last_t
+        if rule.metric == 'humidity_pct' then previous = st.last_h end
+        local per_min = math.abs(value - previous) / (ts - st.last_ts) * 60000
         alert_step(sensor, st, rule, per_min > rule.threshold, per_min <= rule.threshold, ts, per_min, nil)
       end
     elseif kind == 'zscore' then
@@ -404,9 +405,10 @@ local function member_at(p)
   return ARGV[p + 1] .. ':' .. ARGV[p + 4] .. ':' .. ARGV[p + 2] .. ':' .. ARGV[p + 3]
 end
 
--- One reading at ARGV position p: id, ts, temperature, humidity, seq (all as sent).
--- known: members already stored or seen earlier in this batch; fresh: members to store.
-local function apply_reading(sensor, st, p, known, fresh)
+-- One reading at ARGV position p: id, ts, temperature, humidity, seq (all as sent), and its
+-- member in the recent set. known: members already stored or seen earlier in this batch;
+-- fresh: members to store.
+local function apply_reading(sensor, st, p, member, known, fresh)
   local id, seq = ARGV[p], ARGV[p + 4]
   local ts, t, h = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
   local start = ts - (ts % cfg.window_ms)
@@ -419,7 +421,6 @@ local function apply_reading(sensor, st, p, known, fresh)
                                                            humidity_pct = h, seq = seq}))
     return
   end
-  local member = member_at(p)
   if known[member] then
     st.duplicates = st.duplicates + 1
     count('duplicates')
@@ -442,15 +443,10 @@ local function apply_reading(sensor, st, p, known, fresh)
   st.accepted = st.accepted + 1
   processed = processed + 1
   if ts > st.max_ts then st.max_ts = ts end
-  local id_ms, id_seq = parse_id(id)
-  if id_ms > st.last_arrival then st.last_arrival = id_ms end
   if ts > st.rsum.cut then rolling_add(st.rsum, t, h) end
   if #reading_rules > 0 then alerts_for_reading(sensor, st, ts, t, h) end
-  local prev = st.last.temperature_c
-  if prev == nil or ts > prev[1] then
-    st.last.temperature_c, st.last.humidity_pct = {ts, t}, {ts, h}
-  end
-  if before_oldest(id_ms, id_seq) then
+  if ts > st.last_ts then st.last_ts, st.last_t, st.last_h = ts, t, h end
+  if oldest_ms == INF or before_oldest(parse_id(id)) then
     advance_watermark(sensor, st, ts)
   else
     st.marks[#st.marks + 1] = {id, ts}
@@ -476,7 +472,11 @@ local function apply_sensor_readings(sensor, st, recent_key, first, n, skipped, 
     end
   end
   local fresh = {}
-  for _, p in ipairs(positions) do apply_reading(sensor, st, p, known, fresh) end
+  for i, p in ipairs(positions) do apply_reading(sensor, st, p, members[i], known, fresh) end
+  if #positions > 0 then  -- entries come in stream order: the last one arrived last
+    local arrival = parse_id(ARGV[positions[#positions]])
+    if arrival > st.last_arrival then st.last_arrival = arrival end
+  end
   for i = 1, #fresh, 2000 do
     redis.call('ZADD', recent_key, unpack(fresh, i, math.min(i + 1999, #fresh)))
   end
@@ -492,13 +492,15 @@ local function flush_counters()
 end
 
 if mode == 'commit' then
-  -- ARGV 6: number of sensors S, then per sensor: name, n, n x (id, ts, t, h, seq);
-  -- then D, D x (id, reason, fields json) dead letters; then L, L x id entries trimmed away.
-  -- Each entry is acked one by one first: an entry whose XACK finds it no longer pending was
-  -- committed by a consumer that claimed it meanwhile, so it is skipped here. First commit wins.
-  local pos = 7
+  -- ARGV 6, 7: the batch's first and last entry ids; 8: number of sensors S, then per sensor:
+  -- name, n, n x (id, ts, t, h, seq); then D, D x (id, reason, fields json) dead letters;
+  -- then L, L x id entries trimmed away.
+  -- An entry that is no longer pending was committed by a consumer that claimed it meanwhile,
+  -- so it is skipped here: first commit wins. One XPENDING over the batch's range finds them,
+  -- and one XACK acknowledges the rest (one command, not one per entry, in the AOF).
+  local pos = 9
   local batches, all_ids = {}, {}
-  for _ = 1, tonumber(ARGV[6]) do
+  for _ = 1, tonumber(ARGV[8]) do
     local sensor, n = ARGV[pos], tonumber(ARGV[pos + 1])
     pos = pos + 2
     batches[#batches + 1] = {sensor = sensor, first = pos, n = n}
@@ -512,12 +514,21 @@ if mode == 'commit' then
   local lost_n = tonumber(ARGV[pos]); pos = pos + 1
   for i = 0, lost_n - 1 do all_ids[#all_ids + 1] = ARGV[pos + i] end
 
-  local skipped, skipped_n = {}, 0
+  local still_pending = {}
+  for _, entry in ipairs(redis.call('XPENDING', KEYS[K_READINGS], group, ARGV[6], ARGV[7], #all_ids + 100000)) do
+    still_pending[entry[1]] = true
+  end
+  local skipped, skipped_n, to_ack = {}, 0, {}
   for _, id in ipairs(all_ids) do
-    if redis.call('XACK', KEYS[K_READINGS], group, id) == 0 then
+    if still_pending[id] then
+      to_ack[#to_ack + 1] = id
+    else
       skipped[id] = true
       skipped_n = skipped_n + 1
     end
+  end
+  for i = 1, #to_ack, 5000 do
+    redis.call('XACK', KEYS[K_READINGS], group, unpack(to_ack, i, math.min(i + 4999, #to_ack)))
   end
   find_oldest_pending()
   for i = 0, dead_n - 1 do
