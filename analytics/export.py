@@ -19,7 +19,7 @@ from typing import IO
 import pandas as pd
 import redis
 
-from analytics.streams import RowFilter, StreamKind, iter_frames
+from analytics.streams import RowFilter, StreamKind, iter_entries, prefetched, readings_csv_text
 from telemetry.errors import UsageError
 from telemetry.keys import Keys
 from telemetry.schema import FieldMap
@@ -60,12 +60,9 @@ def _writable_temp_beside(target: Path) -> tuple[int, str]:
         raise UsageError(f"--out {target}: cannot write there ({error.strerror})") from None
 
 
-Pages = Iterator[tuple[int, pd.DataFrame]]
-
-
 def readings_csv_lines(frame: pd.DataFrame) -> str:
-    """CSV text for validated readings, without pandas' general writer (3x slower here): no field
-    of a valid reading needs quoting, and repr keeps every float exact."""
+    """CSV text for a frame of validated readings (the general path, for mixed pages): no field of
+    a valid reading needs quoting, and repr keeps every float exact."""
     seq = ["" if value is None else str(value) for value in frame["seq"].astype(object).where(frame["seq"].notna(), None)]
     columns = (frame["stream_id"].tolist(), frame["sensor"].tolist(), frame["time"].tolist(),
                map(str, frame["ts_ms"].tolist()), map(repr, frame["temperature_c"].tolist()),
@@ -73,27 +70,41 @@ def readings_csv_lines(frame: pd.DataFrame) -> str:
     return "".join(line + "\n" for line in map(",".join, zip(*columns)))
 
 
-def _write_csv(stream: IO[str], kind: StreamKind, pages: Pages, progress: Progress) -> int:
-    stream.write(",".join(kind.columns) + "\n")
+def page_csv(kind: StreamKind, page, field_map: FieldMap, row_filter: RowFilter) -> tuple[str, int]:
+    """One XRANGE page as CSV text and its row count."""
+    if kind.name == "readings":
+        fast = readings_csv_text(page, field_map, row_filter)
+        if fast is not None:
+            return fast
+        frame = row_filter.apply(kind.to_frame(page, field_map), kind.time_column)
+        return readings_csv_lines(frame), len(frame)
+    frame = row_filter.apply(kind.to_frame(page, field_map), kind.time_column)
+    return frame.to_csv(header=False, index=False, lineterminator="\n"), len(frame)
+
+
+def _write_csv(stream: IO[str], request: ExportRequest, pages: Iterator, field_map: FieldMap,
+               progress: Progress) -> int:
+    stream.write(",".join(request.kind.columns) + "\n")
     written = 0
-    for entries, frame in pages:
-        if kind.name == "readings":
-            stream.write(readings_csv_lines(frame))
-        else:
-            frame.to_csv(stream, header=False, index=False, lineterminator="\n")
-        written += len(frame)
-        progress.advance(entries)
+    for page in pages:
+        text, rows = page_csv(request.kind, page, field_map, request.row_filter)
+        stream.write(text)
+        written += rows
+        progress.advance(len(page))
     return written
 
 
-def _write_parquet(path: str, columns: tuple[str, ...], pages: Pages, progress: Progress) -> int:
+def _write_parquet(path: str, request: ExportRequest, pages: Iterator, field_map: FieldMap,
+                   progress: Progress) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    kind, columns = request.kind, request.kind.columns
     writer, schema, written = None, None, 0
     try:
-        for entries, frame in pages:
-            progress.advance(entries)
+        for page in pages:
+            progress.advance(len(page))
+            frame = request.row_filter.apply(kind.to_frame(page, field_map), kind.time_column)
             if frame.empty:
                 continue
             table = pa.Table.from_pandas(frame, preserve_index=False)
@@ -113,13 +124,13 @@ def _write_parquet(path: str, columns: tuple[str, ...], pages: Pages, progress: 
 def export(db: redis.Redis, keys: Keys, field_map: FieldMap, request: ExportRequest) -> int:
     """Write the export and return the number of rows written."""
     key = request.kind.key(keys)
-    pages = iter_frames(db, request.kind, keys, field_map, request.row_filter)
+    pages = prefetched(iter_entries(db, key))
     progress = Progress(db.xlen(key), enabled=sys.stderr.isatty())
     if request.out == "-":
         if request.file_format != "csv":
             raise UsageError("--out -: only CSV can go to stdout")
         try:
-            return _write_csv(sys.stdout, request.kind, pages, progress)
+            return _write_csv(sys.stdout, request, pages, field_map, progress)
         finally:
             progress.close()
     target = Path(request.out)
@@ -127,12 +138,12 @@ def export(db: redis.Redis, keys: Keys, field_map: FieldMap, request: ExportRequ
     try:
         if request.file_format == "parquet":
             os.close(descriptor)
-            written = _write_parquet(temporary, request.kind.columns, pages, progress)
+            written = _write_parquet(temporary, request, pages, field_map, progress)
         else:
             raw = os.fdopen(descriptor, "wb")
             binary = gzip.GzipFile(fileobj=raw, mode="wb") if target.name.endswith(".gz") else raw
             with raw, binary, io.TextIOWrapper(binary, encoding="utf-8", newline="") as text:
-                written = _write_csv(text, request.kind, pages, progress)
+                written = _write_csv(text, request, pages, field_map, progress)
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

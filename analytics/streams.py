@@ -20,7 +20,7 @@ import pandas as pd
 import redis
 
 from telemetry.keys import Keys
-from telemetry.schema import HUMIDITY_RANGE_PCT, SENSOR_NAME, TEMPERATURE_RANGE_C, FieldMap
+from telemetry.schema import HUMIDITY_RANGE_PCT, SCHEMA_VERSION, SENSOR_NAME, TEMPERATURE_RANGE_C, FieldMap
 
 PAGE_SIZE = 10_000
 
@@ -36,10 +36,12 @@ DEAD_LETTER_COLUMNS = ("stream_id", "time", "dead_lettered_ms", "entry_id", "sen
 Page = list[tuple[str, dict[str, str]]]
 
 
-def iso_utc_column(epoch_ms: pd.Series) -> np.ndarray:
-    """ISO-8601 UTC with milliseconds and Z, vectorised (the same text as timeutil.iso_utc)."""
-    stamps = np.datetime_as_string(epoch_ms.to_numpy(dtype="int64").astype("datetime64[ms]"), unit="ms")
-    return np.char.add(stamps.astype(str), "Z")
+def iso_utc_column(epoch_ms: pd.Series | np.ndarray) -> np.ndarray:
+    """ISO-8601 UTC with milliseconds and Z, vectorised (the same text as timeutil.iso_utc).
+    Formatted once per distinct time: a fleet shares each tick's timestamp."""
+    distinct, positions = np.unique(np.asarray(epoch_ms, dtype="int64"), return_inverse=True)
+    stamps = np.datetime_as_string(distinct.astype("datetime64[ms]"), unit="ms")
+    return np.char.add(stamps.astype(str), "Z")[positions]
 
 
 def _as_dict(fields: dict | list) -> dict:
@@ -63,9 +65,9 @@ def _numeric(frame: pd.DataFrame, name: str | None) -> pd.Series:
         return pd.to_numeric(column, errors="coerce")
 
 
-def _uniform_frame(page: Page) -> pd.DataFrame | None:
-    """When every entry has the same fields in the same order (one producer), slice columns
-    out of one matrix instead of building a dict per entry."""
+def uniform_columns(page: Page) -> dict[str, np.ndarray] | None:
+    """When every entry has the same fields in the same order (one producer), slice the columns
+    out of one matrix instead of building a dict per entry; None when the page is mixed."""
     first = page[0][1]
     width = len(first)
     values = [fields for _, fields in page]
@@ -75,9 +77,14 @@ def _uniform_frame(page: Page) -> pd.DataFrame | None:
     names = first[::2]
     if len(set(names)) != len(names) or any((matrix[:, 2 * i] != name).any() for i, name in enumerate(names)):
         return None
-    frame = pd.DataFrame({name: matrix[:, 2 * i + 1] for i, name in enumerate(names)})
-    frame["stream_id"] = [entry_id for entry_id, _ in page]
-    return frame
+    columns = {name: matrix[:, 2 * i + 1] for i, name in enumerate(names)}
+    columns["stream_id"] = np.array([entry_id for entry_id, _ in page], dtype=object)
+    return columns
+
+
+def _uniform_frame(page: Page) -> pd.DataFrame | None:
+    columns = uniform_columns(page)
+    return None if columns is None else pd.DataFrame(columns)
 
 
 def readings_frame(page: Page, field_map: FieldMap) -> pd.DataFrame:
@@ -155,17 +162,29 @@ class RowFilter:
     since_ms: int | None = None
     until_ms: int | None = None
 
+    def sensor_mask(self, sensors: np.ndarray) -> np.ndarray:
+        """Glob matching once per distinct name, not once per row."""
+        if not self.sensor_patterns:
+            return np.ones(len(sensors), dtype=bool)
+        verdicts = {name: any(fnmatch.fnmatchcase(str(name), p) for p in self.sensor_patterns)
+                    for name in set(sensors.tolist())}
+        return np.array([verdicts[name] for name in sensors.tolist()], dtype=bool)
+
+    def time_mask(self, epoch_ms: np.ndarray) -> np.ndarray:
+        keep = np.ones(len(epoch_ms), dtype=bool)
+        if self.since_ms is not None:
+            keep &= epoch_ms >= self.since_ms
+        if self.until_ms is not None:
+            keep &= epoch_ms < self.until_ms
+        return keep
+
     def apply(self, frame: pd.DataFrame, time_column: str) -> pd.DataFrame:
-        keep = pd.Series(True, index=frame.index)
-        if self.sensor_patterns:
-            pattern = "|".join(fnmatch.translate(p) for p in self.sensor_patterns)
-            keep &= frame["sensor"].astype(str).str.match(pattern)
+        if frame.empty:
+            return frame
+        keep = self.sensor_mask(frame["sensor"].astype(str).to_numpy())
         if self.since_ms is not None or self.until_ms is not None:
-            moment = pd.to_numeric(frame[time_column], errors="coerce")
-            if self.since_ms is not None:
-                keep &= moment >= self.since_ms
-            if self.until_ms is not None:
-                keep &= moment < self.until_ms
+            moment = pd.to_numeric(frame[time_column], errors="coerce").to_numpy()
+            keep &= self.time_mask(moment)
         return frame[keep]
 
 
@@ -222,3 +241,39 @@ def iter_frames(db: redis.Redis, kind: StreamKind, keys: Keys, field_map: FieldM
     """(entries read, rows kept) per page."""
     for page in prefetched(iter_entries(db, kind.key(keys))):
         yield len(page), row_filter.apply(kind.to_frame(page, field_map), kind.time_column)
+
+
+def readings_csv_text(page: Page, field_map: FieldMap, row_filter: RowFilter) -> tuple[str, int] | None:
+    """CSV rows for a page of readings written by one producer, or None to take the general path.
+
+    Values are the text stored in Redis, already exact; validity follows the schema's rules
+    (name, ranges, finite numbers, non-negative integers), checked with numpy over whole columns.
+    """
+    columns = uniform_columns(page)
+    parts = (field_map.sensor, field_map.ts, field_map.temperature_c, field_map.humidity_pct)
+    if columns is None or not field_map.ts or any(part not in columns for part in parts):
+        return None
+    try:
+        ts = columns[field_map.ts].astype(np.int64)
+        temperature = columns[field_map.temperature_c].astype(np.float64)
+        humidity = columns[field_map.humidity_pct].astype(np.float64)
+        seq_text = columns.get(field_map.seq) if field_map.seq else None
+        seq = seq_text.astype(np.int64) if seq_text is not None else np.zeros(len(ts), dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    sensors = columns[field_map.sensor]
+    names_ok = {name: bool(SENSOR_NAME.fullmatch(str(name))) for name in set(sensors.tolist())}
+    keep = np.array([names_ok[name] for name in sensors.tolist()], dtype=bool)
+    keep &= (ts >= 0) & (seq >= 0)
+    keep &= (temperature >= TEMPERATURE_RANGE_C[0]) & (temperature <= TEMPERATURE_RANGE_C[1])
+    keep &= (humidity >= HUMIDITY_RANGE_PCT[0]) & (humidity <= HUMIDITY_RANGE_PCT[1])
+    if field_map.version and field_map.version in columns:
+        keep &= columns[field_map.version] == str(SCHEMA_VERSION)
+    keep &= row_filter.sensor_mask(sensors) & row_filter.time_mask(ts)
+    if seq_text is None:
+        seq_text = np.full(len(ts), "", dtype=object)
+    times = iso_utc_column(ts[keep]).tolist()
+    rows = zip(columns["stream_id"][keep].tolist(), sensors[keep].tolist(), times,
+               columns[field_map.ts][keep].tolist(), columns[field_map.temperature_c][keep].tolist(),
+               columns[field_map.humidity_pct][keep].tolist(), seq_text[keep].tolist())
+    return "".join(f"{a},{b},{c},{d},{e},{f},{g}\n" for a, b, c, d, e, f, g in rows), len(times)

@@ -133,3 +133,20 @@ def test_plot_is_a_png_with_the_expected_series(redis_url, db, keys, tmp_path):
     assert labels == ["temperature_c", "window mean"]
     assert [line.get_label() for line in figure.axes[1].get_lines()] == ["humidity_pct", "window mean"]
     assert len(figure.axes[0].patches) == 1  # one alert episode shaded
+
+
+def test_fast_and_general_csv_paths_write_the_same_text():
+    from analytics.export import readings_csv_lines
+    from analytics.streams import RowFilter, readings_csv_text, readings_frame
+    from telemetry.schema import FieldMap
+
+    page = []
+    for i in range(50):
+        fields = Reading(f"s{i % 4}", START + i * 1000, 20.0 + i / 10, 40.0 + i / 7, i).encode()
+        page.append((f"{START + i}-0", [value for pair in fields.items() for value in pair]))
+    page[6][1][5] = "150.5"  # temperature out of range: left out by both paths
+    selection = RowFilter(("s[12]",), START + 5_000, START + 45_000)
+    fast_text, fast_rows = readings_csv_text(page, FieldMap(), selection)
+    frame = selection.apply(readings_frame(page, FieldMap()), "ts_ms")
+    assert fast_text == readings_csv_lines(frame)
+    assert fast_rows == len(frame) == 19
