@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis
 import walrus
@@ -60,7 +60,6 @@ class WorkerStats:
     alerts_emitted: int = 0
     skipped_as_committed_elsewhere: int = 0
     claimed: int = 0
-    batch_seconds: list[float] = field(default_factory=list)
 
 
 class AggregatorWorker:

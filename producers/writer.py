@@ -12,7 +12,6 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -34,7 +33,7 @@ class BatchResult:
 
 class StreamWriter:
     def __init__(self, db: walrus.Database, keys: Keys, field_map: FieldMap, maxlen: int,
-                 *, is_stopping: Callable[[], bool] = lambda: False, log=sys.stderr) -> None:
+                 *, log=sys.stderr) -> None:
         self.db = db
         self.keys = keys
         self.maxlen = maxlen
@@ -42,9 +41,7 @@ class StreamWriter:
         self.sensor_column = self.layout.index(field_map.sensor) + 1
         self.seq_column = self.layout.index(field_map.seq) + 1 if field_map.seq else 0
         self.append = load_script(db, "append_readings")
-        self.is_stopping = is_stopping
         self.log = log
-        self.reconnects = 0
         self._outbox: queue.Queue[list[str]] = queue.Queue(maxsize=2)
         self._sender: threading.Thread | None = None
         self._sender_error: Exception | None = None
@@ -97,7 +94,6 @@ class StreamWriter:
                 return BatchResult(appended, skipped)
             except RETRYABLE as error:
                 delay = backoff.next_delay()
-                self.reconnects += 1
                 print(f"producer: Redis unavailable ({error.__class__.__name__}: {error}); "
                       f"retrying {len(rows)} unconfirmed readings in {delay:.1f}s", file=self.log)
                 time.sleep(delay)

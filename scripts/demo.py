@@ -9,8 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Self
 
 from rich.console import Console
 from rich.live import Live
@@ -111,7 +111,7 @@ def main() -> int:
     deadline = time.monotonic() + seconds
     previous = None
     try:
-        with Live(console=console, refresh_per_second=2, transient=False) if interactive else _NoLive() as live:
+        with Live(console=console, refresh_per_second=2, transient=False) if interactive else nullcontext() as live:
             next_plain = time.monotonic() + 10
             while time.monotonic() < deadline and not stop.requested:
                 snapshot = collect_snapshot(db, keys, list(SENSORS))
@@ -135,14 +135,6 @@ def main() -> int:
         embedded.stop()
         print("demo: stopped the embedded redis-server it started (data stays in .telemetry/)")
     return 0
-
-
-class _NoLive:
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        return None
 
 
 if __name__ == "__main__":

@@ -70,9 +70,7 @@ def wait_until_ready(url: str, timeout_s: float = START_TIMEOUT_S) -> None:
         try:
             client.ping()
             return
-        except redis.BusyLoadingError:
-            pass
-        except redis.ConnectionError:
+        except redis.ConnectionError:  # not listening yet, or still loading the AOF
             pass
         if time.monotonic() > deadline:
             raise UsageError(f"redis-server did not answer on {url} within {timeout_s:.0f}s")

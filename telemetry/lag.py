@@ -7,7 +7,7 @@ last-delivered id falls between the stream's first and last ids, and marked as e
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import redis
 
@@ -30,9 +30,6 @@ class GroupLag:
     lag_entries: int
     lag_seconds: float
     lag_estimated: bool
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
