@@ -53,6 +53,14 @@ class CommitBatch:
         return args
 
 
+@dataclass(frozen=True, slots=True)
+class DecodedBatch:
+    """A batch ready to commit, and how long decoding it took (part of the batch-time metric)."""
+
+    batch: CommitBatch
+    decode_seconds: float
+
+
 def build_batch(entries: list[tuple[str, dict[str, str] | None]], field_map: FieldMap, now_ms: int,
                 max_skew_ms: int, delivery_counts: dict[str, int] | None = None,
                 max_deliveries: int = 0) -> CommitBatch:

@@ -14,15 +14,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-import redis
 import walrus
 
-from telemetry.backoff import Backoff
+from telemetry.backoff import RETRYABLE, Backoff
 from telemetry.keys import Keys
 from telemetry.schema import FieldMap, entry_layout
 from telemetry.scripts import load_script
-
-RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+import redis
+
+# Errors after which the same call may succeed later: the server is away, slow or loading its AOF.
+RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
 
 @dataclass(slots=True)
 class Backoff:
