@@ -15,6 +15,11 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def flag_of(field_name: str) -> str:
+    """The command-line flag that sets a field, so that an error names what the user typed."""
+    return "--" + field_name.removesuffix("_ms").replace("_", "-")
+
+
 @dataclass(frozen=True, slots=True)
 class AggregatorSettings:
     group: str = "aggregators"
@@ -44,10 +49,10 @@ class AggregatorSettings:
             raise UsageError(f"--start {self.start!r}: expected new or all")
         for name in ("batch", "window_ms", "rolling_ms", "max_deliveries", "block_ms"):
             if getattr(self, name) <= 0:
-                raise UsageError(f"{name}: must be positive, got {getattr(self, name)}")
+                raise UsageError(f"{flag_of(name)}: must be positive, got {getattr(self, name)}")
         for name in ("grace_ms", "idle_ms", "max_skew_ms", "claim_idle_ms"):
             if getattr(self, name) < 0:
-                raise UsageError(f"{name}: must not be negative, got {getattr(self, name)}")
+                raise UsageError(f"{flag_of(name)}: must not be negative, got {getattr(self, name)}")
         if self.batch > 10_000:
             raise UsageError(f"--batch {self.batch}: at most 10000")
         for label in (self.group, self.consumer):
