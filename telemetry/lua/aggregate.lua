@@ -160,32 +160,61 @@ local function compare(rule, value)
   return value < rule.below, value >= rule.below + rule.hysteresis
 end
 
--- Rules that look at a single reading, evaluated in stream order within the batch.
-local function alerts_for_reading(sensor, st, ts, t, h)
-  for _, rule in ipairs(reading_rules) do
-    local value = t
-    if rule.metric == 'humidity_pct' then value = h end
-    local kind = rule.kind
-    if kind == 'threshold' then
-      local breach, clear = compare(rule, value)
-      alert_step(sensor, st, rule, breach, clear, ts, value, rule.metric)
-    elseif kind == 'rate_of_change' then
-      if ts > st.last_ts and st.last_ts > -INF then
-        local previous = st.last_t
-        if rule.metric == 'humidity_pct' then previous = st.last_h end
-        local per_min = math.abs(value - previous) / (ts - st.last_ts) * 60000
-        alert_step(sensor, st, rule, per_min > rule.threshold, per_min <= rule.threshold, ts, per_min, nil)
+-- Rules that look at a single reading, evaluated in stream order within the batch. Each becomes
+-- a closure over its own parameters, so the per-reading loop does no dispatch on kind, and skips
+-- alert_step when the condition does not hold and the rule has no state for this sensor.
+local function reading_check(rule)
+  local name, metric, threshold = rule.name, rule.metric, rule.threshold
+  local humidity = metric == 'humidity_pct'
+  if rule.kind == 'threshold' then
+    local above, below, band = rule.above, rule.below, rule.hysteresis
+    return function(sensor, st, ts, t, h)
+      local value = t
+      if humidity then value = h end
+      local breach, clear
+      if above ~= nil then
+        breach, clear = value > above, value <= above - band
+      else
+        breach, clear = value < below, value >= below + band
       end
-    elseif kind == 'zscore' then
-      local r = st.roll[rule.metric]
-      if r ~= nil and r.n >= rule.min_count and r.std ~= nil and r.std > 0 then
+      if breach or st.alerts[name] ~= nil then alert_step(sensor, st, rule, breach, clear, ts, value, metric) end
+    end
+  elseif rule.kind == 'rate_of_change' then
+    return function(sensor, st, ts, t, h)
+      local last_ts = st.last_ts
+      if ts > last_ts and last_ts > -INF then
+        local value, previous = t, st.last_t
+        if humidity then value, previous = h, st.last_h end
+        local per_min = math.abs(value - previous) / (ts - last_ts) * 60000
+        if per_min > threshold or st.alerts[name] ~= nil then
+          alert_step(sensor, st, rule, per_min > threshold, per_min <= threshold, ts, per_min, nil)
+        end
+      end
+    end
+  elseif rule.kind == 'zscore' then
+    local min_count, band = rule.min_count, rule.hysteresis
+    return function(sensor, st, ts, t, h)
+      local r = st.roll[metric]
+      if r ~= nil and r.n >= min_count and r.std ~= nil and r.std > 0 then
+        local value = t
+        if humidity then value = h end
         local z = math.abs(value - r.mean) / r.std
-        alert_step(sensor, st, rule, z > rule.threshold, z <= rule.threshold - rule.hysteresis, ts, z, rule.metric)
+        if z > threshold or st.alerts[name] ~= nil then
+          alert_step(sensor, st, rule, z > threshold, z <= threshold - band, ts, z, metric)
+        end
       end
-    elseif kind == 'silent' then
-      alert_step(sensor, st, rule, false, true, ts, 0, nil)
     end
   end
+  return function(sensor, st, ts)  -- silent: any reading resolves it
+    if st.alerts[name] ~= nil then alert_step(sensor, st, rule, false, true, ts, 0, nil) end
+  end
+end
+
+local reading_checks = {}
+for _, rule in ipairs(reading_rules) do reading_checks[#reading_checks + 1] = reading_check(rule) end
+
+local function alerts_for_reading(sensor, st, ts, t, h)
+  for _, check in ipairs(reading_checks) do check(sensor, st, ts, t, h) end
 end
 
 -- Rules on the rolling aggregate, evaluated once the batch's rolling stats are known.
