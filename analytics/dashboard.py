@@ -105,7 +105,8 @@ def render(snapshot: Snapshot, rates: dict[str, float]) -> Group:
     throughput = Text(f"produced {rates.get('produced', 0):,.0f}/s   processed {rates.get('processed', 0):,.0f}/s   "
                       f"windows {snapshot.counters.get('windows_emitted', 0)}   "
                       f"dead letters {snapshot.counters.get('dead_lettered', 0)}   "
-                      f"late {snapshot.counters.get('late', 0)}   lost to trim {snapshot.counters.get('lost_to_trim', 0)}")
+                      f"late {snapshot.counters.get('late', 0)}   lost to trim {snapshot.counters.get('lost_to_trim', 0)}   "
+                      f"missing by seq {snapshot.counters.get('missing_seq', 0)}")
     return Group(sensors, alerts, groups, throughput)
 
 

@@ -43,7 +43,11 @@ def collect_status(db: redis.Redis, keys: Keys, maxlen: int, *, now: int | None 
                 warnings.append(f"consumer {consumer.name!r} in {lag.group!r} holds {consumer.pending} pending "
                                 f"entries and has been idle {consumer.idle_ms / 1000:.0f}s (dead? they will be claimed)")
     if counters.get("lost_to_trim"):
-        warnings.append(f"{counters['lost_to_trim']} readings were trimmed by MAXLEN before a group processed them")
+        warnings.append(f"{counters['lost_to_trim']} readings were trimmed by MAXLEN while pending, before a group "
+                        "processed them")
+    if counters.get("missing_seq", 0) > 0:
+        warnings.append(f"{counters['missing_seq']} readings are missing by seq: dropped before Redis, or trimmed by "
+                        "MAXLEN before the group read them (analytics report shows which sensors)")
 
     def age(entry_id: str | None) -> float | None:
         return None if entry_id is None else round((reference - stream_id_ms(entry_id)) / 1000, 3)

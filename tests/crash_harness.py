@@ -128,6 +128,7 @@ def assert_reconciles(db, keys: Keys) -> None:
     counters = db.hgetall(keys.counters)
     assert int(counters["processed"]) == sum(expected.values())
     assert "late" not in counters and "duplicates" not in counters
+    assert int(counters.get("missing_seq", 0)) == 0, "a reading went missing"
     seqs: dict[str, list[int]] = {}
     for _, fields in db.xrange(keys.readings):
         seqs.setdefault(fields["sensor"], []).append(int(fields["seq"]))

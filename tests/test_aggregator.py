@@ -269,3 +269,24 @@ def test_status_reports_lag_pending_and_dead_letters(db, keys, redis_url):
     assert not status["warnings"]
     result = run_cli("consumers", "status", "--json", "--maxlen", "20", "--redis-url", redis_url)
     assert "over half of MAXLEN" in json.loads(result.stdout)["warnings"][0]
+
+
+def test_readings_trimmed_before_the_group_read_them_are_counted_missing(db, keys, redis_url):
+    import json
+
+    add_readings(db, keys, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(50)])
+    worker = make_worker(db, keys)
+    drain(worker, LATER)
+    add_readings(db, keys, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(50, 150)])
+    db.xtrim(keys.readings, maxlen=20, approximate=False)  # 80 unread readings gone
+    drain(worker, LATER)
+    assert db.hget(keys.counters, "missing_seq") == "80"
+    status = json.loads(run_cli("consumers", "status", "--json", "--redis-url", redis_url).stdout)
+    assert any("80 readings are missing by seq" in warning for warning in status["warnings"])
+
+
+def test_out_of_order_reading_fills_its_gap(db, keys):
+    add_readings(db, keys, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in (0, 1, 3, 4)])
+    add_readings(db, keys, [Reading("s", START + 2000, 20.0, 50.0, 2)])
+    drain(make_worker(db, keys), LATER)
+    assert db.hget(keys.counters, "missing_seq") == "0"

@@ -429,6 +429,21 @@ end
 
 ---------------------------------------------------------------------------------------------
 
+-- Readings missing by seq: a jump past the highest seq seen opens a gap, and a reading that
+-- arrives below it (out of order, and not a duplicate) fills one. Whatever stays missing was
+-- dropped before Redis or trimmed by MAXLEN before any worker of the group read it.
+local function track_seq(st, seq)
+  if seq == nil then return end
+  if st.max_seq == nil then
+    st.max_seq = seq
+  elseif seq > st.max_seq then
+    if seq > st.max_seq + 1 then count('missing_seq', seq - st.max_seq - 1) end
+    st.max_seq = seq
+  else
+    count('missing_seq', -1)
+  end
+end
+
 -- A reading's member in its sensor's recent set: identical for a resent copy, so it dedupes.
 local function member_at(p)
   return ARGV[p + 1] .. ':' .. ARGV[p + 4] .. ':' .. ARGV[p + 2] .. ':' .. ARGV[p + 3]
@@ -458,6 +473,7 @@ local function apply_reading(sensor, st, p, member, known, fresh)
   known[member] = true
   fresh[#fresh + 1] = ts
   fresh[#fresh + 1] = member
+  track_seq(st, tonumber(seq))
   local w = st.windows[start]
   if w == nil then
     w = {n = 0, t = acc_new(), h = acc_new(), first_ts = ts, last_ts = ts}
