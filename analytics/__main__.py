@@ -12,7 +12,7 @@ import pandas as pd
 from analytics.export import ExportRequest, export
 from analytics.plot import alert_episodes, sensor_figure
 from analytics.report import build_report, summarise
-from analytics.streams import STREAM_KINDS, RowFilter, iter_frames
+from analytics.streams import STREAM_KINDS, RowFilter, iter_frames, load_frame
 from telemetry.cli import CommandParser, PipelineConfig, add_redis_arguments, run_main
 from telemetry.connection import connect
 from telemetry.errors import UsageError
@@ -112,9 +112,9 @@ def run_plot(args, config: PipelineConfig) -> int:
         readings = pd.concat(list(csv_frames(args.csv, selection)) or [pd.DataFrame()])
     else:
         db = connect(config.target())
-        readings = pd.concat(list(redis_frames(db, config, "readings", selection)))
-        windows = pd.concat(list(redis_frames(db, config, "aggregates", RowFilter((args.sensor,)))))
-        alerts = pd.concat(list(redis_frames(db, config, "alerts", RowFilter((args.sensor,)))))
+        readings = load_frame(db, STREAM_KINDS["readings"], config.keys, config.field_map, selection)
+        windows, alerts = (load_frame(db, STREAM_KINDS[which], config.keys, config.field_map, RowFilter((args.sensor,)))
+                           for which in ("aggregates", "alerts"))
     figure = sensor_figure(args.sensor, readings, windows, alert_episodes(alerts))
     try:
         figure.savefig(args.out, dpi=110)

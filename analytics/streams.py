@@ -277,3 +277,10 @@ def readings_csv_text(page: Page, field_map: FieldMap, row_filter: RowFilter) ->
                columns[field_map.ts][keep].tolist(), columns[field_map.temperature_c][keep].tolist(),
                columns[field_map.humidity_pct][keep].tolist(), seq_text[keep].tolist())
     return "".join(f"{a},{b},{c},{d},{e},{f},{g}\n" for a, b, c, d, e, f, g in rows), len(times)
+
+
+def load_frame(db: redis.Redis, kind: StreamKind, keys: Keys, field_map: FieldMap, row_filter: RowFilter
+               ) -> pd.DataFrame:
+    """A whole (filtered) stream in memory, for plots of one sensor; empty with the kind's columns."""
+    frames = [frame for _, frame in iter_frames(db, kind, keys, field_map, row_filter)]
+    return pd.concat(frames) if frames else pd.DataFrame(columns=list(kind.columns))

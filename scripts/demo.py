@@ -18,7 +18,7 @@ from rich.live import Live
 from analytics.dashboard import collect_snapshot, plain_summary, rates_between, render
 from analytics.export import ExportRequest, export
 from analytics.plot import alert_episodes, sensor_figure
-from analytics.streams import STREAM_KINDS, RowFilter, iter_frames
+from analytics.streams import STREAM_KINDS, RowFilter, load_frame
 from telemetry.cli import StopSignal
 from telemetry.connection import connect, resolve_target
 from telemetry.embedded import EmbeddedRedis, default_home
@@ -69,16 +69,10 @@ def write_outputs(db, keys: Keys) -> list[Path]:
         target = OUT / f"{which}.csv"
         export(db, keys, FieldMap(), ExportRequest(STREAM_KINDS[which], str(target)))
         written.append(target)
-    frames = {which: [frame for _, frame in iter_frames(db, STREAM_KINDS[which], keys, FieldMap(),
-                                                        RowFilter((FAULTY,)))]
-              for which in ("readings", "aggregates", "alerts")}
-    import pandas as pd
-
-    def joined(which: str) -> pd.DataFrame:
-        return pd.concat(frames[which]) if frames[which] else pd.DataFrame()
-
+    readings, windows, alerts = (load_frame(db, STREAM_KINDS[which], keys, FieldMap(), RowFilter((FAULTY,)))
+                                 for which in ("readings", "aggregates", "alerts"))
     plot = OUT / f"{FAULTY}.png"
-    sensor_figure(FAULTY, joined("readings"), joined("aggregates"), alert_episodes(joined("alerts"))).savefig(plot, dpi=110)
+    sensor_figure(FAULTY, readings, windows, alert_episodes(alerts)).savefig(plot, dpi=110)
     written.append(plot)
     return written
 

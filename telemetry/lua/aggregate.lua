@@ -80,7 +80,7 @@ local function load_state(sensor)
   local packed = redis.call('HGET', KEYS[K_STATE], sensor)
   if packed then return cmsgpack.unpack(packed) end
   return {wm = -INF, closed_through = -INF, max_ts = -INF, last_arrival = 0, windows = {}, marks = {},
-          alerts = {}, roll = {}, last_ts = -INF, late = 0, duplicates = 0, accepted = 0,
+          alerts = {}, roll = {}, last_ts = -INF,
           next_close = INF, rsum = {n = 0, t = 0, tt = 0, h = 0, hh = 0, tmin = INF, tmax = -INF, hmin = INF,
                                     hmax = -INF, tmin_n = 0, tmax_n = 0, hmin_n = 0, hmax_n = 0, cut = -INF}}
 end
@@ -458,7 +458,6 @@ local function apply_reading(sensor, st, p, member, known, fresh)
   local start = ts - (ts % cfg.window_ms)
   local window_end = start + cfg.window_ms
   if window_end + cfg.grace_ms <= st.wm or window_end <= st.closed_through then
-    st.late = st.late + 1
     count('late')
     dead_letter(id, 'late: window ' .. string.format('%d', start) .. ' already closed (watermark '
       .. string.format('%d', st.wm) .. ')', cjson.encode({sensor = sensor, ts = ts, temperature_c = t,
@@ -466,7 +465,6 @@ local function apply_reading(sensor, st, p, member, known, fresh)
     return
   end
   if known[member] then
-    st.duplicates = st.duplicates + 1
     count('duplicates')
     return
   end
@@ -485,7 +483,6 @@ local function apply_reading(sensor, st, p, member, known, fresh)
   acc_add(w.h, h)
   if ts < w.first_ts then w.first_ts = ts end
   if ts > w.last_ts then w.last_ts = ts end
-  st.accepted = st.accepted + 1
   processed = processed + 1
   if ts > st.max_ts then st.max_ts = ts end
   if ts > st.rsum.cut then rolling_add(st.rsum, t, h) end
