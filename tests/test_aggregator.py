@@ -290,3 +290,9 @@ def test_out_of_order_reading_fills_its_gap(db, keys):
     add_readings(db, keys, [Reading("s", START + 2000, 20.0, 50.0, 2)])
     drain(make_worker(db, keys), LATER)
     assert db.hget(keys.counters, "missing_seq") == "0"
+
+
+def test_readings_committed_newest_first_leave_nothing_missing(db, keys):
+    add_readings(db, keys, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in (5, 6, 7, 0, 1, 2, 3, 4)])
+    drain(make_worker(db, keys), LATER)
+    assert db.hget(keys.counters, "missing_seq") in (None, "0")

@@ -429,18 +429,22 @@ end
 
 ---------------------------------------------------------------------------------------------
 
--- Readings missing by seq: a jump past the highest seq seen opens a gap, and a reading that
--- arrives below it (out of order, and not a duplicate) fills one. Whatever stays missing was
--- dropped before Redis or trimmed by MAXLEN before any worker of the group read it.
+-- Readings missing by seq: the count of seq numbers never seen between a sensor's lowest and
+-- highest, kept as (max - min + 1) - seen whatever order readings arrive in (workers commit out
+-- of order). Whatever stays missing was dropped before Redis or trimmed by MAXLEN before any
+-- worker of the group read it.
 local function track_seq(st, seq)
   if seq == nil then return end
   if st.max_seq == nil then
-    st.max_seq = seq
+    st.min_seq, st.max_seq = seq, seq
   elseif seq > st.max_seq then
-    if seq > st.max_seq + 1 then count('missing_seq', seq - st.max_seq - 1) end
+    count('missing_seq', seq - st.max_seq - 1)
     st.max_seq = seq
+  elseif seq < st.min_seq then
+    count('missing_seq', st.min_seq - seq - 1)
+    st.min_seq = seq
   else
-    count('missing_seq', -1)
+    count('missing_seq', -1)  -- fills a gap (duplicates were filtered out before)
   end
 end
 
