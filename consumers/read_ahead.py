@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from consumers.batch import CommitBatch, DecodedBatch
+from consumers.batch import DecodedBatch
 from telemetry.backoff import RETRYABLE, Backoff
 
 
@@ -45,11 +45,12 @@ class ReadAhead:
                 return
             self.outbox.put(decoded)
 
-    def take(self, timeout_s: float) -> DecodedBatch:
+    def take(self, timeout_s: float) -> DecodedBatch | None:
+        """The next batch read (empty when a read found nothing new), or None if no read finished in time."""
         try:
             item = self.outbox.get(timeout=timeout_s)
         except queue.Empty:
-            return DecodedBatch(CommitBatch(), 0.0)
+            return None
         if isinstance(item, Exception):
             raise item
         return item

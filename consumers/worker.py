@@ -183,8 +183,9 @@ class AggregatorWorker:
             handled = self.process(entries, now, redelivered=True)
         elif self.read_ahead is not None:
             decoded = self.read_ahead.take(self.settings.block_ms / 1000)
-            self.idle_reads = 0 if len(decoded.batch) else self.idle_reads + 1
-            handled = self.commit_decoded(decoded, now_ms())
+            if decoded is not None:  # a read still under way is not an empty stream
+                self.idle_reads = 0 if len(decoded.batch) else self.idle_reads + 1
+                handled = self.commit_decoded(decoded, now_ms())
         else:
             entries = self._read(">", self.settings.block_ms if block else None)
             self.idle_reads = 0 if entries else self.idle_reads + 1
