@@ -1,15 +1,32 @@
-"""Turns raw stream entries into one commit: valid readings per sensor, dead letters, lost entries.
+"""Turns raw stream entries into one commit: valid readings as columns, dead letters, lost entries.
 
 Nothing here talks to Redis, so the sorting of good from bad input is unit-tested directly.
+Entries laid out as the project's producers write them (fields in `entry_layout` order) are
+decoded a column at a time with numpy, which is what lets one worker keep up with a fleet;
+anything else, and any row the columns flag, goes through `Reading.decode`, which names the bad
+field for the dead-letter reason.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from telemetry.keys import Keys
-from telemetry.schema import FieldMap, Reading, SchemaError
+from telemetry.schema import (
+    HUMIDITY_RANGE_PCT,
+    SCHEMA_VERSION,
+    SENSOR_NAME,
+    TEMPERATURE_RANGE_C,
+    FieldMap,
+    Reading,
+    SchemaError,
+    entry_layout,
+)
+
+Entry = tuple[str, list[str] | None]  # (id, flat field list as XREADGROUP returns it; None: trimmed away)
+NO_SEQ = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,37 +37,47 @@ class DeadLetter:
 
 
 @dataclass(slots=True)
+class ReadingColumns:
+    """A batch's valid readings, one array per part, in stream order; `seq` is NO_SEQ where absent."""
+
+    ids: list[str] = field(default_factory=list)
+    sensors: list[str] = field(default_factory=list)
+    ts_ms: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    temperature_c: np.ndarray = field(default_factory=lambda: np.empty(0))
+    humidity_pct: np.ndarray = field(default_factory=lambda: np.empty(0))
+    seq: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, rows: np.ndarray) -> ReadingColumns:
+        index = rows.tolist()
+        return ReadingColumns([self.ids[i] for i in index], [self.sensors[i] for i in index], self.ts_ms[rows],
+                              self.temperature_c[rows], self.humidity_pct[rows], self.seq[rows])
+
+
+@dataclass(slots=True)
 class CommitBatch:
     """One batch as the aggregate script's commit mode takes it; entry ids keep stream order."""
 
     entry_ids: list[str] = field(default_factory=list)
-    readings: dict[str, list[tuple[str, Reading]]] = field(default_factory=dict)
+    readings: ReadingColumns = field(default_factory=ReadingColumns)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     lost_ids: list[str] = field(default_factory=list)  # trimmed away while pending
 
     def __len__(self) -> int:
         return len(self.entry_ids)
 
+    @property
+    def sensors(self) -> list[str]:
+        return list(dict.fromkeys(self.readings.sensors))
+
     def script_keys(self, keys: Keys) -> list[str]:
         base = [keys.readings, keys.dead_letter, keys.aggregates, keys.alerts, keys.sensor_state,
                 keys.counters, keys.sensor_due]
-        for sensor in self.readings:
+        for sensor in self.sensors:
             base += [keys.recent(sensor), keys.rolling(sensor)]
         return base
-
-    def script_args(self) -> list:
-        args: list = [self.entry_ids[0], self.entry_ids[-1], len(self.readings)]
-        for sensor, items in self.readings.items():
-            args += [sensor, len(items)]
-            for entry_id, reading in items:
-                args += [entry_id, reading.ts_ms, repr(reading.temperature_c), repr(reading.humidity_pct),
-                         "-" if reading.seq is None else reading.seq]
-        args.append(len(self.dead_letters))
-        for dead in self.dead_letters:
-            args += [dead.entry_id, dead.reason, json.dumps(dead.fields, sort_keys=True)]
-        args.append(len(self.lost_ids))
-        args += self.lost_ids
-        return args
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,32 +85,120 @@ class DecodedBatch:
     """A batch ready to commit, and how long decoding it took (part of the batch-time metric)."""
 
     batch: CommitBatch
+    payload: str  # the commit script's input (consumers/payload.py)
     decode_seconds: float
 
 
-def build_batch(entries: list[tuple[str, dict[str, str] | None]], field_map: FieldMap, now_ms: int,
-                max_skew_ms: int, delivery_counts: dict[str, int] | None = None,
-                max_deliveries: int = 0) -> CommitBatch:
+def as_dict(fields: list[str]) -> dict[str, str]:
+    return dict(zip(fields[::2], fields[1::2]))
+
+
+def _layout_positions(field_map: FieldMap) -> dict[str, int]:
+    """Where each part's value sits in a flat field list written in `entry_layout` order."""
+    parts = {"sensor": field_map.sensor, "ts": field_map.ts, "temperature_c": field_map.temperature_c,
+             "humidity_pct": field_map.humidity_pct, "seq": field_map.seq, "version": field_map.version}
+    layout = entry_layout(field_map)
+    return {part: 2 * layout.index(name) + 1 for part, name in parts.items() if name}
+
+
+def _layout_row(reading: Reading, field_map: FieldMap) -> list[str]:
+    """A decoded reading as a flat field list in `entry_layout` order, so every row reads the same way."""
+    values = {field_map.sensor: reading.sensor, field_map.ts: str(reading.ts_ms),
+              field_map.temperature_c: repr(reading.temperature_c), field_map.humidity_pct: repr(reading.humidity_pct),
+              field_map.seq: str(NO_SEQ if reading.seq is None else reading.seq),
+              field_map.version: str(SCHEMA_VERSION)}
+    row: list[str] = []
+    for name in entry_layout(field_map):
+        row += [name, values[name]]
+    return row
+
+
+def _columns(ids: list[str], rows: list[list[str]], trusted: np.ndarray,
+             at: dict[str, int]) -> tuple[ReadingColumns, np.ndarray]:
+    """Typed columns and a mask of untrusted rows that fail a check (decoded one by one for the reason).
+
+    Raises ValueError when a value is not a number at all."""
+    n = len(rows)
+    sensors = [row[at["sensor"]] for row in rows]
+    ts = np.fromiter(map(int, [row[at["ts"]] for row in rows] if "ts" in at
+                         else [entry_id[:entry_id.index("-")] for entry_id in ids]), np.int64, n)
+    temperature = np.fromiter(map(float, [row[at["temperature_c"]] for row in rows]), np.float64, n)
+    humidity = np.fromiter(map(float, [row[at["humidity_pct"]] for row in rows]), np.float64, n)
+    seq = (np.fromiter(map(int, [row[at["seq"]] for row in rows]), np.int64, n) if "seq" in at
+           else np.full(n, NO_SEQ, np.int64))
+    with np.errstate(invalid="ignore"):  # NaN fails every comparison, which is what is wanted
+        ok = ((temperature >= TEMPERATURE_RANGE_C[0]) & (temperature <= TEMPERATURE_RANGE_C[1])
+              & (humidity >= HUMIDITY_RANGE_PCT[0]) & (humidity <= HUMIDITY_RANGE_PCT[1]) & (ts >= 0))
+    if "seq" in at:
+        ok &= seq >= 0
+    bad_names = {name for name in set(sensors) if not SENSOR_NAME.fullmatch(name)}
+    if bad_names:
+        ok &= np.array([name not in bad_names for name in sensors])
+    if "version" in at:
+        versions = [row[at["version"]] for row in rows]
+        if set(versions) != {str(SCHEMA_VERSION)}:
+            ok &= np.array([version == str(SCHEMA_VERSION) for version in versions])
+    return ReadingColumns(ids, sensors, ts, temperature, humidity, seq), ~ok & ~trusted
+
+
+def build_batch(entries: list[Entry], field_map: FieldMap, now_ms: int, max_skew_ms: int,
+                delivery_counts: dict[str, int] | None = None, max_deliveries: int = 0) -> CommitBatch:
     """Sort entries into readings, dead letters (with a reason naming the field) and lost ones."""
-    batch = CommitBatch()
+    batch = CommitBatch(entry_ids=[entry_id for entry_id, _ in entries])
+    layout = list(entry_layout(field_map))
+    at = _layout_positions(field_map)
+    ids: list[str] = []
+    rows: list[list[str]] = []  # every candidate in layout order; entries written otherwise are decoded first
+    trusted: list[int] = []  # positions of rows built from an already decoded reading
     for entry_id, fields in entries:
-        batch.entry_ids.append(entry_id)
         if not fields:
             batch.lost_ids.append(entry_id)
-            continue
-        deliveries = (delivery_counts or {}).get(entry_id, 1)
-        if max_deliveries and deliveries > max_deliveries:
-            batch.dead_letters.append(DeadLetter(entry_id, f"max-deliveries: delivered {deliveries} times", fields))
-            continue
-        try:
-            reading = Reading.decode(fields, entry_id, field_map)
-        except SchemaError as error:
-            batch.dead_letters.append(DeadLetter(entry_id, f"malformed: {error}", fields))
-            continue
-        if reading.ts_ms > now_ms + max_skew_ms:
+        elif delivery_counts and max_deliveries and delivery_counts.get(entry_id, 1) > max_deliveries:
             batch.dead_letters.append(DeadLetter(
-                entry_id, f"future: ts={reading.ts_ms} is {(reading.ts_ms - now_ms) / 1000:.0f}s ahead of the "
-                          f"worker clock (max skew {max_skew_ms / 1000:.0f}s)", fields))
-            continue
-        batch.readings.setdefault(reading.sensor, []).append((entry_id, reading))
+                entry_id, f"max-deliveries: delivered {delivery_counts[entry_id]} times", as_dict(fields)))
+        elif fields[::2] == layout:
+            ids.append(entry_id)
+            rows.append(fields)
+        elif (reading := _decode_one(batch, entry_id, fields, field_map)) is not None:
+            trusted.append(len(rows))
+            ids.append(entry_id)
+            rows.append(_layout_row(reading, field_map))
+    if not rows:
+        return batch
+    trusted_mask = np.zeros(len(rows), bool)
+    trusted_mask[trusted] = True
+    try:
+        readings, suspect = _columns(ids, rows, trusted_mask, at)
+    except (ValueError, OverflowError):  # some value is not a number: vet each row, then convert
+        vetted = []
+        for entry_id, fields, is_trusted in zip(ids, rows, trusted_mask.tolist()):
+            if is_trusted:
+                vetted.append((entry_id, fields))
+            elif (reading := _decode_one(batch, entry_id, fields, field_map)) is not None:
+                vetted.append((entry_id, _layout_row(reading, field_map)))
+        if not vetted:
+            return batch
+        ids, rows = [entry_id for entry_id, _ in vetted], [row for _, row in vetted]
+        readings, suspect = _columns(ids, rows, np.ones(len(rows), bool), at)
+    keep = ~suspect
+    for row in np.flatnonzero(suspect).tolist():
+        keep[row] = _decode_one(batch, ids[row], rows[row], field_map) is not None
+    future = keep & (readings.ts_ms > now_ms + max_skew_ms)
+    for row in np.flatnonzero(future).tolist():
+        ts_ms = int(readings.ts_ms[row])
+        batch.dead_letters.append(DeadLetter(
+            ids[row], f"future: ts={ts_ms} is {(ts_ms - now_ms) / 1000:.0f}s ahead of the worker clock "
+                      f"(max skew {max_skew_ms / 1000:.0f}s)", as_dict(rows[row])))
+    keep &= ~future
+    batch.readings = readings if keep.all() else readings.take(np.flatnonzero(keep))
     return batch
+
+
+def _decode_one(batch: CommitBatch, entry_id: str, fields: list[str], field_map: FieldMap) -> Reading | None:
+    """Decode one entry the careful way; a bad one becomes a dead letter naming the field."""
+    entry = as_dict(fields)
+    try:
+        return Reading.decode(entry, entry_id, field_map)
+    except SchemaError as error:
+        batch.dead_letters.append(DeadLetter(entry_id, f"malformed: {error}", entry))
+        return None

@@ -59,10 +59,16 @@ class AggregatorSettings:
             if not label or any(ch.isspace() for ch in label):
                 raise UsageError(f"group/consumer name {label!r}: must be non-empty without spaces")
 
+    @property
+    def rolling_bucket_ms(self) -> int:
+        """Rolling extremes are also kept per bucket this wide, so that losing one rescans a bucket, not the window."""
+        return max(1, self.rolling_ms // 10)
+
     def lua_config(self) -> str:
         """What the aggregate script needs, as the JSON it decodes once per call."""
         return json.dumps({
             "window_ms": self.window_ms, "grace_ms": self.grace_ms, "rolling_ms": self.rolling_ms,
+            "bucket_ms": self.rolling_bucket_ms,
             "idle_ms": self.idle_ms, "output_maxlen": self.output_maxlen,
             "rules": [rule.to_lua() for rule in self.rules],
         })

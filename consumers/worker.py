@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import redis
 import walrus
 
-from consumers.batch import CommitBatch, DecodedBatch, build_batch
+from consumers.batch import CommitBatch, DecodedBatch, Entry, build_batch
+from consumers.payload import commit_payload
 from consumers.read_ahead import ReadAhead
 from consumers.settings import AggregatorSettings
 from telemetry.backoff import RETRYABLE, Backoff
@@ -25,7 +26,7 @@ from telemetry.schema import FieldMap
 from telemetry.scripts import load_script
 from telemetry.timeutil import now_ms
 
-Entries = list[tuple[str, dict[str, str] | None]]
+Entries = list[Entry]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,10 @@ class AggregatorWorker:
     def __init__(self, db: walrus.Database, keys: Keys, field_map: FieldMap, settings: AggregatorSettings,
                  *, log=sys.stderr, on_batch: OnBatch | None = None) -> None:
         self.db = db
+        # Entries as Redis sends them (flat field lists): redis-py's per-entry dicts cost more than
+        # the rest of decoding.
+        self.raw = redis.Redis(connection_pool=db.connection_pool)
+        self.raw.set_response_callback("XREADGROUP", lambda response, **_: response)
         self.keys = keys
         self.field_map = field_map
         self.settings = settings
@@ -92,9 +97,12 @@ class AggregatorWorker:
     # -- reading ---------------------------------------------------------------------------
 
     def _read(self, entry_id: str, block_ms: int | None) -> Entries:
-        reply = self.db.xreadgroup(self.settings.group, self.settings.consumer, {self.keys.readings: entry_id},
-                                   count=self.settings.batch, block=block_ms)
-        return reply[0][1] if reply else []
+        reply = self.raw.xreadgroup(self.settings.group, self.settings.consumer, {self.keys.readings: entry_id},
+                                    count=self.settings.batch, block=block_ms)
+        if not reply:
+            return []
+        streams = reply.values() if isinstance(reply, dict) else (entries for _, entries in reply)  # RESP3, RESP2
+        return [(entry_id, fields) for entries in streams for entry_id, fields in entries]
 
     def _delivery_counts(self, entries: Entries) -> dict[str, int]:
         if not entries:
@@ -114,22 +122,23 @@ class AggregatorWorker:
             self.stats.lost_to_trim += deleted
             print(f"aggregator: WARNING {deleted} pending readings were trimmed by MAXLEN before they were "
                   f"processed; counted as lost_to_trim", file=self.log)
-        entries = [(entry_id, dict(zip(fields[::2], fields[1::2])) if fields else None)
-                   for entry_id, fields in claimed]
+        entries = [(entry_id, fields or None) for entry_id, fields in claimed]
         self.stats.claimed += len(entries)
         return entries
 
     # -- committing ------------------------------------------------------------------------
 
-    def commit(self, batch: CommitBatch, now: int) -> CommitResult:
+    def commit(self, batch: CommitBatch, now: int, payload: str | None = None) -> CommitResult:
         """Apply a batch exactly once: entries another consumer committed first are skipped."""
         if not len(batch):
             return CommitResult()
+        if payload is None:
+            payload = commit_payload(batch, self.settings.window_ms, self.settings.rolling_bucket_ms)
         result = CommitResult.from_reply(self.aggregate(
             keys=batch.script_keys(self.keys),
-            args=["commit", self.settings.group, self.settings.consumer, now, self.lua_config, *batch.script_args()]))
+            args=["commit", self.settings.group, self.settings.consumer, now, self.lua_config, payload]))
         self.stats.entries += result.applied
-        self.stats.readings += sum(len(items) for items in batch.readings.values())
+        self.stats.readings += len(batch.readings)
         self.stats.dead_lettered += len(batch.dead_letters)
         self.stats.lost_to_trim += len(batch.lost_ids)
         self.stats.windows_emitted += result.windows
@@ -142,13 +151,14 @@ class AggregatorWorker:
         counts = self._delivery_counts(entries) if redelivered and entries else None
         batch = build_batch(entries, self.field_map, now, self.settings.max_skew_ms, counts,
                             self.settings.max_deliveries)
-        return DecodedBatch(batch, time.perf_counter() - started)
+        payload = commit_payload(batch, self.settings.window_ms, self.settings.rolling_bucket_ms) if len(batch) else ""
+        return DecodedBatch(batch, payload, time.perf_counter() - started)
 
     def commit_decoded(self, decoded: DecodedBatch, now: int) -> int:
         if not len(decoded.batch):
             return 0
         started = time.perf_counter()
-        result = self.commit(decoded.batch, now)
+        result = self.commit(decoded.batch, now, decoded.payload)
         if self.on_batch is not None:
             self.on_batch(decoded.batch, result, decoded.decode_seconds + time.perf_counter() - started)
         return len(decoded.batch)

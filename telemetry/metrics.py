@@ -63,7 +63,7 @@ def start_worker_metrics(port: int, db: redis.Redis, keys: Keys, group: str):
     start_http_server(port, registry=registry)
 
     def on_batch(batch, result, elapsed: float) -> None:
-        processed.inc(sum(len(items) for items in batch.readings.values()) - result.late)
+        processed.inc(len(batch.readings) - result.late)
         for dead in batch.dead_letters:
             dead_lettered.labels(dead.reason.split(":", 1)[0]).inc()
         if result.late:

@@ -1,11 +1,18 @@
 -- The aggregator's state machine, run atomically inside Redis.
 --
--- mode 'commit': apply one worker batch. Skips entries no longer pending (another consumer
---   claimed and committed them first: first commit wins), XACKs the rest, writes dead letters, folds the readings into per-sensor windows, rolling buffers and alert states,
---   and emits closed windows and alert transitions. All or nothing, so a worker killed at any
---   moment either applied a batch completely or not at all, and no entry is applied twice.
+-- mode 'commit': apply one worker batch. Acknowledges each entry; one no longer pending was
+--   committed by a consumer that claimed it meanwhile, so it is skipped (first commit wins).
+--   Writes dead letters, merges the readings into per-sensor windows, rolling stats and alert
+--   states, and emits closed windows and alert transitions. All or nothing, so a worker killed
+--   at any moment either applied a batch completely or not at all, and nothing is applied twice.
 -- mode 'sweep': visit sensors whose next wall-clock deadline has passed: settle watermarks,
 --   close windows of silent sensors, fire 'silent' alerts.
+--
+-- The worker sends each sensor's readings already summarised (consumers/payload.py): window
+-- partials, shifted sums, extremes, largest rate of change. A sensor in the usual case costs a
+-- few merges here, whatever its reading count. A sensor this script cannot vouch for that way
+-- (readings out of order or already stored, a window already closed, entries claimed away, an
+-- alert rule that may change state) is applied reading by reading through the same merges.
 --
 -- Watermarks are held back by the group's pending entries: a reading moves its sensor's
 -- watermark only once every older stream entry is committed. So a window never closes while an
@@ -13,14 +20,18 @@
 -- workers ran or in what order they committed.
 --
 -- KEYS: 1 readings, 2 dead-letter, 3 aggregates, 4 alerts, 5 sensor-state, 6 counters,
---       7 sensor-due (zset: sensor -> next sweep deadline), then per sensor: recent, rolling.
--- ARGV: 1 mode, 2 group, 3 consumer, 4 now_ms, 5 config json, then mode-specific (see below).
+--       7 sensor-due (zset: sensor -> next sweep deadline), then per sensor of the payload, in
+--       order: recent (zset by event time), rolling (hash).
+-- ARGV: 1 mode, 2 group, 3 consumer, 4 now_ms, 5 config json,
+--       6 commit: the payload json; sweep: max sensors to visit.
 
 local K_READINGS, K_DEAD, K_AGG, K_ALERTS, K_STATE, K_COUNTERS, K_DUE = 1, 2, 3, 4, 5, 6, 7
 local mode, group, consumer = ARGV[1], ARGV[2], ARGV[3]
 local now = tonumber(ARGV[4])
 local cfg = cjson.decode(ARGV[5])
 local INF = math.huge
+local NO_SEQ = -1
+local CHUNK = 2000  -- arguments per command: Lua's unpack has a limit
 local counters = {}
 local emitted_windows, emitted_alerts, processed = 0, 0, 0
 local alert_labels = {}  -- 'rule:severity' of each alert fired, for the worker's metrics
@@ -34,9 +45,29 @@ local function fmt(x)
   return string.format('%.15g', x)
 end
 
+local function int(x)
+  return string.format('%d', x)
+end
+
 local function parse_id(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
+end
+
+local function call_in_chunks(command, key, args, step)
+  for i = 1, #args, step do
+    redis.call(command, key, unpack(args, i, math.min(i + step - 1, #args)))
+  end
+end
+
+-- Scores of members (false where absent), in chunks.
+local function zmscore(key, members)
+  local scores = {}
+  for i = 1, #members, CHUNK do
+    local part = redis.call('ZMSCORE', key, unpack(members, i, math.min(i + CHUNK - 1, #members)))
+    for j = 1, #part do scores[i + j - 1] = part[j] end
+  end
+  return scores
 end
 
 -- Oldest entry still pending anywhere in the group, as (ms, seq); everything older is committed.
@@ -61,40 +92,170 @@ local function dead_letter(entry_id, reason, fields_json)
   count('dead_lettered')
 end
 
--- Welford accumulators: one pass, numerically stable, mergeable.
-local function acc_new() return {n = 0, mean = 0, m2 = 0, min = INF, max = -INF} end
-local function acc_add(a, x)
-  a.n = a.n + 1
-  local delta = x - a.mean
-  a.mean = a.mean + delta / a.n
-  a.m2 = a.m2 + delta * (x - a.mean)
-  if x < a.min then a.min = x end
-  if x > a.max then a.max = x end
+---------------------------------------------------------------------------------------------
+-- Windows are arrays, so that a partial from the worker and the state share one layout:
+-- 1 start, 2 n, then per metric (temperature at 3, humidity at 7) mean, M2, min, max; 11 first
+-- ts, 12 last ts. Merging is Chan's parallel update, exact in any order; one reading is a
+-- partial of one, which makes it Welford's update.
+
+local W_N, W_FIRST, W_LAST = 2, 11, 12
+local T_AT, H_AT = 3, 7
+
+local function merge_window(w, p)
+  local na, nb = w[W_N], p[W_N]
+  local n = na + nb
+  for at = T_AT, H_AT, H_AT - T_AT do
+    local delta = p[at] - w[at]
+    w[at] = w[at] + delta * nb / n
+    w[at + 1] = w[at + 1] + p[at + 1] + delta * delta * na * nb / n
+    if p[at + 2] < w[at + 2] then w[at + 2] = p[at + 2] end
+    if p[at + 3] > w[at + 3] then w[at + 3] = p[at + 3] end
+  end
+  w[W_N] = n
+  if p[W_FIRST] < w[W_FIRST] then w[W_FIRST] = p[W_FIRST] end
+  if p[W_LAST] > w[W_LAST] then w[W_LAST] = p[W_LAST] end
 end
-local function acc_std(a)
-  if a.n < 2 then return nil end
-  return math.sqrt(math.max(a.m2, 0) / (a.n - 1))
+
+local function window_std(w, at)
+  if w[W_N] < 2 then return nil end
+  return math.sqrt(math.max(w[at + 1], 0) / (w[W_N] - 1))
 end
+
+--------------------------------------------------------------------------------------------------------------------------------------------------------------------------------
+-- Rolling stats over (max_ts - rolling, max_ts]. Sums of values shifted by the sensor's first
+-- reading are kept incrementally: readings add themselves, and each refresh subtracts what slid
+-- out of the window. Extremes carry how many readings in the window hold them, so evicting one
+-- copy of the minimum (common with 0.1-resolution values) does not force a rescan. Evicting the
+-- last one does: over per-bucket extremes (buckets a tenth of the window wide, kept in the
+-- state as [start, then per metric min, holders, max, holders]) and the readings of the one
+-- bucket the window's edge cuts through.
+
+local function rolling_add(rs, n, t_base, t_sum, t_sumsq, h_base, h_sum, h_sumsq)
+  if rs.t0 == nil then rs.t0, rs.h0 = t_base, h_base end
+  local dt, dh = t_base - rs.t0, h_base - rs.h0
+  rs.n = rs.n + n
+  rs.t, rs.tt = rs.t + t_sum + n * dt, rs.tt + t_sumsq + 2 * dt * t_sum + n * dt * dt
+  rs.h, rs.hh = rs.h + h_sum + n * dh, rs.hh + h_sumsq + 2 * dh * h_sum + n * dh * dh
+end
+
+-- Fold in extremes held by `n_low` / `n_high` readings; the field names are the metric's min and max.
+local function extremes_add(rs, low_key, high_key, low, n_low, high, n_high)
+  if low < rs[low_key] then rs[low_key], rs[low_key .. '_n'] = low, n_low
+  elseif low == rs[low_key] then rs[low_key .. '_n'] = rs[low_key .. '_n'] + n_low end
+  if high > rs[high_key] then rs[high_key], rs[high_key .. '_n'] = high, n_high
+  elseif high == rs[high_key] then rs[high_key .. '_n'] = rs[high_key .. '_n'] + n_high end
+end
+
+local function extremes_add_bucket(rs, b)
+  extremes_add(rs, 'tmin', 'tmax', b[2], b[3], b[4], b[5])
+  extremes_add(rs, 'hmin', 'hmax', b[6], b[7], b[8], b[9])
+end
+
+local function merge_extreme(b, p, at, lower)
+  local v = p[at]
+  if (lower and v < b[at]) or (not lower and v > b[at]) then
+    b[at], b[at + 1] = v, p[at + 1]
+  elseif v == b[at] then
+    b[at + 1] = b[at + 1] + p[at + 1]
+  end
+end
+
+-- A bucket partial (from the worker, or one reading's) joins the sums' extremes and its bucket.
+local function rolling_add_bucket(st, p)
+  extremes_add_bucket(st.rs, p)
+  local b = st.rb[p[1]]
+  if b == nil then
+    st.rb[p[1]] = p
+  else
+    merge_extreme(b, p, 2, true)
+    merge_extreme(b, p, 4, false)
+    merge_extreme(b, p, 6, true)
+    merge_extreme(b, p, 8, false)
+  end
+end
+
+local function rolling_add_reading(st, ts, t, h)
+  rolling_add(st.rs, 1, t, 0, 0, h, 0, 0)
+  rolling_add_bucket(st, {ts - ts % cfg.bucket_ms, t, 1, t, 1, h, 1, h, 1})
+end
+
+-- Take one reading out; true when that removed the last copy of an extreme.
+local function rolling_remove(rs, t, h)
+  local dt, dh = t - rs.t0, h - rs.h0
+  rs.n, rs.t, rs.tt, rs.h, rs.hh = rs.n - 1, rs.t - dt, rs.tt - dt * dt, rs.h - dh, rs.hh - dh * dh
+  local lost = false
+  if t == rs.tmin then rs.tmin_n = rs.tmin_n - 1; lost = lost or rs.tmin_n <= 0 end
+  if t == rs.tmax then rs.tmax_n = rs.tmax_n - 1; lost = lost or rs.tmax_n <= 0 end
+  if h == rs.hmin then rs.hmin_n = rs.hmin_n - 1; lost = lost or rs.hmin_n <= 0 end
+  if h == rs.hmax then rs.hmax_n = rs.hmax_n - 1; lost = lost or rs.hmax_n <= 0 end
+  return lost
+end
+
+local function extremes_clear(rs)
+  rs.tmin, rs.tmax, rs.hmin, rs.hmax = INF, -INF, INF, -INF
+  rs.tmin_n, rs.tmax_n, rs.hmin_n, rs.hmax_n = 0, 0, 0, 0
+end
+
+local function rolling_clear(rs)
+  rs.n, rs.t, rs.tt, rs.h, rs.hh, rs.t0, rs.h0 = 0, 0, 0, 0, 0, nil, nil
+  extremes_clear(rs)
+end
+
+-- A member of a sensor's recent set: 'ts:seq:temperature:humidity' (consumers/payload.py).
+local function parse_member(member)
+  local ts, tv, hv = string.match(member, '^([^:]*):[^:]*:([^:]*):([^:]*)$')
+  return tonumber(ts), tonumber(tv), tonumber(hv)
+end
+
+local function metric_summary(n, sum, sumsq, shift, low, high)
+  if n == 0 then return {count = 0} end
+  local std = nil
+  if n >= 2 then
+    local var = (sumsq - sum * sum / n) / (n - 1)
+    if low == high or var < 0 then var = 0 end
+    std = math.sqrt(var)
+  end
+  return {count = n, mean = shift + sum / n, std = std, min = low, max = high}
+end
+
+local function rolling_summary(rs)
+  return {temperature_c = metric_summary(rs.n, rs.t, rs.tt, rs.t0 or 0, rs.tmin, rs.tmax),
+          humidity_pct = metric_summary(rs.n, rs.h, rs.hh, rs.h0 or 0, rs.hmin, rs.hmax)}
+end
+
+---------------------------------------------------------------------------------------------
+-- Per-sensor state, one msgpack value in the sensor-state hash. The rolling summary is derived
+-- on load rather than stored.
 
 local function load_state(sensor)
   local packed = redis.call('HGET', KEYS[K_STATE], sensor)
-  if packed then return cmsgpack.unpack(packed) end
-  return {wm = -INF, closed_through = -INF, max_ts = -INF, last_arrival = 0, windows = {}, marks = {},
-          alerts = {}, roll = {}, last_ts = -INF,
-          next_close = INF, rsum = {n = 0, t = 0, tt = 0, h = 0, hh = 0, tmin = INF, tmax = -INF, hmin = INF,
-                                    hmax = -INF, tmin_n = 0, tmax_n = 0, hmin_n = 0, hmax_n = 0, cut = -INF}}
+  local st
+  if packed then
+    st = cmsgpack.unpack(packed)
+  else
+    st = {wm = -INF, closed_through = -INF, max_ts = -INF, last_arrival = 0, last_ts = -INF, next_close = INF,
+          windows = {}, marks = {}, alerts = {}, rs = {cut = -INF}, rb = {}}
+    rolling_clear(st.rs)
+  end
+  st.roll = rolling_summary(st.rs)
+  return st
 end
 
 local function save_state(sensor, st)
+  st.roll = nil
   redis.call('HSET', KEYS[K_STATE], sensor, cmsgpack.pack(st))
 end
 
 ---------------------------------------------------------------------------------------------
--- Alerts: one firing and one resolved event per episode, because the state lives here.
+-- Alerts: one firing and one resolved event per episode, because the state lives here. A rule
+-- with no episode under way keeps no state at all.
 
 -- Rules sorted once by when they are evaluated: per reading, per batch (rolling), per closed window.
 local reading_rules, rolling_rules, window_rules, silent_rules = {}, {}, {}, {}
 for _, rule in ipairs(cfg.rules) do
+  local short = (rule.metric == 'humidity_pct') and 'h' or 't'
+  rule.min_key, rule.max_key, rule.rate_key = short .. '_min', short .. '_max', short .. '_rate'
+  rule.first_key = 'first_' .. short
   if rule.kind == 'threshold' and rule.source ~= 'reading' then
     rolling_rules[#rolling_rules + 1] = rule
   elseif rule.kind == 'stuck' then
@@ -105,16 +266,10 @@ for _, rule in ipairs(cfg.rules) do
   if rule.kind == 'silent' then silent_rules[#silent_rules + 1] = rule end
 end
 
-local function roll_stats(st, metric)
-  local r = st.roll[metric]
-  if r == nil then return nil end
-  return {count = r.n, mean = r.mean, std = r.std, min = r.min, max = r.max}
-end
-
 -- context: a metric name (the event carries that metric's rolling stats) or a table of stats.
 local function emit_alert(sensor, rule, st, state, ts, value, sensor_state, context)
   local stats = context
-  if type(context) == 'string' then stats = roll_stats(sensor_state, context) end
+  if type(context) == 'string' then stats = sensor_state.roll[context] end
   local fields = {'alert_id', st.id, 'rule', rule.name, 'kind', rule.kind, 'sensor', sensor,
                   'severity', rule.severity, 'state', state, 'value', fmt(value),
                   'threshold', fmt(rule.threshold), 'ts', ts, 'emitted_ms', now}
@@ -138,18 +293,19 @@ local function alert_step(sensor, sensor_state, rule, breach, clear, ts, value, 
   if st.s == 'firing' then
     if clear then
       emit_alert(sensor, rule, st, 'resolved', ts, value, sensor_state, context)
-      st.s, st.since, st.id = 'ok', nil, nil
+      st.s = 'ok'
     end
   elseif breach then
     if st.s ~= 'pending' then st.s, st.since = 'pending', ts end
     if ts - st.since >= rule.for_ms then
       st.s = 'firing'
-      st.id = rule.name .. ':' .. sensor .. ':' .. string.format('%d', st.since)
+      st.id = rule.name .. ':' .. sensor .. ':' .. int(st.since)
       emit_alert(sensor, rule, st, 'firing', ts, value, sensor_state, context)
     end
   else
-    st.s, st.since = 'ok', nil
+    st.s = 'ok'
   end
+  if st.s == 'ok' then sensor_state.alerts[rule.name] = nil end
 end
 
 local function compare(rule, value)
@@ -160,23 +316,15 @@ local function compare(rule, value)
   return value < rule.below, value >= rule.below + rule.hysteresis
 end
 
--- Rules that look at a single reading, evaluated in stream order within the batch. Each becomes
--- a closure over its own parameters, so the per-reading loop does no dispatch on kind, and skips
--- alert_step when the condition does not hold and the rule has no state for this sensor.
+-- Rules that look at a single reading, evaluated in stream order. Each becomes a closure over its
+-- own parameters, so the per-reading loop does no dispatch on kind.
 local function reading_check(rule)
   local name, metric, threshold = rule.name, rule.metric, rule.threshold
   local humidity = metric == 'humidity_pct'
   if rule.kind == 'threshold' then
-    local above, below, band = rule.above, rule.below, rule.hysteresis
     return function(sensor, st, ts, t, h)
-      local value = t
-      if humidity then value = h end
-      local breach, clear
-      if above ~= nil then
-        breach, clear = value > above, value <= above - band
-      else
-        breach, clear = value < below, value >= below + band
-      end
+      local value = humidity and h or t
+      local breach, clear = compare(rule, value)
       if breach or st.alerts[name] ~= nil then alert_step(sensor, st, rule, breach, clear, ts, value, metric) end
     end
   elseif rule.kind == 'rate_of_change' then
@@ -195,9 +343,8 @@ local function reading_check(rule)
     local min_count, band = rule.min_count, rule.hysteresis
     return function(sensor, st, ts, t, h)
       local r = st.roll[metric]
-      if r ~= nil and r.n >= min_count and r.std ~= nil and r.std > 0 then
-        local value = t
-        if humidity then value = h end
+      if r.count >= min_count and r.std ~= nil and r.std > 0 then
+        local value = humidity and h or t
         local z = math.abs(value - r.mean) / r.std
         if z > threshold or st.alerts[name] ~= nil then
           alert_step(sensor, st, rule, z > threshold, z <= threshold - band, ts, z, metric)
@@ -213,15 +360,40 @@ end
 local reading_checks = {}
 for _, rule in ipairs(reading_rules) do reading_checks[#reading_checks + 1] = reading_check(rule) end
 
-local function alerts_for_reading(sensor, st, ts, t, h)
-  for _, check in ipairs(reading_checks) do check(sensor, st, ts, t, h) end
+-- Whether any per-reading rule could change state on this sensor's readings `s`: only then are
+-- they visited one by one. No episode under way, and no reading beyond a threshold, means none.
+local function reading_rules_may_act(st, s)
+  for _, rule in ipairs(reading_rules) do
+    if st.alerts[rule.name] ~= nil then return true end
+    if rule.kind == 'threshold' then
+      if compare(rule, rule.above ~= nil and s[rule.max_key] or s[rule.min_key]) then return true end
+    elseif rule.kind == 'rate_of_change' then
+      if s[rule.rate_key] > rule.threshold then return true end
+      if st.last_ts > -INF then
+        local first_ts = s.by_time[1]
+        if first_ts <= st.last_ts then return true end
+        local previous = st.last_t
+        if rule.metric == 'humidity_pct' then previous = st.last_h end
+        if math.abs(s[rule.first_key] - previous) / (first_ts - st.last_ts) * 60000 > rule.threshold then
+          return true
+        end
+      end
+    elseif rule.kind == 'zscore' then
+      local r = st.roll[rule.metric]
+      if r.count >= rule.min_count and r.std ~= nil and r.std > 0 and
+         math.max(s[rule.max_key] - r.mean, r.mean - s[rule.min_key]) / r.std > rule.threshold then
+        return true
+      end
+    end
+  end
+  return false
 end
 
 -- Rules on the rolling aggregate, evaluated once the batch's rolling stats are known.
 local function alerts_for_rolling(sensor, st, ts)
   for _, rule in ipairs(rolling_rules) do
     local r = st.roll[rule.metric]
-    if r ~= nil and r.n > 0 and r[rule.source] ~= nil then
+    if r.count > 0 and r[rule.source] ~= nil then
       local value = r[rule.source]
       local breach, clear = compare(rule, value)
       alert_step(sensor, st, rule, breach, clear, ts, value, rule.metric)
@@ -231,9 +403,9 @@ end
 
 local function alerts_for_window(sensor, st, w)
   for _, rule in ipairs(window_rules) do
-    local stuck = w.n >= rule.min_count and w.t.max == w.t.min and w.h.max == w.h.min
-    alert_step(sensor, st, rule, stuck, not stuck, w.last_ts, w.t.max - w.t.min,
-               {count = w.n, temperature_c_mean = w.t.mean, humidity_pct_mean = w.h.mean})
+    local stuck = w[W_N] >= rule.min_count and w[T_AT + 3] == w[T_AT + 2] and w[H_AT + 3] == w[H_AT + 2]
+    alert_step(sensor, st, rule, stuck, not stuck, w[W_LAST], w[T_AT + 3] - w[T_AT + 2],
+               {count = w[W_N], temperature_c_mean = w[T_AT], humidity_pct_mean = w[H_AT]})
   end
 end
 
@@ -244,14 +416,12 @@ local function close_window(sensor, st, start, closed_by)
   local w = st.windows[start]
   local window_end = start + cfg.window_ms
   xadd(KEYS[K_AGG], cfg.output_maxlen, {
-    'sensor', sensor, 'window_start', string.format('%d', start), 'window_end', string.format('%d', window_end),
-    'count', w.n,
-    'temperature_c_mean', fmt(w.t.mean), 'temperature_c_min', fmt(w.t.min), 'temperature_c_max', fmt(w.t.max),
-    'temperature_c_std', fmt(acc_std(w.t)),
-    'humidity_pct_mean', fmt(w.h.mean), 'humidity_pct_min', fmt(w.h.min), 'humidity_pct_max', fmt(w.h.max),
-    'humidity_pct_std', fmt(acc_std(w.h)),
-    'first_ts', string.format('%d', w.first_ts), 'last_ts', string.format('%d', w.last_ts),
-    'closed_by', closed_by, 'emitted_ms', now})
+    'sensor', sensor, 'window_start', int(start), 'window_end', int(window_end), 'count', w[W_N],
+    'temperature_c_mean', fmt(w[T_AT]), 'temperature_c_min', fmt(w[T_AT + 2]),
+    'temperature_c_max', fmt(w[T_AT + 3]), 'temperature_c_std', fmt(window_std(w, T_AT)),
+    'humidity_pct_mean', fmt(w[H_AT]), 'humidity_pct_min', fmt(w[H_AT + 2]),
+    'humidity_pct_max', fmt(w[H_AT + 3]), 'humidity_pct_std', fmt(window_std(w, H_AT)),
+    'first_ts', int(w[W_FIRST]), 'last_ts', int(w[W_LAST]), 'closed_by', closed_by, 'emitted_ms', now})
   emitted_windows = emitted_windows + 1
   alerts_for_window(sensor, st, w)
   st.windows[start] = nil
@@ -288,6 +458,21 @@ local function advance_watermark(sensor, st, ts)
   if ts > st.wm then
     st.wm = ts
     if ts >= st.next_close then close_by_watermark(sensor, st) end
+  end
+end
+
+local function window_closed(st, start)
+  local window_end = start + cfg.window_ms
+  return window_end + cfg.grace_ms <= st.wm or window_end <= st.closed_through
+end
+
+local function add_to_window(st, p)
+  local w = st.windows[p[1]]
+  if w == nil then
+    st.windows[p[1]] = p
+    st.next_close = math.min(st.next_close, p[1] + cfg.window_ms + cfg.grace_ms)
+  else
+    merge_window(w, p)
   end
 end
 
@@ -336,90 +521,62 @@ local function schedule(sensor, st)
 end
 
 ---------------------------------------------------------------------------------------------
--- Rolling stats over (max_ts - rolling, max_ts]. Sums of values shifted by the sensor's first
--- reading are kept incrementally: a reading adds itself, and a batch subtracts what slid out of
--- the window. When the last copy of the current min or max is evicted, the stats are recomputed
--- from the recent set, which also resets rounding drift.
-
-local function parse_member(member)
-  local tv, hv = string.match(member, '^[^:]*:[^:]*:([^:]*):([^:]*)$')
-  return tonumber(tv), tonumber(hv)
-end
-
--- Extremes carry how many readings in the window hold them, so that evicting one copy of the
--- minimum (common with 0.1-resolution values) does not force a rescan.
-local function rolling_add(rs, t, h)
-  if rs.t0 == nil then rs.t0, rs.h0 = t, h end
-  local dt, dh = t - rs.t0, h - rs.h0
-  rs.n, rs.t, rs.tt, rs.h, rs.hh = rs.n + 1, rs.t + dt, rs.tt + dt * dt, rs.h + dh, rs.hh + dh * dh
-  if t < rs.tmin then rs.tmin, rs.tmin_n = t, 1 elseif t == rs.tmin then rs.tmin_n = rs.tmin_n + 1 end
-  if t > rs.tmax then rs.tmax, rs.tmax_n = t, 1 elseif t == rs.tmax then rs.tmax_n = rs.tmax_n + 1 end
-  if h < rs.hmin then rs.hmin, rs.hmin_n = h, 1 elseif h == rs.hmin then rs.hmin_n = rs.hmin_n + 1 end
-  if h > rs.hmax then rs.hmax, rs.hmax_n = h, 1 elseif h == rs.hmax then rs.hmax_n = rs.hmax_n + 1 end
-end
-
--- Take one reading out of the sums; true when that removed the last copy of an extreme.
-local function rolling_remove(rs, t, h)
-  local dt, dh = t - rs.t0, h - rs.h0
-  rs.n, rs.t, rs.tt, rs.h, rs.hh = rs.n - 1, rs.t - dt, rs.tt - dt * dt, rs.h - dh, rs.hh - dh * dh
-  local lost = false
-  if t == rs.tmin then rs.tmin_n = rs.tmin_n - 1; lost = lost or rs.tmin_n <= 0 end
-  if t == rs.tmax then rs.tmax_n = rs.tmax_n - 1; lost = lost or rs.tmax_n <= 0 end
-  if h == rs.hmin then rs.hmin_n = rs.hmin_n - 1; lost = lost or rs.hmin_n <= 0 end
-  if h == rs.hmax then rs.hmax_n = rs.hmax_n - 1; lost = lost or rs.hmax_n <= 0 end
-  return lost
-end
-
-local function rolling_clear(rs)
-  rs.n, rs.t, rs.tt, rs.h, rs.hh = 0, 0, 0, 0, 0
-  rs.tmin, rs.tmax, rs.hmin, rs.hmax = INF, -INF, INF, -INF
-  rs.tmin_n, rs.tmax_n, rs.hmin_n, rs.hmax_n = 0, 0, 0, 0
-end
-
-local function score_bound(x, exclusive)
-  if x == -INF then return '-inf' end
-  return (exclusive and '(' or '') .. string.format('%d', x)
-end
-
-local function rolling_summary(n, sum, sumsq, shift, low, high)
-  if n == 0 then return {n = 0} end
-  local std = nil
-  if n >= 2 then
-    local var = (sumsq - sum * sum / n) / (n - 1)
-    if low == high or var < 0 then var = 0 end
-    std = math.sqrt(var)
+-- Readings missing by seq: the count of seq numbers never seen between a sensor's lowest and
+-- highest, kept as (max - min + 1) - seen whatever order readings arrive in (workers commit out
+-- of order). Whatever stays missing was dropped before Redis or trimmed by MAXLEN before any
+-- worker of the group read it. `n` new seqs between `low` and `high` (duplicates filtered out).
+local function track_seq(st, n, low, high)
+  if n == 0 then return end
+  local before = 0
+  if st.max_seq ~= nil then
+    before = st.max_seq - st.min_seq + 1
+    low, high = math.min(low, st.min_seq), math.max(high, st.max_seq)
   end
-  return {n = n, mean = shift + sum / n, std = std, min = low, max = high}
+  st.min_seq, st.max_seq = low, high
+  count('missing_seq', (high - low + 1) - before - n)
 end
 
-local function refresh_rolling(st, recent_key, rolling_key)
-  local rs = st.rsum
+local function refresh_rolling(st, keys)
+  local recent_key, rolling_key = keys[1], keys[2]
+  local rs = st.rs
   local new_cut = st.max_ts - cfg.rolling_ms
   if new_cut > rs.cut then
+    local lower = '-inf'
+    if rs.cut > -INF then lower = '(' .. int(rs.cut) end
     local recompute = false
-    for _, member in ipairs(redis.call('ZRANGEBYSCORE', recent_key, score_bound(rs.cut, true), new_cut)) do
-      local t, h = parse_member(member)
+    for _, member in ipairs(redis.call('ZRANGEBYSCORE', recent_key, lower, new_cut)) do
+      local _, t, h = parse_member(member)
       if rolling_remove(rs, t, h) then recompute = true end
     end
     rs.cut = new_cut
-    if recompute or rs.n <= 0 then
+    for start, _ in pairs(st.rb) do
+      if start + cfg.bucket_ms <= new_cut then st.rb[start] = nil end
+    end
+    if rs.n <= 0 then
       rolling_clear(rs)
-      for _, member in ipairs(redis.call('ZRANGEBYSCORE', recent_key, score_bound(new_cut, true), '+inf')) do
-        local t, h = parse_member(member)
-        rolling_add(rs, t, h)
+    elseif recompute then
+      extremes_clear(rs)
+      for start, b in pairs(st.rb) do
+        if start > new_cut then extremes_add_bucket(rs, b) end
+      end
+      local edge_end = new_cut - new_cut % cfg.bucket_ms + cfg.bucket_ms
+      for _, member in ipairs(redis.call('ZRANGEBYSCORE', recent_key, '(' .. int(new_cut), '(' .. int(edge_end))) do
+        local _, t, h = parse_member(member)
+        extremes_add(rs, 'tmin', 'tmax', t, 1, t, 1)
+        extremes_add(rs, 'hmin', 'hmax', h, 1, h, 1)
       end
     end
   end
-  -- Members below both horizons are dropped in steps of a rolling window, not on every batch.
+  -- Members below both horizons are kept for duplicate checks while their window may be open,
+  -- and dropped in steps of a rolling window, not on every batch.
   local keep_from = math.min(new_cut, st.wm - cfg.window_ms - cfg.grace_ms)
   if keep_from > -INF and keep_from - (rs.trimmed_to or -INF) >= cfg.rolling_ms then
-    redis.call('ZREMRANGEBYSCORE', recent_key, '-inf', score_bound(keep_from, true))
+    redis.call('ZREMRANGEBYSCORE', recent_key, '-inf', '(' .. int(keep_from))
     rs.trimmed_to = keep_from
   end
-  local t = rolling_summary(rs.n, rs.t, rs.tt, rs.t0 or 0, rs.tmin, rs.tmax)
-  local h = rolling_summary(rs.n, rs.h, rs.hh, rs.h0 or 0, rs.hmin, rs.hmax)
-  st.roll = {temperature_c = t, humidity_pct = h}
-  redis.call('HSET', rolling_key, 'count', rs.n, 'as_of_ts', string.format('%d', st.max_ts),
+  st.roll = rolling_summary(rs)
+  local t, h = st.roll.temperature_c, st.roll.humidity_pct
+  redis.call('HSET', rolling_key, 'count', rs.n, 'as_of_ts', int(st.max_ts),
     'temperature_c_mean', fmt(t.mean), 'temperature_c_std', fmt(t.std),
     'temperature_c_min', fmt(t.min), 'temperature_c_max', fmt(t.max),
     'humidity_pct_mean', fmt(h.mean), 'humidity_pct_std', fmt(h.std),
@@ -428,104 +585,100 @@ local function refresh_rolling(st, recent_key, rolling_key)
 end
 
 ---------------------------------------------------------------------------------------------
+-- Applying one sensor's readings `s` (a sensor of the payload).
 
--- Readings missing by seq: the count of seq numbers never seen between a sensor's lowest and
--- highest, kept as (max - min + 1) - seen whatever order readings arrive in (workers commit out
--- of order). Whatever stays missing was dropped before Redis or trimmed by MAXLEN before any
--- worker of the group read it.
-local function track_seq(st, seq)
-  if seq == nil then return end
-  if st.max_seq == nil then
-    st.min_seq, st.max_seq = seq, seq
-  elseif seq > st.max_seq then
-    count('missing_seq', seq - st.max_seq - 1)
-    st.max_seq = seq
-  elseif seq < st.min_seq then
-    count('missing_seq', st.min_seq - seq - 1)
-    st.min_seq = seq
+-- The short way: merge the worker's summaries. `held` says the readings wait behind an older
+-- pending entry, so they leave one mark instead of moving the watermark.
+local function apply_summary(sensor, st, s, keys, held)
+  for _, p in ipairs(s.windows) do add_to_window(st, p) end
+  local n = #s.ids
+  track_seq(st, s.seq_n, s.seq_min, s.seq_max)
+  processed = processed + n
+  rolling_add(st.rs, n, s.t_base, s.t_sum, s.t_sumsq, s.h_base, s.h_sum, s.h_sumsq)
+  for _, p in ipairs(s.buckets) do rolling_add_bucket(st, p) end
+  if s.ts_max > st.max_ts then st.max_ts = s.ts_max end
+  if s.ts_max > st.last_ts then st.last_ts, st.last_t, st.last_h = s.ts_max, s.last_t, s.last_h end
+  if held then
+    st.marks[#st.marks + 1] = {s.ids[n], s.ts_max}
   else
-    count('missing_seq', -1)  -- fills a gap (duplicates were filtered out before)
+    advance_watermark(sensor, st, s.ts_max)
   end
+  call_in_chunks('ZADD', keys[1], s.by_time, CHUNK)
 end
 
--- A reading's member in its sensor's recent set: identical for a resent copy, so it dedupes.
-local function member_at(p)
-  return ARGV[p + 1] .. ':' .. ARGV[p + 4] .. ':' .. ARGV[p + 2] .. ':' .. ARGV[p + 3]
-end
-
--- One reading at ARGV position p: id, ts, temperature, humidity, seq (all as sent), and its
--- member in the recent set. known: members already stored or seen earlier in this batch;
--- fresh: members to store.
-local function apply_reading(sensor, st, p, member, known, fresh)
-  local id, seq = ARGV[p], ARGV[p + 4]
-  local ts, t, h = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
-  local start = ts - (ts % cfg.window_ms)
-  local window_end = start + cfg.window_ms
-  if window_end + cfg.grace_ms <= st.wm or window_end <= st.closed_through then
-    count('late')
-    dead_letter(id, 'late: window ' .. string.format('%d', start) .. ' already closed (watermark '
-      .. string.format('%d', st.wm) .. ')', cjson.encode({sensor = sensor, ts = ts, temperature_c = t,
-                                                           humidity_pct = h, seq = seq}))
-    return
-  end
-  if known[member] then
-    count('duplicates')
-    return
-  end
-  known[member] = true
-  fresh[#fresh + 1] = ts
-  fresh[#fresh + 1] = member
-  track_seq(st, tonumber(seq))
-  local w = st.windows[start]
-  if w == nil then
-    w = {n = 0, t = acc_new(), h = acc_new(), first_ts = ts, last_ts = ts}
-    st.windows[start] = w
-    st.next_close = math.min(st.next_close, window_end + cfg.grace_ms)
-  end
-  w.n = w.n + 1
-  acc_add(w.t, t)
-  acc_add(w.h, h)
-  if ts < w.first_ts then w.first_ts = ts end
-  if ts > w.last_ts then w.last_ts = ts end
-  processed = processed + 1
-  if ts > st.max_ts then st.max_ts = ts end
-  if ts > st.rsum.cut then rolling_add(st.rsum, t, h) end
-  if #reading_rules > 0 then alerts_for_reading(sensor, st, ts, t, h) end
-  if ts > st.last_ts then st.last_ts, st.last_t, st.last_h = ts, t, h end
-  if oldest_ms == INF or before_oldest(parse_id(id)) then
-    advance_watermark(sensor, st, ts)
-  else
-    st.marks[#st.marks + 1] = {id, ts}
-  end
-end
-
--- A sensor's readings from one batch, in stream order. Which are already stored is asked in one
--- ZMSCORE and the new ones stored in one ZADD: per-reading calls cost more than the rest.
-local function apply_sensor_readings(sensor, st, recent_key, first, n, skipped, skipped_n)
-  local positions, members = {}, {}
-  for i = 0, n - 1 do
-    local p = first + i * 5
-    if skipped_n == 0 or not skipped[ARGV[p]] then
-      positions[#positions + 1] = p
-      members[#members + 1] = member_at(p)
-    end
-  end
+-- The long way, in stream order: late ones dead-lettered, duplicates and entries claimed away
+-- skipped, each reading's own alert checks and watermark step.
+local function apply_readings(sensor, st, s, keys, stored, skipped)
   local known = {}
-  if #members > 0 then
-    local scores = redis.call('ZMSCORE', recent_key, unpack(members))
-    for i, score in ipairs(scores) do
-      if score then known[members[i]] = true end
+  for i = 1, #s.ids do
+    if stored[i] then known[s.by_time[2 * i]] = true end
+  end
+  local by_time = {}
+  local rs = st.rs
+  for i = 1, #s.ids do
+    local id, seq, member = s.ids[i], s.seq[i], s.by_time[2 * i]
+    local ts, t, h = parse_member(member)
+    local start = ts - (ts % cfg.window_ms)
+    if skipped[id] then
+      -- committed by the consumer that claimed it
+    elseif window_closed(st, start) then
+      count('late')
+      dead_letter(id, 'late: window ' .. int(start) .. ' already closed (watermark ' .. int(st.wm) .. ')',
+                  cjson.encode({sensor = sensor, ts = ts, temperature_c = t, humidity_pct = h,
+                                seq = (seq ~= NO_SEQ) and seq or nil}))
+    elseif known[member] then
+      count('duplicates')
+    else
+      known[member] = true
+      local stored_n = #by_time
+      by_time[stored_n + 1], by_time[stored_n + 2] = ts, member
+      if ts > rs.cut then rolling_add_reading(st, ts, t, h) end
+      if seq ~= NO_SEQ then track_seq(st, 1, seq, seq) end
+      add_to_window(st, {start, 1, t, 0, t, t, h, 0, h, h, ts, ts})
+      processed = processed + 1
+      if ts > st.max_ts then st.max_ts = ts end
+      for _, check in ipairs(reading_checks) do check(sensor, st, ts, t, h) end
+      if ts > st.last_ts then st.last_ts, st.last_t, st.last_h = ts, t, h end
+      if oldest_ms == INF or before_oldest(parse_id(id)) then
+        advance_watermark(sensor, st, ts)
+      else
+        st.marks[#st.marks + 1] = {id, ts}
+      end
     end
   end
-  local fresh = {}
-  for i, p in ipairs(positions) do apply_reading(sensor, st, p, members[i], known, fresh) end
-  if #positions > 0 then  -- entries come in stream order: the last one arrived last
-    local arrival = parse_id(ARGV[positions[#positions]])
-    if arrival > st.last_arrival then st.last_arrival = arrival end
+  call_in_chunks('ZADD', keys[1], by_time, CHUNK)
+end
+
+local function apply_sensor(s, keys, skipped, any_skipped)
+  local sensor = s.name
+  local st = load_state(sensor)
+  local members = {}
+  for i = 1, #s.ids do members[i] = s.by_time[2 * i] end
+  local stored = zmscore(keys[1], members)
+  local simple = s.ordered and s.ts_min > st.rs.cut and not reading_rules_may_act(st, s)
+  for i = 1, #s.ids do
+    if not simple then break end
+    if stored[i] or (any_skipped and skipped[s.ids[i]]) then simple = false end
   end
-  for i = 1, #fresh, 2000 do
-    redis.call('ZADD', recent_key, unpack(fresh, i, math.min(i + 1999, #fresh)))
+  for _, p in ipairs(s.windows) do
+    if not simple then break end
+    if window_closed(st, p[1]) then simple = false end
   end
+  local first_before = before_oldest(parse_id(s.ids[1]))
+  local last_before = before_oldest(parse_id(s.ids[#s.ids]))
+  if simple and first_before == last_before then
+    apply_summary(sensor, st, s, keys, not last_before)
+  else
+    apply_readings(sensor, st, s, keys, stored, skipped)
+  end
+  if s.arrival > st.last_arrival then st.last_arrival = s.arrival end
+  settle_marks(sensor, st)
+  if st.max_ts > -INF then
+    refresh_rolling(st, keys)
+    alerts_for_rolling(sensor, st, st.max_ts)
+  end
+  save_state(sensor, st)
+  schedule(sensor, st)
 end
 
 local function flush_counters()
@@ -538,73 +691,33 @@ local function flush_counters()
 end
 
 if mode == 'commit' then
-  -- ARGV 6, 7: the batch's first and last entry ids; 8: number of sensors S, then per sensor:
-  -- name, n, n x (id, ts, t, h, seq); then D, D x (id, reason, fields json) dead letters;
-  -- then L, L x id entries trimmed away.
-  -- An entry that is no longer pending was committed by a consumer that claimed it meanwhile,
-  -- so it is skipped here: first commit wins. One XPENDING over the batch's range finds them,
-  -- and one XACK acknowledges the rest (one command, not one per entry, in the AOF).
-  local pos = 9
-  local batches, all_ids = {}, {}
-  for _ = 1, tonumber(ARGV[8]) do
-    local sensor, n = ARGV[pos], tonumber(ARGV[pos + 1])
-    pos = pos + 2
-    batches[#batches + 1] = {sensor = sensor, first = pos, n = n}
-    for i = 0, n - 1 do all_ids[#all_ids + 1] = ARGV[pos + i * 5] end
-    pos = pos + n * 5
-  end
-  local dead_n = tonumber(ARGV[pos]); pos = pos + 1
-  local dead_first = pos
-  for i = 0, dead_n - 1 do all_ids[#all_ids + 1] = ARGV[pos + i * 3] end
-  pos = pos + dead_n * 3
-  local lost_n = tonumber(ARGV[pos]); pos = pos + 1
-  for i = 0, lost_n - 1 do all_ids[#all_ids + 1] = ARGV[pos + i] end
-
-  local still_pending = {}
-  for _, entry in ipairs(redis.call('XPENDING', KEYS[K_READINGS], group, ARGV[6], ARGV[7], #all_ids + 100000)) do
-    still_pending[entry[1]] = true
-  end
-  local skipped, skipped_n, to_ack = {}, 0, {}
-  for _, id in ipairs(all_ids) do
-    if still_pending[id] then
-      to_ack[#to_ack + 1] = id
-    else
+  local batch = cjson.decode(ARGV[6])
+  -- XACK one id at a time tells which entries were still pending; bulk XACK could not, and an
+  -- XPENDING range reply costs more than these calls.
+  local skipped, skipped_n = {}, 0
+  for _, id in ipairs(batch.ids) do
+    if redis.call('XACK', KEYS[K_READINGS], group, id) == 0 then
       skipped[id] = true
       skipped_n = skipped_n + 1
     end
   end
-  for i = 1, #to_ack, 5000 do
-    redis.call('XACK', KEYS[K_READINGS], group, unpack(to_ack, i, math.min(i + 4999, #to_ack)))
-  end
   find_oldest_pending()
-  for i = 0, dead_n - 1 do
-    local p = dead_first + i * 3
-    if not skipped[ARGV[p]] then dead_letter(ARGV[p], ARGV[p + 1], ARGV[p + 2]) end
+  for _, dead in ipairs(batch.dead) do
+    if not skipped[dead[1]] then dead_letter(dead[1], dead[2], dead[3]) end
   end
-  for i = 0, lost_n - 1 do
-    if not skipped[ARGV[pos + i]] then count('lost_to_trim') end
+  for _, id in ipairs(batch.lost) do
+    if not skipped[id] then count('lost_to_trim') end
   end
-
-  for b, batch in ipairs(batches) do
-    local sensor = batch.sensor
-    local recent_key, rolling_key = KEYS[7 + 2 * b - 1], KEYS[7 + 2 * b]
-    local st = load_state(sensor)
-    apply_sensor_readings(sensor, st, recent_key, batch.first, batch.n, skipped, skipped_n)
-    settle_marks(sensor, st)
-    if st.max_ts > -INF then
-      refresh_rolling(st, recent_key, rolling_key)
-      alerts_for_rolling(sensor, st, st.max_ts)
-    end
-    save_state(sensor, st)
-    schedule(sensor, st)
+  for b, s in ipairs(batch.sensors) do
+    apply_sensor(s, {KEYS[6 + 2 * b], KEYS[7 + 2 * b]}, skipped, skipped_n > 0)
   end
   flush_counters()
-  return {'ok', #all_ids - skipped_n, emitted_windows, emitted_alerts, skipped_n, counters.late or 0,
+  return {'ok', #batch.ids - skipped_n, emitted_windows, emitted_alerts, skipped_n, counters.late or 0,
           alert_labels}
 end
 
 if mode == 'sweep' then
-  -- ARGV 6: max sensors to visit. Visits sensors whose deadline has passed.
+  -- Visits sensors whose deadline has passed.
   local due = redis.call('ZRANGEBYSCORE', KEYS[K_DUE], '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))
   find_oldest_pending()
   local nothing_stuck = oldest_ms >= now - cfg.idle_ms
