@@ -31,6 +31,8 @@ def build_parser() -> CommandParser:
     aggregate.add_argument("--start", choices=("new", "all"), default="new",
                            help="where a new group starts reading (default new)")
     aggregate.add_argument("--batch", type=number_type(int, minimum=1), default=1000, help="entries per read")
+    aggregate.add_argument("--max-commit", type=number_type(int, minimum=1), default=4000,
+                           help="most entries one commit gathers from full reads when behind (default 4000)")
     for flag, default, text in (("window", "60s", "tumbling window length"),
                                 ("grace", "10s", "how long after its end a window waits for stragglers"),
                                 ("rolling", "300s", "rolling stats horizon"),
@@ -67,7 +69,7 @@ def build_parser() -> CommandParser:
 
 def aggregator_settings(args) -> AggregatorSettings:
     return AggregatorSettings(
-        group=args.group, consumer=args.consumer, start=args.start, batch=args.batch,
+        group=args.group, consumer=args.consumer, start=args.start, batch=args.batch, max_commit=args.max_commit,
         window_ms=parse_duration_ms(args.window, field="--window"),
         grace_ms=parse_duration_ms(args.grace, field="--grace"),
         rolling_ms=parse_duration_ms(args.rolling, field="--rolling"),

@@ -46,6 +46,9 @@ class ReadingColumns:
     temperature_c: np.ndarray = field(default_factory=lambda: np.empty(0))
     humidity_pct: np.ndarray = field(default_factory=lambda: np.empty(0))
     seq: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    # 'ts:seq:temperature:humidity' as the entry spelled them: the reading's member in its sensor's
+    # recent set, identical for a resent copy, and read back when it slides out of the rolling window.
+    members: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -53,7 +56,8 @@ class ReadingColumns:
     def take(self, rows: np.ndarray) -> ReadingColumns:
         index = rows.tolist()
         return ReadingColumns([self.ids[i] for i in index], [self.sensors[i] for i in index], self.ts_ms[rows],
-                              self.temperature_c[rows], self.humidity_pct[rows], self.seq[rows])
+                              self.temperature_c[rows], self.humidity_pct[rows], self.seq[rows],
+                              [self.members[i] for i in index])
 
 
 @dataclass(slots=True)
@@ -85,7 +89,7 @@ class DecodedBatch:
     """A batch ready to commit, and how long decoding it took (part of the batch-time metric)."""
 
     batch: CommitBatch
-    payload: str  # the commit script's input (consumers/payload.py)
+    payload: bytes  # the commit script's input (consumers/payload.py)
     decode_seconds: float
 
 
@@ -120,12 +124,15 @@ def _columns(ids: list[str], rows: list[list[str]], trusted: np.ndarray,
     Raises ValueError when a value is not a number at all."""
     n = len(rows)
     sensors = [row[at["sensor"]] for row in rows]
-    ts = np.fromiter(map(int, [row[at["ts"]] for row in rows] if "ts" in at
-                         else [entry_id[:entry_id.index("-")] for entry_id in ids]), np.int64, n)
-    temperature = np.fromiter(map(float, [row[at["temperature_c"]] for row in rows]), np.float64, n)
-    humidity = np.fromiter(map(float, [row[at["humidity_pct"]] for row in rows]), np.float64, n)
-    seq = (np.fromiter(map(int, [row[at["seq"]] for row in rows]), np.int64, n) if "seq" in at
-           else np.full(n, NO_SEQ, np.int64))
+    ts_text = ([row[at["ts"]] for row in rows] if "ts" in at
+               else [entry_id[:entry_id.index("-")] for entry_id in ids])
+    t_text = [row[at["temperature_c"]] for row in rows]
+    h_text = [row[at["humidity_pct"]] for row in rows]
+    seq_text = [row[at["seq"]] for row in rows] if "seq" in at else ["-"] * n
+    ts = np.fromiter(map(int, ts_text), np.int64, n)
+    temperature = np.fromiter(map(float, t_text), np.float64, n)
+    humidity = np.fromiter(map(float, h_text), np.float64, n)
+    seq = np.fromiter(map(int, seq_text), np.int64, n) if "seq" in at else np.full(n, NO_SEQ, np.int64)
     with np.errstate(invalid="ignore"):  # NaN fails every comparison, which is what is wanted
         ok = ((temperature >= TEMPERATURE_RANGE_C[0]) & (temperature <= TEMPERATURE_RANGE_C[1])
               & (humidity >= HUMIDITY_RANGE_PCT[0]) & (humidity <= HUMIDITY_RANGE_PCT[1]) & (ts >= 0))
@@ -138,7 +145,8 @@ def _columns(ids: list[str], rows: list[list[str]], trusted: np.ndarray,
         versions = [row[at["version"]] for row in rows]
         if set(versions) != {str(SCHEMA_VERSION)}:
             ok &= np.array([version == str(SCHEMA_VERSION) for version in versions])
-    return ReadingColumns(ids, sensors, ts, temperature, humidity, seq), ~ok & ~trusted
+    members = [f"{a}:{b}:{c}:{d}" for a, b, c, d in zip(ts_text, seq_text, t_text, h_text)]
+    return ReadingColumns(ids, sensors, ts, temperature, humidity, seq, members), ~ok & ~trusted
 
 
 def build_batch(entries: list[Entry], field_map: FieldMap, now_ms: int, max_skew_ms: int,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import orjson
 
 from consumers.batch import NO_SEQ, CommitBatch
 
@@ -63,14 +64,14 @@ def _per_sensor(starts: np.ndarray, edges: np.ndarray, runs: list[list]) -> list
     return grouped
 
 
-def commit_payload(batch: CommitBatch, window_ms: int, bucket_ms: int) -> str:
+def commit_payload(batch: CommitBatch, window_ms: int, bucket_ms: int) -> bytes:
     readings = batch.readings
-    document = {"ids": batch.entry_ids, "lost": batch.lost_ids,
+    document = {"lost": batch.lost_ids,
                 "dead": [[dead.entry_id, dead.reason, json.dumps(dead.fields, sort_keys=True)]
                          for dead in batch.dead_letters],
                 "sensors": []}
     if not len(readings):
-        return json.dumps(document)
+        return orjson.dumps(document)
     code_of: dict[str, int] = {}
     codes = np.fromiter((code_of.setdefault(name, len(code_of)) for name in readings.sensors), np.int64,
                         len(readings))
@@ -80,10 +81,7 @@ def commit_payload(batch: CommitBatch, window_ms: int, bucket_ms: int) -> str:
     index = order.tolist()
     ids = [readings.ids[i] for i in index]
     ts_list, t_list, h_list, seq_list = ts.tolist(), t.tolist(), h.tolist(), seq.tolist()
-    # A reading's member in its sensor's recent set, carrying what the rolling stats need when it
-    # slides out. A resent copy gets the same member, so it is caught as a duplicate.
-    members = [f"{stamp}:{number if number != NO_SEQ else '-'}:{temperature!r}:{humidity!r}"
-               for stamp, number, temperature, humidity in zip(ts_list, seq_list, t_list, h_list)]
+    members = [readings.members[i] for i in index]
     by_time: list = [None] * (2 * len(members))
     by_time[0::2] = ts_list
     by_time[1::2] = members
@@ -132,4 +130,4 @@ def commit_payload(batch: CommitBatch, window_ms: int, bucket_ms: int) -> str:
             "seq_n": seq_n[k], "seq_min": seq_min[k] if seq_n[k] else NO_SEQ, "seq_max": seq_max[k],
             "arrival": int(ids[last - 1][:ids[last - 1].index("-")]),
         })
-    return json.dumps(document)
+    return orjson.dumps(document)

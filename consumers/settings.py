@@ -26,6 +26,7 @@ class AggregatorSettings:
     consumer: str = ""
     start: str = "new"  # where a new group starts: new ($) or all (0)
     batch: int = 1000
+    max_commit: int = 4000  # entries one commit may gather from several full reads
     block_ms: int = 1000
     window_ms: int = 60_000
     grace_ms: int = 10_000
@@ -47,7 +48,7 @@ class AggregatorSettings:
             object.__setattr__(self, "consumer", default_consumer_name())
         if self.start not in ("new", "all"):
             raise UsageError(f"--start {self.start!r}: expected new or all")
-        for name in ("batch", "window_ms", "rolling_ms", "max_deliveries", "block_ms"):
+        for name in ("batch", "max_commit", "window_ms", "rolling_ms", "max_deliveries", "block_ms"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{flag_of(name)}: must be positive, got {getattr(self, name)}")
         for name in ("grace_ms", "idle_ms", "max_skew_ms", "claim_idle_ms"):
@@ -55,6 +56,8 @@ class AggregatorSettings:
                 raise UsageError(f"{flag_of(name)}: must not be negative, got {getattr(self, name)}")
         if self.batch > 10_000:
             raise UsageError(f"--batch {self.batch}: at most 10000")
+        if self.max_commit > 50_000:
+            raise UsageError(f"--max-commit {self.max_commit}: at most 50000")
         for label in (self.group, self.consumer):
             if not label or any(ch.isspace() for ch in label):
                 raise UsageError(f"group/consumer name {label!r}: must be non-empty without spaces")

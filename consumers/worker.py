@@ -29,6 +29,14 @@ from telemetry.timeutil import now_ms
 Entries = list[Entry]
 
 
+def _entries(reply) -> Entries:
+    """(id, flat fields) pairs from an XREADGROUP reply, RESP3 (a map) or RESP2 (pairs)."""
+    if not reply:
+        return []
+    streams = reply.values() if isinstance(reply, dict) else (entries for _, entries in reply)
+    return [(entry_id, fields) for entries in streams for entry_id, fields in entries]
+
+
 @dataclass(frozen=True, slots=True)
 class CommitResult:
     """What one commit (or sweep) did, as the aggregate script reports it."""
@@ -97,12 +105,8 @@ class AggregatorWorker:
     # -- reading ---------------------------------------------------------------------------
 
     def _read(self, entry_id: str, block_ms: int | None) -> Entries:
-        reply = self.raw.xreadgroup(self.settings.group, self.settings.consumer, {self.keys.readings: entry_id},
-                                    count=self.settings.batch, block=block_ms)
-        if not reply:
-            return []
-        streams = reply.values() if isinstance(reply, dict) else (entries for _, entries in reply)  # RESP3, RESP2
-        return [(entry_id, fields) for entries in streams for entry_id, fields in entries]
+        return _entries(self.raw.xreadgroup(self.settings.group, self.settings.consumer,
+                                            {self.keys.readings: entry_id}, count=self.settings.batch, block=block_ms))
 
     def _delivery_counts(self, entries: Entries) -> dict[str, int]:
         if not entries:
@@ -128,7 +132,7 @@ class AggregatorWorker:
 
     # -- committing ------------------------------------------------------------------------
 
-    def commit(self, batch: CommitBatch, now: int, payload: str | None = None) -> CommitResult:
+    def commit(self, batch: CommitBatch, now: int, payload: bytes | None = None) -> CommitResult:
         """Apply a batch exactly once: entries another consumer committed first are skipped."""
         if not len(batch):
             return CommitResult()
@@ -151,7 +155,7 @@ class AggregatorWorker:
         counts = self._delivery_counts(entries) if redelivered and entries else None
         batch = build_batch(entries, self.field_map, now, self.settings.max_skew_ms, counts,
                             self.settings.max_deliveries)
-        payload = commit_payload(batch, self.settings.window_ms, self.settings.rolling_bucket_ms) if len(batch) else ""
+        payload = commit_payload(batch, self.settings.window_ms, self.settings.rolling_bucket_ms) if len(batch) else b""
         return DecodedBatch(batch, payload, time.perf_counter() - started)
 
     def commit_decoded(self, decoded: DecodedBatch, now: int) -> int:
@@ -209,7 +213,20 @@ class AggregatorWorker:
         return self.own_pending_done and self.idle_reads > 0 and self.claim_cursor == "0-0"
 
     def _read_new(self) -> DecodedBatch:
-        return self.decode(self._read(">", self.settings.block_ms), now_ms(), redelivered=False)
+        """The next batch of new entries. While reads come back full (a backlog), up to
+        --max-commit entries are gathered into one commit: the script's per-sensor work is then
+        shared by more readings, and the worker catches up faster the further it falls behind."""
+        entries = self._read(">", self.settings.block_ms)
+        more_reads = self.settings.max_commit // self.settings.batch - 1
+        if len(entries) == self.settings.batch and more_reads > 0:
+            # One round trip, so Redis serves the reads back to back rather than one per commit.
+            pipeline = self.raw.pipeline(transaction=False)
+            for _ in range(more_reads):
+                pipeline.xreadgroup(self.settings.group, self.settings.consumer, {self.keys.readings: ">"},
+                                    count=self.settings.batch)
+            for reply in pipeline.execute():
+                entries += _entries(reply)
+        return self.decode(entries, now_ms(), redelivered=False)
 
     def run(self, stop_requested: Callable[[], bool], clock: Callable[[], int] = now_ms) -> WorkerStats:
         """Loop until stopped or a bound is reached, riding out Redis outages with backoff.

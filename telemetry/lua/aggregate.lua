@@ -207,6 +207,11 @@ local function parse_member(member)
   return tonumber(ts), tonumber(tv), tonumber(hv)
 end
 
+local function member_values(member)
+  local tv, hv = string.match(member, ':([^:]*):([^:]*)$')
+  return tonumber(tv), tonumber(hv)
+end
+
 local function metric_summary(n, sum, sumsq, shift, low, high)
   if n == 0 then return {count = 0} end
   local std = nil
@@ -545,7 +550,7 @@ local function refresh_rolling(st, keys)
     if rs.cut > -INF then lower = '(' .. int(rs.cut) end
     local recompute = false
     for _, member in ipairs(redis.call('ZRANGEBYSCORE', recent_key, lower, new_cut)) do
-      local _, t, h = parse_member(member)
+      local t, h = member_values(member)
       if rolling_remove(rs, t, h) then recompute = true end
     end
     rs.cut = new_cut
@@ -561,7 +566,7 @@ local function refresh_rolling(st, keys)
       end
       local edge_end = new_cut - new_cut % cfg.bucket_ms + cfg.bucket_ms
       for _, member in ipairs(redis.call('ZRANGEBYSCORE', recent_key, '(' .. int(new_cut), '(' .. int(edge_end))) do
-        local _, t, h = parse_member(member)
+        local t, h = member_values(member)
         extremes_add(rs, 'tmin', 'tmax', t, 1, t, 1)
         extremes_add(rs, 'hmin', 'hmax', h, 1, h, 1)
       end
@@ -693,14 +698,21 @@ end
 if mode == 'commit' then
   local batch = cjson.decode(ARGV[6])
   -- XACK one id at a time tells which entries were still pending; bulk XACK could not, and an
-  -- XPENDING range reply costs more than these calls.
-  local skipped, skipped_n = {}, 0
-  for _, id in ipairs(batch.ids) do
+  -- XPENDING range reply costs more than these calls. Every entry of the batch is a reading of
+  -- some sensor, a dead letter or a lost one.
+  local skipped, skipped_n, entries = {}, 0, 0
+  local function ack(id)
+    entries = entries + 1
     if redis.call('XACK', KEYS[K_READINGS], group, id) == 0 then
       skipped[id] = true
       skipped_n = skipped_n + 1
     end
   end
+  for _, s in ipairs(batch.sensors) do
+    for _, id in ipairs(s.ids) do ack(id) end
+  end
+  for _, dead in ipairs(batch.dead) do ack(dead[1]) end
+  for _, id in ipairs(batch.lost) do ack(id) end
   find_oldest_pending()
   for _, dead in ipairs(batch.dead) do
     if not skipped[dead[1]] then dead_letter(dead[1], dead[2], dead[3]) end
@@ -712,7 +724,7 @@ if mode == 'commit' then
     apply_sensor(s, {KEYS[6 + 2 * b], KEYS[7 + 2 * b]}, skipped, skipped_n > 0)
   end
   flush_counters()
-  return {'ok', #batch.ids - skipped_n, emitted_windows, emitted_alerts, skipped_n, counters.late or 0,
+  return {'ok', entries - skipped_n, emitted_windows, emitted_alerts, skipped_n, counters.late or 0,
           alert_labels}
 end
 
