@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from consumers.batch import build_batch
+from telemetry.keys import Keys
 from telemetry.schema import FieldMap, Reading
 from telemetry.timeutil import now_ms
 from tests.aggregation_helpers import START, add_readings, drain, make_worker, rules, stream_frame
@@ -60,6 +61,26 @@ def test_windows_and_rolling_stats_equal_pandas(db, keys):
             assert float(live[f"{metric}_std"]) == pytest.approx(rolled.std().iloc[-1][metric], rel=1e-9)
             assert float(live[f"{metric}_min"]) == rolled.min().iloc[-1][metric]
             assert float(live[f"{metric}_max"]) == rolled.max().iloc[-1][metric]
+
+
+def test_summaries_and_reading_by_reading_agree(db):
+    """The script's short way (merging the worker's per-sensor summaries) and its long way (one
+    reading at a time, taken here because a rule breaches on every reading) give the same
+    windows and rolling stats."""
+    readings = random_readings(per_sensor=400)
+    always = '[[rule]]\nname="always"\nkind="threshold"\nmetric="temperature_c"\nabove=-50.0\nfor="10d"\n'
+    outputs = {}
+    for prefix, rule_set in (("short", ()), ("long", rules(always))):
+        keys = Keys(prefix)
+        add_readings(db, keys, readings)
+        drain(make_worker(db, keys, batch=250, rolling_ms=120_000, rules=rule_set), LATER)
+        windows = stream_frame(db, keys.aggregates).drop(columns=["id", "emitted_ms", "sensor", "closed_by"])
+        windows = windows.astype(float)
+        rolling = pd.DataFrame([db.hgetall(keys.rolling(sensor)) for sensor in ("a", "b", "c")])
+        outputs[prefix] = (windows, rolling.drop(columns=["updated_ms"]).astype(float))
+    assert len(outputs["short"][0]) == 18 and db.xlen(Keys("long").alerts) == 0
+    for short, long in zip(outputs["short"], outputs["long"]):
+        pd.testing.assert_frame_equal(short, long, rtol=1e-9)
 
 
 def test_malformed_entries_are_dead_lettered_with_the_field_named(db, keys):
