@@ -74,6 +74,7 @@ class CommitBatch:
 
     @property
     def sensors(self) -> list[str]:
+        """In order of first appearance: the order of the payload's sensors, which the script pairs with its KEYS."""
         return list(dict.fromkeys(self.readings.sensors))
 
     def script_keys(self, keys: Keys) -> list[str]:

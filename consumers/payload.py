@@ -24,12 +24,18 @@ def _reduce(op: np.ufunc, values: np.ndarray, starts: np.ndarray) -> list:
     return op.reduceat(values, starts).tolist()
 
 
+def _runs(ts: np.ndarray, codes: np.ndarray, width_ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of one sensor's readings in one time slot `width_ms` wide: slot start of each reading,
+    where each run begins, and its length."""
+    starts_ms = ts - ts % width_ms
+    edges = np.flatnonzero(np.r_[True, (codes[1:] != codes[:-1]) | (starts_ms[1:] != starts_ms[:-1])])
+    return starts_ms, edges, np.diff(np.r_[edges, len(ts)])
+
+
 def _window_partials(ts: np.ndarray, t: np.ndarray, h: np.ndarray, codes: np.ndarray,
                      window_ms: int) -> tuple[np.ndarray, list[list]]:
     """Per run of one sensor's readings in one window: [start, n, t mean, t M2, t min, t max, h ..., first, last]."""
-    starts_ms = ts - ts % window_ms
-    edges = np.flatnonzero(np.r_[True, (codes[1:] != codes[:-1]) | (starts_ms[1:] != starts_ms[:-1])])
-    counts = np.diff(np.r_[edges, len(ts)])
+    starts_ms, edges, counts = _runs(ts, codes, window_ms)
     columns = [starts_ms[edges].tolist(), counts.tolist()]
     for values in (t, h):
         mean = np.add.reduceat(values, edges) / counts
@@ -44,9 +50,7 @@ def _extreme_partials(ts: np.ndarray, t: np.ndarray, h: np.ndarray, codes: np.nd
                       bucket_ms: int) -> tuple[np.ndarray, list[list]]:
     """Per run of one sensor's readings in one rolling bucket: [start, then per metric min, how many
     hold it, max, how many hold it]."""
-    starts_ms = ts - ts % bucket_ms
-    edges = np.flatnonzero(np.r_[True, (codes[1:] != codes[:-1]) | (starts_ms[1:] != starts_ms[:-1])])
-    counts = np.diff(np.r_[edges, len(ts)])
+    starts_ms, edges, counts = _runs(ts, codes, bucket_ms)
     columns = [starts_ms[edges].tolist()]
     for values in (t, h):
         for op in (np.minimum, np.maximum):
@@ -72,7 +76,7 @@ def commit_payload(batch: CommitBatch, window_ms: int, bucket_ms: int) -> bytes:
                 "sensors": []}
     if not len(readings):
         return orjson.dumps(document)
-    code_of: dict[str, int] = {}
+    code_of: dict[str, int] = {}  # first-appearance order, as CommitBatch.sensors (the script's KEYS)
     codes = np.fromiter((code_of.setdefault(name, len(code_of)) for name in readings.sensors), np.int64,
                         len(readings))
     order = np.argsort(codes, kind="stable")  # by sensor, stream order within each
