@@ -1,4 +1,4 @@
-"""Reads and decodes the next batch of new entries while the current one commits."""
+"""Reads and decodes the next batches of new entries while the current one commits."""
 
 from __future__ import annotations
 
@@ -7,21 +7,70 @@ import threading
 import time
 from collections.abc import Callable
 
-from consumers.batch import DecodedBatch
+import redis
+
+from consumers.batch import DecodedBatch, Entry
 from telemetry.backoff import RETRYABLE, Backoff
+
+Entries = list[Entry]
+
+
+def entries_from_reply(reply) -> Entries:
+    """(id, flat fields) pairs from an XREADGROUP reply, RESP3 (a map) or RESP2 (pairs)."""
+    if not reply:
+        return []
+    streams = reply.values() if isinstance(reply, dict) else (entries for _, entries in reply)
+    return [(entry_id, fields) for entries in streams for entry_id, fields in entries]
+
+
+class NewEntryReads:
+    """XREADGROUP '>' for up to `max_commit` entries, in reads of `batch`, on a connection of its own.
+
+    Sending and receiving are separate calls so that the read-ahead thread can put the next read
+    into Redis's queue before it hands over the batch it just received: the main thread's commit
+    of that batch then queues behind the read, and Redis alternates read, commit, read, commit
+    without waiting on Python. Only the first read blocks; when it comes back short, the others
+    find nothing and cost next to nothing.
+    """
+
+    def __init__(self, pool: redis.ConnectionPool, group: str, consumer: str, stream: str, batch: int,
+                 max_commit: int, block_ms: int) -> None:
+        self.pool = pool
+        self.connection = pool.get_connection()
+        reads = max(1, max_commit // batch)
+        self.commands = [("XREADGROUP", "GROUP", group, consumer, "COUNT", batch,
+                          *(("BLOCK", block_ms) if read == 0 else ()), "STREAMS", stream, ">")
+                         for read in range(reads)]
+        self.packed = self.connection.pack_commands(self.commands)
+
+    def send(self) -> None:
+        self.connection.send_packed_command(self.packed)
+
+    def receive(self) -> Entries:
+        """Every reply of the last send, or, on any error, a dropped connection: a half-read reply must not be reused."""
+        try:
+            return [entry for _ in self.commands for entry in entries_from_reply(self.connection.read_response())]
+        except BaseException:
+            self.connection.disconnect()
+            raise
+
+    def close(self) -> None:
+        self.pool.release(self.connection)
 
 
 class ReadAhead:
-    """A thread that reads and decodes the next batch of new entries while the current one commits.
+    """A thread that reads and decodes new entries while the main thread commits.
 
-    It holds at most one decoded batch (plus the one it is reading). Entries it has read are
-    pending to this consumer, so if the process dies they are claimed like any others; and a
-    batch committed twice (after an outage made the main loop re-read its pending entries) is
-    harmless, because the commit skips entries already acknowledged.
+    It holds at most one decoded batch for the main thread, one it is decoding and one read in
+    flight. Entries it has read are pending to this consumer, so if the process dies they are
+    claimed like any others; and a batch committed twice (after an outage made the main loop
+    re-read its pending entries) is harmless, because the commit skips entries already
+    acknowledged. On stop, the read in flight is received and handed back with the rest.
     """
 
-    def __init__(self, read: Callable[[], DecodedBatch], log) -> None:
-        self.read = read
+    def __init__(self, reads: NewEntryReads, decode: Callable[[Entries], DecodedBatch], log) -> None:
+        self.reads = reads
+        self.decode = decode
         self.log = log
         self.outbox: queue.Queue[DecodedBatch | Exception] = queue.Queue(maxsize=1)
         self.stopping = threading.Event()
@@ -30,20 +79,32 @@ class ReadAhead:
 
     def _loop(self) -> None:
         backoff = Backoff()
-        while not self.stopping.is_set():
-            try:
-                decoded = self.read()
-                backoff.reset()
-            except RETRYABLE as error:
-                delay = backoff.next_delay()
-                print(f"aggregator: read-ahead: Redis unavailable ({error.__class__.__name__}); "
-                      f"retrying in {delay:.1f}s", file=self.log)
-                time.sleep(delay)
-                continue
-            except Exception as error:  # noqa: BLE001 - handed to the main loop, which re-raises it
-                self.outbox.put(error)
-                return
-            self.outbox.put(decoded)
+        in_flight = False
+        try:
+            while in_flight or not self.stopping.is_set():
+                try:
+                    if not in_flight:
+                        self.reads.send()
+                        in_flight = True
+                    entries = self.reads.receive()
+                    in_flight = False
+                    if not self.stopping.is_set():
+                        self.reads.send()  # queued in Redis ahead of the commit of `entries`
+                        in_flight = True
+                    decoded = self.decode(entries)
+                    backoff.reset()
+                except RETRYABLE as error:
+                    in_flight = False
+                    delay = backoff.next_delay()
+                    print(f"aggregator: read-ahead: Redis unavailable ({error.__class__.__name__}); "
+                          f"retrying in {delay:.1f}s", file=self.log)
+                    time.sleep(delay)
+                    continue
+                self.outbox.put(decoded)
+        except Exception as error:  # noqa: BLE001 - handed to the main loop, which re-raises it
+            self.outbox.put(error)
+        finally:
+            self.reads.close()
 
     def take(self, timeout_s: float) -> DecodedBatch | None:
         """The next batch read (empty when a read found nothing new), or None if no read finished in time."""

@@ -16,25 +16,15 @@ from dataclasses import dataclass
 import redis
 import walrus
 
-from consumers.batch import CommitBatch, DecodedBatch, Entry, build_batch
+from consumers.batch import CommitBatch, DecodedBatch, build_batch
 from consumers.payload import commit_payload
-from consumers.read_ahead import ReadAhead
+from consumers.read_ahead import Entries, NewEntryReads, ReadAhead, entries_from_reply
 from consumers.settings import AggregatorSettings
 from telemetry.backoff import RETRYABLE, Backoff
 from telemetry.keys import Keys
 from telemetry.schema import FieldMap
 from telemetry.scripts import load_script
 from telemetry.timeutil import now_ms
-
-Entries = list[Entry]
-
-
-def _entries(reply) -> Entries:
-    """(id, flat fields) pairs from an XREADGROUP reply, RESP3 (a map) or RESP2 (pairs)."""
-    if not reply:
-        return []
-    streams = reply.values() if isinstance(reply, dict) else (entries for _, entries in reply)
-    return [(entry_id, fields) for entries in streams for entry_id, fields in entries]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +95,7 @@ class AggregatorWorker:
     # -- reading ---------------------------------------------------------------------------
 
     def _read(self, entry_id: str, block_ms: int | None) -> Entries:
-        return _entries(self.raw.xreadgroup(self.settings.group, self.settings.consumer,
+        return entries_from_reply(self.raw.xreadgroup(self.settings.group, self.settings.consumer,
                                             {self.keys.readings: entry_id}, count=self.settings.batch, block=block_ms))
 
     def _delivery_counts(self, entries: Entries) -> dict[str, int]:
@@ -212,21 +202,11 @@ class AggregatorWorker:
     def drained(self) -> bool:
         return self.own_pending_done and self.idle_reads > 0 and self.claim_cursor == "0-0"
 
-    def _read_new(self) -> DecodedBatch:
-        """The next batch of new entries. While reads come back full (a backlog), up to
-        --max-commit entries are gathered into one commit: the script's per-sensor work is then
-        shared by more readings, and the worker catches up faster the further it falls behind."""
-        entries = self._read(">", self.settings.block_ms)
-        more_reads = self.settings.max_commit // self.settings.batch - 1
-        if len(entries) == self.settings.batch and more_reads > 0:
-            # One round trip, so Redis serves the reads back to back rather than one per commit.
-            pipeline = self.raw.pipeline(transaction=False)
-            for _ in range(more_reads):
-                pipeline.xreadgroup(self.settings.group, self.settings.consumer, {self.keys.readings: ">"},
-                                    count=self.settings.batch)
-            for reply in pipeline.execute():
-                entries += _entries(reply)
-        return self.decode(entries, now_ms(), redelivered=False)
+    def _start_read_ahead(self) -> ReadAhead:
+        settings = self.settings
+        reads = NewEntryReads(self.raw.connection_pool, settings.group, settings.consumer, self.keys.readings,
+                              settings.batch, settings.max_commit, settings.block_ms)
+        return ReadAhead(reads, lambda entries: self.decode(entries, now_ms(), redelivered=False), self.log)
 
     def run(self, stop_requested: Callable[[], bool], clock: Callable[[], int] = now_ms) -> WorkerStats:
         """Loop until stopped or a bound is reached, riding out Redis outages with backoff.
@@ -247,7 +227,7 @@ class AggregatorWorker:
         settings = self.settings
         while not stop_requested():
             if self.own_pending_done and self.read_ahead is None and settings.count is None:
-                self.read_ahead = ReadAhead(self._read_new, self.log)
+                self.read_ahead = self._start_read_ahead()
             if settings.count is not None and self.stats.entries >= settings.count:
                 break
             if settings.duration_ms is not None and clock() - started >= settings.duration_ms:
