@@ -68,6 +68,8 @@ class CommitBatch:
     readings: ReadingColumns = field(default_factory=ReadingColumns)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     lost_ids: list[str] = field(default_factory=list)  # trimmed away while pending
+    # The handover counter read just before these entries were read (None: redelivered entries).
+    handover_epoch: int | None = None
 
     def __len__(self) -> int:
         return len(self.entry_ids)
@@ -79,7 +81,7 @@ class CommitBatch:
 
     def script_keys(self, keys: Keys) -> list[str]:
         base = [keys.readings, keys.dead_letter, keys.aggregates, keys.alerts, keys.sensor_state,
-                keys.counters, keys.sensor_due]
+                keys.counters, keys.sensor_due, keys.handovers]
         for sensor in self.sensors:
             base += [keys.recent(sensor), keys.rolling(sensor)]
         return base

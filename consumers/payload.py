@@ -74,6 +74,8 @@ def commit_payload(batch: CommitBatch, window_ms: int, bucket_ms: int) -> bytes:
                 "dead": [[dead.entry_id, dead.reason, json.dumps(dead.fields, sort_keys=True)]
                          for dead in batch.dead_letters],
                 "sensors": []}
+    if batch.handover_epoch is not None:
+        document["epoch"] = batch.handover_epoch
     if not len(readings):
         return orjson.dumps(document)
     code_of: dict[str, int] = {}  # first-appearance order, as CommitBatch.sensors (the script's KEYS)

@@ -6,6 +6,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis
 
@@ -23,6 +24,12 @@ def entries_from_reply(reply) -> Entries:
     return [(entry_id, fields) for entries in streams for entry_id, fields in entries]
 
 
+@dataclass(frozen=True, slots=True)
+class NewEntries:
+    entries: Entries
+    handover_epoch: int  # the handover counter just before the read (telemetry/keys.py)
+
+
 class NewEntryReads:
     """XREADGROUP '>' for up to `max_commit` entries, in reads of `batch`, on a connection of its own.
 
@@ -30,26 +37,29 @@ class NewEntryReads:
     into Redis's queue before it hands over the batch it just received: the main thread's commit
     of that batch then queues behind the read, and Redis alternates read, commit, read, commit
     without waiting on Python. Only the first read blocks; when it comes back short, the others
-    find nothing and cost next to nothing.
+    find nothing and cost next to nothing. The handover counter is read first, in the same round
+    trip, so the commit can tell whether any of the entries could have changed hands since.
     """
 
-    def __init__(self, pool: redis.ConnectionPool, group: str, consumer: str, stream: str, batch: int,
-                 max_commit: int, block_ms: int) -> None:
+    def __init__(self, pool: redis.ConnectionPool, group: str, consumer: str, stream: str, handovers: str,
+                 batch: int, max_commit: int, block_ms: int) -> None:
         self.pool = pool
         self.connection = pool.get_connection()
-        reads = max(1, max_commit // batch)
-        self.commands = [("XREADGROUP", "GROUP", group, consumer, "COUNT", batch,
-                          *(("BLOCK", block_ms) if read == 0 else ()), "STREAMS", stream, ">")
-                         for read in range(reads)]
-        self.packed = self.connection.pack_commands(self.commands)
+        self.reads = max(1, max_commit // batch)
+        commands = [("GET", handovers)] + [
+            ("XREADGROUP", "GROUP", group, consumer, "COUNT", batch, *(("BLOCK", block_ms) if read == 0 else ()),
+             "STREAMS", stream, ">") for read in range(self.reads)]
+        self.packed = self.connection.pack_commands(commands)
 
     def send(self) -> None:
         self.connection.send_packed_command(self.packed)
 
-    def receive(self) -> Entries:
+    def receive(self) -> NewEntries:
         """Every reply of the last send, or, on any error, a dropped connection: a half-read reply must not be reused."""
         try:
-            return [entry for _ in self.commands for entry in entries_from_reply(self.connection.read_response())]
+            epoch = int(self.connection.read_response() or 0)
+            entries = [entry for _ in range(self.reads) for entry in entries_from_reply(self.connection.read_response())]
+            return NewEntries(entries, epoch)
         except BaseException:
             self.connection.disconnect()
             raise
@@ -68,7 +78,7 @@ class ReadAhead:
     acknowledged. On stop, the read in flight is received and handed back with the rest.
     """
 
-    def __init__(self, reads: NewEntryReads, decode: Callable[[Entries], DecodedBatch], log) -> None:
+    def __init__(self, reads: NewEntryReads, decode: Callable[[NewEntries], DecodedBatch], log) -> None:
         self.reads = reads
         self.decode = decode
         self.log = log
@@ -86,12 +96,12 @@ class ReadAhead:
                     if not in_flight:
                         self.reads.send()
                         in_flight = True
-                    entries = self.reads.receive()
+                    received = self.reads.receive()
                     in_flight = False
                     if not self.stopping.is_set():
-                        self.reads.send()  # queued in Redis ahead of the commit of `entries`
+                        self.reads.send()  # queued in Redis ahead of the commit of what was received
                         in_flight = True
-                    decoded = self.decode(entries)
+                    decoded = self.decode(received)
                     backoff.reset()
                 except RETRYABLE as error:
                     in_flight = False

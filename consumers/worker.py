@@ -18,7 +18,7 @@ import walrus
 
 from consumers.batch import CommitBatch, DecodedBatch, build_batch
 from consumers.payload import commit_payload
-from consumers.read_ahead import Entries, NewEntryReads, ReadAhead, entries_from_reply
+from consumers.read_ahead import Entries, NewEntries, NewEntryReads, ReadAhead, entries_from_reply
 from consumers.settings import AggregatorSettings
 from telemetry.backoff import RETRYABLE, Backoff
 from telemetry.keys import Keys
@@ -98,6 +98,15 @@ class AggregatorWorker:
         return entries_from_reply(self.raw.xreadgroup(self.settings.group, self.settings.consumer,
                                             {self.keys.readings: entry_id}, count=self.settings.batch, block=block_ms))
 
+    def _read_own_pending(self) -> Entries:
+        """This consumer's pending entries from the start. They may sit in a batch in hand too, so
+        the handover counter is bumped after the read: that batch's commit then acks entry by entry."""
+        pipeline = self.raw.pipeline(transaction=False)
+        pipeline.xreadgroup(self.settings.group, self.settings.consumer, {self.keys.readings: "0"},
+                            count=self.settings.batch)
+        pipeline.incr(self.keys.handovers)
+        return entries_from_reply(pipeline.execute()[0])
+
     def _delivery_counts(self, entries: Entries) -> dict[str, int]:
         if not entries:
             return {}
@@ -108,7 +117,7 @@ class AggregatorWorker:
 
     def _claim(self) -> Entries:
         next_cursor, claimed, deleted = self.claim(
-            keys=[self.keys.readings, self.keys.counters],
+            keys=[self.keys.readings, self.keys.counters, self.keys.handovers],
             args=[self.settings.group, self.settings.consumer, self.settings.claim_idle_ms, self.claim_cursor,
                   self.settings.batch])
         self.claim_cursor = next_cursor
@@ -140,11 +149,13 @@ class AggregatorWorker:
         self.stats.skipped_as_committed_elsewhere += result.skipped_as_committed_elsewhere
         return result
 
-    def decode(self, entries: Entries, now: int, *, redelivered: bool) -> DecodedBatch:
+    def decode(self, entries: Entries, now: int, *, redelivered: bool,
+               handover_epoch: int | None = None) -> DecodedBatch:
         started = time.perf_counter()
         counts = self._delivery_counts(entries) if redelivered and entries else None
         batch = build_batch(entries, self.field_map, now, self.settings.max_skew_ms, counts,
                             self.settings.max_deliveries)
+        batch.handover_epoch = handover_epoch
         payload = commit_payload(batch, self.settings.window_ms, self.settings.rolling_bucket_ms) if len(batch) else b""
         return DecodedBatch(batch, payload, time.perf_counter() - started)
 
@@ -182,7 +193,7 @@ class AggregatorWorker:
             self.next_claim_ms = now + self.settings.claim_every_ms
             handled = self.process(self._claim(), now, redelivered=True)
         elif not self.own_pending_done:
-            entries = self._read("0", None)
+            entries = self._read_own_pending()
             self.own_pending_done = not entries
             handled = self.process(entries, now, redelivered=True)
         elif self.read_ahead is not None:
@@ -205,8 +216,11 @@ class AggregatorWorker:
     def _start_read_ahead(self) -> ReadAhead:
         settings = self.settings
         reads = NewEntryReads(self.raw.connection_pool, settings.group, settings.consumer, self.keys.readings,
-                              settings.batch, settings.max_commit, settings.block_ms)
-        return ReadAhead(reads, lambda entries: self.decode(entries, now_ms(), redelivered=False), self.log)
+                              self.keys.handovers, settings.batch, settings.max_commit, settings.block_ms)
+        return ReadAhead(reads, self._decode_new, self.log)
+
+    def _decode_new(self, new: NewEntries) -> DecodedBatch:
+        return self.decode(new.entries, now_ms(), redelivered=False, handover_epoch=new.handover_epoch)
 
     def run(self, stop_requested: Callable[[], bool], clock: Callable[[], int] = now_ms) -> WorkerStats:
         """Loop until stopped or a bound is reached, riding out Redis outages with backoff.

@@ -52,6 +52,15 @@ class Keys:
         return self._key("sensor-due")
 
     @property
+    def handovers(self) -> str:
+        """Counter bumped whenever pending entries may change hands: claimed, or re-read by their owner.
+
+        A batch read while it stood still cannot have been committed by anyone else, so its
+        commit acknowledges it in bulk instead of entry by entry (telemetry/lua/aggregate.lua).
+        """
+        return self._key("handovers")
+
+    @property
     def producer_seq(self) -> str:
         """Hash: sensor -> last seq a producer wrote, updated in the same MULTI as the XADDs."""
         return self._key("producer-seq")

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from consumers.batch import build_batch
+from consumers.batch import DecodedBatch
+from consumers.read_ahead import NewEntryReads
 from telemetry.keys import Keys
-from telemetry.schema import FieldMap, Reading
+from telemetry.schema import Reading
 from telemetry.timeutil import now_ms
 from tests.aggregation_helpers import START, add_readings, drain, make_worker, rules, stream_frame
 from tests.conftest import run_cli
@@ -166,16 +167,29 @@ def test_dead_consumer_entries_are_claimed_and_poison_is_dead_lettered(db, keys)
     assert db.xpending(keys.readings, "aggregators")["pending"] == 0
 
 
+def read_ahead_batch(worker) -> DecodedBatch:
+    """One batch as the read-ahead thread reads it: with the handover counter read just before."""
+    settings = worker.settings
+    reads = NewEntryReads(worker.raw.connection_pool, settings.group, settings.consumer, worker.keys.readings,
+                          worker.keys.handovers, settings.batch, settings.max_commit, 10)
+    reads.send()
+    received = reads.receive()
+    reads.close()
+    return worker._decode_new(received)
+
+
+@pytest.mark.parametrize("read_by", ["plain-read", "read-ahead"])
 @pytest.mark.parametrize("first", ["slow", "fast"])
-def test_batch_claimed_away_before_commit_is_applied_once(db, keys, first):
+def test_batch_claimed_away_before_commit_is_applied_once(db, keys, first, read_by):
     """A stalled worker's batch is claimed by another; whichever commits first applies it, once."""
     add_readings(db, keys, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(10)])
     slow = make_worker(db, keys, consumer="slow")
-    entries = slow._read(">", None)
+    decoded = (read_ahead_batch(slow) if read_by == "read-ahead"
+               else slow.decode(slow._read(">", None), LATER, redelivered=False))
     fast = make_worker(db, keys, consumer="fast", claim_idle_ms=0, claim_every_ms=0)
     claimed = fast._claim()
     assert len(claimed) == 10
-    commits = {"slow": lambda: slow.commit(build_batch(entries, FieldMap(), LATER, 300_000), LATER),
+    commits = {"slow": lambda: slow.commit_decoded(decoded, LATER),
                "fast": lambda: fast.process(claimed, LATER, redelivered=True)}
     second = "fast" if first == "slow" else "slow"
     commits[first]()
@@ -183,6 +197,31 @@ def test_batch_claimed_away_before_commit_is_applied_once(db, keys, first):
     assert db.hget(keys.counters, "processed") == "10"
     loser = fast if first == "slow" else slow
     assert loser.stats.skipped_as_committed_elsewhere == 10 and loser.stats.entries == 0
+    assert db.xpending(keys.readings, "aggregators")["pending"] == 0
+
+
+def test_batch_in_hand_when_its_owner_rereads_its_pending_entries_is_applied_once(db, keys):
+    """After an outage the main loop re-reads its own pending entries, which the read-ahead thread may hold too."""
+    add_readings(db, keys, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(10)])
+    worker = make_worker(db, keys, consumer="w")
+    held = read_ahead_batch(worker)
+    while not worker.own_pending_done:  # own pending first: the same 10 entries, committed
+        worker.step(LATER, block=False)
+    assert worker.commit_decoded(held, LATER) == 10
+    assert db.hget(keys.counters, "processed") == "10"
+    assert worker.stats.skipped_as_committed_elsewhere == 10
+
+
+def test_batch_read_while_nothing_changed_hands_is_acked_in_one_call(db, keys):
+    add_readings(db, keys, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(300)])
+    worker = make_worker(db, keys, consumer="w", batch=100, max_commit=300)
+    worker.own_pending_done = True
+    held = read_ahead_batch(worker)
+    assert len(held.batch) == 300
+    db.config_resetstat()
+    worker.commit_decoded(held, LATER)
+    assert db.info("commandstats")["cmdstat_xack"]["calls"] == 1
+    assert db.hget(keys.counters, "processed") == "300" and worker.stats.skipped_as_committed_elsewhere == 0
     assert db.xpending(keys.readings, "aggregators")["pending"] == 0
 
 
