@@ -11,14 +11,15 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import redis
 import walrus
 
 from consumers.batch import CommitBatch, DecodedBatch, build_batch
+from consumers.new_entries import Entries, NewEntryReads, RawReplies, entries_from_reply
 from consumers.payload import commit_payload
-from consumers.read_ahead import Entries, NewEntries, NewEntryReads, ReadAhead, entries_from_reply
 from consumers.settings import AggregatorSettings
 from telemetry.backoff import RETRYABLE, Backoff
 from telemetry.keys import Keys
@@ -81,7 +82,9 @@ class AggregatorWorker:
         self.claim_cursor = "0-0"
         self.next_sweep_ms = 0
         self.idle_reads = 0
-        self.read_ahead: ReadAhead | None = None
+        self.decoder: ThreadPoolExecutor | None = None
+        self.decoding: Future[DecodedBatch] | None = None  # the batch read last, being decoded
+        self.new_entry_reads: NewEntryReads | None = None
 
     def ensure_group(self) -> None:
         """Create the group (and stream) idempotently: BUSYGROUP means another worker did it first."""
@@ -196,11 +199,8 @@ class AggregatorWorker:
             entries = self._read_own_pending()
             self.own_pending_done = not entries
             handled = self.process(entries, now, redelivered=True)
-        elif self.read_ahead is not None:
-            decoded = self.read_ahead.take(self.settings.block_ms / 1000)
-            if decoded is not None:  # a read still under way is not an empty stream
-                self.idle_reads = 0 if len(decoded.batch) else self.idle_reads + 1
-                handled = self.commit_decoded(decoded, now_ms())
+        elif self.decoder is not None:
+            handled = self._read_then_commit_decoded()
         else:
             entries = self._read(">", self.settings.block_ms if block else None)
             self.idle_reads = 0 if entries else self.idle_reads + 1
@@ -213,35 +213,60 @@ class AggregatorWorker:
     def drained(self) -> bool:
         return self.own_pending_done and self.idle_reads > 0 and self.claim_cursor == "0-0"
 
-    def _start_read_ahead(self) -> ReadAhead:
-        settings = self.settings
-        reads = NewEntryReads(self.raw.connection_pool, settings.group, settings.consumer, self.keys.readings,
-                              self.keys.handovers, settings.batch, settings.max_commit, settings.block_ms)
-        return ReadAhead(reads, self._decode_new, self.log)
+    def _read_new(self, block: bool) -> RawReplies:
+        if self.new_entry_reads is None:
+            settings = self.settings
+            self.new_entry_reads = NewEntryReads(
+                self.raw.connection_pool, group=settings.group, consumer=settings.consumer, stream=self.keys.readings,
+                handovers=self.keys.handovers, batch=settings.batch, max_commit=settings.max_commit,
+                block_ms=settings.block_ms)
+        return self.new_entry_reads.fetch(block)
 
-    def _decode_new(self, new: NewEntries) -> DecodedBatch:
+    def _decode_new(self, raw: RawReplies) -> DecodedBatch:
+        new = raw.parse()
         return self.decode(new.entries, now_ms(), redelivered=False, handover_epoch=new.handover_epoch)
+
+    def _read_then_commit_decoded(self) -> int:
+        """Read the next batch and hand it to the decoder thread, then commit the batch it decoded
+        meanwhile. Redis thus alternates read and commit, and Python decodes while a commit runs.
+
+        The read comes first, and whole (consumers/new_entries.py says why). It blocks for new
+        entries only when there is no batch in hand, so a batch never waits for the stream to fill.
+        """
+        in_hand = self.decoding.result() if self.decoding is not None else None
+        self.decoding = None
+        new = self._read_new(block=in_hand is None or not len(in_hand.batch))
+        self.decoding = self.decoder.submit(self._decode_new, new)
+        busy = new.found_entries or (in_hand is not None and len(in_hand.batch))
+        self.idle_reads = 0 if busy else self.idle_reads + 1
+        return self.commit_decoded(in_hand, now_ms()) if in_hand is not None else 0
 
     def run(self, stop_requested: Callable[[], bool], clock: Callable[[], int] = now_ms) -> WorkerStats:
         """Loop until stopped or a bound is reached, riding out Redis outages with backoff.
 
-        Once this consumer's own pending entries are done, new entries are read and decoded by a
-        read-ahead thread while the previous batch commits, so Python and Redis work at once.
+        Once this consumer's own pending entries are done, a decoder thread decodes each new batch
+        while the one before it commits. On stop, the batch in hand is committed before returning.
         """
         try:
             return self._run(stop_requested, clock)
         finally:
-            if self.read_ahead is not None:
-                for decoded in self.read_ahead.stop():  # the batches in hand: commit, then exit
-                    self.commit_decoded(decoded, now_ms())
+            if self.decoding is not None:
+                self.commit_decoded(self.decoding.result(), now_ms())
+                self.decoding = None
+            if self.decoder is not None:
+                self.decoder.shutdown()
+                self.decoder = None
+            if self.new_entry_reads is not None:
+                self.new_entry_reads.close()
+                self.new_entry_reads = None
 
     def _run(self, stop_requested: Callable[[], bool], clock: Callable[[], int]) -> WorkerStats:
         started = clock()
         backoff = Backoff()
         settings = self.settings
         while not stop_requested():
-            if self.own_pending_done and self.read_ahead is None and settings.count is None:
-                self.read_ahead = self._start_read_ahead()
+            if self.own_pending_done and self.decoder is None and settings.count is None:
+                self.decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
             if settings.count is not None and self.stats.entries >= settings.count:
                 break
             if settings.duration_ms is not None and clock() - started >= settings.duration_ms:
@@ -256,5 +281,6 @@ class AggregatorWorker:
                 print(f"aggregator: Redis unavailable ({error.__class__.__name__}); retrying in {delay:.1f}s",
                       file=self.log)
                 self.own_pending_done = False  # whatever was in flight is still pending: take it again
+                self.decoding = None
                 time.sleep(delay)
         return self.stats

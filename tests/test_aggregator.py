@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from consumers.batch import DecodedBatch
-from consumers.read_ahead import NewEntryReads
 from telemetry.keys import Keys
 from telemetry.schema import Reading
 from telemetry.timeutil import now_ms
@@ -167,24 +166,18 @@ def test_dead_consumer_entries_are_claimed_and_poison_is_dead_lettered(db, keys)
     assert db.xpending(keys.readings, "aggregators")["pending"] == 0
 
 
-def read_ahead_batch(worker) -> DecodedBatch:
-    """One batch as the read-ahead thread reads it: with the handover counter read just before."""
-    settings = worker.settings
-    reads = NewEntryReads(worker.raw.connection_pool, settings.group, settings.consumer, worker.keys.readings,
-                          worker.keys.handovers, settings.batch, settings.max_commit, 10)
-    reads.send()
-    received = reads.receive()
-    reads.close()
-    return worker._decode_new(received)
+def pipelined_batch(worker) -> DecodedBatch:
+    """One batch as the worker's pipelined loop reads it: with the handover counter read just before."""
+    return worker._decode_new(worker._read_new(block=False))
 
 
-@pytest.mark.parametrize("read_by", ["plain-read", "read-ahead"])
+@pytest.mark.parametrize("read_by", ["plain-read", "pipelined"])
 @pytest.mark.parametrize("first", ["slow", "fast"])
 def test_batch_claimed_away_before_commit_is_applied_once(db, keys, first, read_by):
     """A stalled worker's batch is claimed by another; whichever commits first applies it, once."""
     add_readings(db, keys, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(10)])
     slow = make_worker(db, keys, consumer="slow")
-    decoded = (read_ahead_batch(slow) if read_by == "read-ahead"
+    decoded = (pipelined_batch(slow) if read_by == "pipelined"
                else slow.decode(slow._read(">", None), LATER, redelivered=False))
     fast = make_worker(db, keys, consumer="fast", claim_idle_ms=0, claim_every_ms=0)
     claimed = fast._claim()
@@ -201,10 +194,10 @@ def test_batch_claimed_away_before_commit_is_applied_once(db, keys, first, read_
 
 
 def test_batch_in_hand_when_its_owner_rereads_its_pending_entries_is_applied_once(db, keys):
-    """After an outage the main loop re-reads its own pending entries, which the read-ahead thread may hold too."""
+    """After an outage the main loop re-reads its own pending entries, which its pipelined loop may hold too."""
     add_readings(db, keys, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(10)])
     worker = make_worker(db, keys, consumer="w")
-    held = read_ahead_batch(worker)
+    held = pipelined_batch(worker)
     while not worker.own_pending_done:  # own pending first: the same 10 entries, committed
         worker.step(LATER, block=False)
     assert worker.commit_decoded(held, LATER) == 10
@@ -216,7 +209,7 @@ def test_batch_read_while_nothing_changed_hands_is_acked_in_one_call(db, keys):
     add_readings(db, keys, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(300)])
     worker = make_worker(db, keys, consumer="w", batch=100, max_commit=300)
     worker.own_pending_done = True
-    held = read_ahead_batch(worker)
+    held = pipelined_batch(worker)
     assert len(held.batch) == 300
     db.config_resetstat()
     worker.commit_decoded(held, LATER)
