@@ -10,7 +10,7 @@ import redis
 
 from consumers import alerts_tail
 from consumers.rules import load_rules
-from consumers.settings import AggregatorSettings
+from consumers.settings import DEFAULT_MAX_COMMIT, AggregatorSettings
 from consumers.status import collect_status, render_status
 from consumers.worker import AggregatorWorker
 from telemetry.backoff import Backoff
@@ -31,8 +31,9 @@ def build_parser() -> CommandParser:
     aggregate.add_argument("--start", choices=("new", "all"), default="new",
                            help="where a new group starts reading (default new)")
     aggregate.add_argument("--batch", type=number_type(int, minimum=1), default=1000, help="entries per read")
-    aggregate.add_argument("--max-commit", type=number_type(int, minimum=1), default=4000,
-                           help="most entries one commit gathers from full reads when behind (default 4000)")
+    aggregate.add_argument("--max-commit", type=number_type(int, minimum=1), default=DEFAULT_MAX_COMMIT,
+                           help="most entries one commit gathers from reads of --batch when behind "
+                                f"(default {DEFAULT_MAX_COMMIT})")
     for flag, default, text in (("window", "60s", "tumbling window length"),
                                 ("grace", "10s", "how long after its end a window waits for stragglers"),
                                 ("rolling", "300s", "rolling stats horizon"),

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from consumers.rules import AlertRule
 from telemetry.errors import UsageError
 
+# Entries one commit may gather from several reads when behind: the commit script's per-sensor
+# work is shared by more readings, while one commit still holds Redis for only tens of ms.
+DEFAULT_MAX_COMMIT = 8000
+
 
 def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -26,7 +30,7 @@ class AggregatorSettings:
     consumer: str = ""
     start: str = "new"  # where a new group starts: new ($) or all (0)
     batch: int = 1000
-    max_commit: int = 4000  # entries one commit may gather from several full reads
+    max_commit: int = DEFAULT_MAX_COMMIT
     block_ms: int = 1000
     window_ms: int = 60_000
     grace_ms: int = 10_000

@@ -206,13 +206,14 @@ local function rolling_clear(rs)
 end
 
 -- A member of a sensor's recent set: 'ts:seq:temperature:humidity' (consumers/payload.py).
+-- Anchored patterns, so that a match is one pass over the member.
 local function parse_member(member)
   local ts, tv, hv = string.match(member, '^([^:]*):[^:]*:([^:]*):([^:]*)$')
   return tonumber(ts), tonumber(tv), tonumber(hv)
 end
 
 local function member_values(member)
-  local tv, hv = string.match(member, ':([^:]*):([^:]*)$')
+  local tv, hv = string.match(member, '^[^:]*:[^:]*:([^:]*):([^:]*)$')
   return tonumber(tv), tonumber(hv)
 end
 
@@ -379,7 +380,7 @@ local function reading_rules_may_act(st, s)
     elseif rule.kind == 'rate_of_change' then
       if s[rule.rate_key] > rule.threshold then return true end
       if st.last_ts > -INF then
-        local first_ts = s.by_time[1]
+        local first_ts = tonumber(s.by_time[1])
         if first_ts <= st.last_ts then return true end
         local previous = st.last_t
         if rule.metric == 'humidity_pct' then previous = st.last_h end
@@ -661,17 +662,18 @@ end
 local function apply_sensor(s, keys, skipped, any_skipped)
   local sensor = s.name
   local st = load_state(sensor)
-  local members = {}
-  for i = 1, #s.ids do members[i] = s.by_time[2 * i] end
   -- Seqs only grow, so readings in order above every seq applied so far cannot be stored already.
-  local stored = {}
+  local stored, any_stored = {}, false
   if not (s.ordered and s.seq_n == #s.ids and st.max_seq ~= nil and s.seq_min > st.max_seq) then
+    local members = {}
+    for i = 1, #s.ids do members[i] = s.by_time[2 * i] end
     stored = zmscore(keys[1], members)
+    for i = 1, #s.ids do any_stored = any_stored or stored[i] end
   end
-  local simple = s.ordered and s.ts_min > st.rs.cut and not reading_rules_may_act(st, s)
+  local simple = s.ordered and not any_stored and s.ts_min > st.rs.cut and not reading_rules_may_act(st, s)
   for i = 1, #s.ids do
-    if not simple then break end
-    if stored[i] or (any_skipped and skipped[s.ids[i]]) then simple = false end
+    if not (simple and any_skipped) then break end
+    if skipped[s.ids[i]] then simple = false end
   end
   for _, p in ipairs(s.windows) do
     if not simple then break end
