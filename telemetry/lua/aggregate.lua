@@ -183,16 +183,28 @@ local function rolling_add_reading(st, ts, t, h)
   rolling_add_bucket(st, {ts - ts % cfg.bucket_ms, t, 1, t, 1, h, 1, h, 1})
 end
 
--- Take one reading out; true when that removed the last copy of an extreme.
-local function rolling_remove(rs, t, h)
-  local dt, dh = t - rs.t0, h - rs.h0
-  rs.n, rs.t, rs.tt, rs.h, rs.hh = rs.n - 1, rs.t - dt, rs.tt - dt * dt, rs.h - dh, rs.hh - dh * dh
-  local lost = false
-  if t == rs.tmin then rs.tmin_n = rs.tmin_n - 1; lost = lost or rs.tmin_n <= 0 end
-  if t == rs.tmax then rs.tmax_n = rs.tmax_n - 1; lost = lost or rs.tmax_n <= 0 end
-  if h == rs.hmin then rs.hmin_n = rs.hmin_n - 1; lost = lost or rs.hmin_n <= 0 end
-  if h == rs.hmax then rs.hmax_n = rs.hmax_n - 1; lost = lost or rs.hmax_n <= 0 end
-  return lost
+-- Take out the readings that slid out of the window (members of the recent set); true when that
+-- removed the last copy of an extreme. Sums and holder counts gather in locals, applied once.
+local match, to_number = string.match, tonumber
+local function rolling_remove(rs, members)
+  local t0, h0, tmin, tmax, hmin, hmax = rs.t0, rs.h0, rs.tmin, rs.tmax, rs.hmin, rs.hmax
+  local t_sum, t_sumsq, h_sum, h_sumsq = 0, 0, 0, 0
+  local tmin_n, tmax_n, hmin_n, hmax_n = 0, 0, 0, 0
+  for i = 1, #members do
+    local tv, hv = match(members[i], '^[^:]*:[^:]*:([^:]*):([^:]*)$')
+    local t, h = to_number(tv), to_number(hv)
+    local dt, dh = t - t0, h - h0
+    t_sum, t_sumsq, h_sum, h_sumsq = t_sum + dt, t_sumsq + dt * dt, h_sum + dh, h_sumsq + dh * dh
+    if t == tmin then tmin_n = tmin_n + 1 end
+    if t == tmax then tmax_n = tmax_n + 1 end
+    if h == hmin then hmin_n = hmin_n + 1 end
+    if h == hmax then hmax_n = hmax_n + 1 end
+  end
+  rs.n, rs.t, rs.tt, rs.h, rs.hh = rs.n - #members, rs.t - t_sum, rs.tt - t_sumsq, rs.h - h_sum, rs.hh - h_sumsq
+  rs.tmin_n, rs.tmax_n = rs.tmin_n - tmin_n, rs.tmax_n - tmax_n
+  rs.hmin_n, rs.hmax_n = rs.hmin_n - hmin_n, rs.hmax_n - hmax_n
+  return (tmin_n > 0 and rs.tmin_n <= 0) or (tmax_n > 0 and rs.tmax_n <= 0)
+      or (hmin_n > 0 and rs.hmin_n <= 0) or (hmax_n > 0 and rs.hmax_n <= 0)
 end
 
 local function extremes_clear(rs)
@@ -553,11 +565,7 @@ local function refresh_rolling(st, keys)
   if new_cut > rs.cut then
     local lower = '-inf'
     if rs.cut > -INF then lower = '(' .. int(rs.cut) end
-    local recompute = false
-    for _, member in ipairs(redis.call('ZRANGEBYSCORE', recent_key, lower, new_cut)) do
-      local t, h = member_values(member)
-      if rolling_remove(rs, t, h) then recompute = true end
-    end
+    local recompute = rolling_remove(rs, redis.call('ZRANGEBYSCORE', recent_key, lower, new_cut))
     rs.cut = new_cut
     for start, _ in pairs(st.rb) do
       if start + cfg.bucket_ms <= new_cut then st.rb[start] = nil end
