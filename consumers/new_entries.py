@@ -60,6 +60,17 @@ class RawReplies:
         return NewEntries([entry for reply in reads for entry in entries_from_reply(reply)], int(epoch or 0))
 
 
+def _receive(connection: redis.Connection) -> bytes:
+    """Raw bytes off the connection's socket (redis-py has no public raw read), with socket errors
+    raised as redis-py's own, which the worker rides out with backoff."""
+    try:
+        return connection._sock.recv(RECEIVE_BYTES)
+    except TimeoutError as error:
+        raise redis.TimeoutError(f"timeout reading from Redis: {error}") from error
+    except OSError as error:
+        raise redis.ConnectionError(f"error reading from Redis: {error}") from error
+
+
 class NewEntryReads:
     """XREADGROUP '>' for up to `max_commit` entries, in reads of `batch`, in one round trip on a
     connection of its own. Only the first read may block; when it comes back short, the others
@@ -87,7 +98,7 @@ class NewEntryReads:
             end = f"${len(token)}\r\n{token}\r\n".encode()
             data = bytearray()
             while not data.endswith(end):
-                chunk = connection._sock.recv(RECEIVE_BYTES)  # redis-py has no public raw read
+                chunk = _receive(connection)
                 if not chunk:
                     raise redis.ConnectionError("connection closed by the server")
                 data += chunk
