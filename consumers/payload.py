@@ -86,7 +86,7 @@ def commit_payload(batch: CommitBatch, window_ms: int, bucket_ms: int) -> bytes:
     t, h, seq = readings.temperature_c[order], readings.humidity_pct[order], readings.seq[order]
     index = order.tolist()
     ids = [readings.ids[i] for i in index]
-    ts_list, t_list, h_list, seq_list = ts.tolist(), t.tolist(), h.tolist(), seq.tolist()
+    ts_list, t_list, h_list = ts.tolist(), t.tolist(), h.tolist()
     members = [readings.members[i] for i in index]
     by_time: list = [None] * (2 * len(members))
     by_time[0::2] = map(str, ts_list)  # scores as text: formatting numbers costs the script more than parsing
@@ -124,7 +124,7 @@ def commit_payload(batch: CommitBatch, window_ms: int, bucket_ms: int) -> bytes:
     names = list(code_of)
     for k, (first, last) in enumerate(zip(starts.tolist(), ends.tolist())):
         document["sensors"].append({
-            "name": names[codes[first]], "ids": ids[first:last], "seq": seq_list[first:last],
+            "name": names[codes[first]], "ids": ids[first:last],
             "by_time": by_time[2 * first:2 * last], "ordered": bool(ordered[k]), "windows": windows_of[k],
             "ts_min": ts_min[k], "ts_max": ts_max[k], "first_t": t_list[first], "first_h": h_list[first],
             "last_t": t_list[last - 1], "last_h": h_list[last - 1],

@@ -220,8 +220,8 @@ end
 -- A member of a sensor's recent set: 'ts:seq:temperature:humidity' (consumers/payload.py).
 -- Anchored patterns, so that a match is one pass over the member.
 local function parse_member(member)
-  local ts, tv, hv = string.match(member, '^([^:]*):[^:]*:([^:]*):([^:]*)$')
-  return tonumber(ts), tonumber(tv), tonumber(hv)
+  local ts, seq, tv, hv = string.match(member, '^([^:]*):([^:]*):([^:]*):([^:]*)$')
+  return tonumber(ts), tonumber(seq) or NO_SEQ, tonumber(tv), tonumber(hv)
 end
 
 local function member_values(member)
@@ -634,8 +634,8 @@ local function apply_readings(sensor, st, s, keys, stored, skipped)
   local by_time = {}
   local rs = st.rs
   for i = 1, #s.ids do
-    local id, seq, member = s.ids[i], s.seq[i], s.by_time[2 * i]
-    local ts, t, h = parse_member(member)
+    local id, member = s.ids[i], s.by_time[2 * i]
+    local ts, seq, t, h = parse_member(member)
     local start = ts - (ts % cfg.window_ms)
     if skipped[id] then
       -- committed by the consumer that claimed it
