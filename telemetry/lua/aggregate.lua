@@ -24,8 +24,7 @@
 --
 -- KEYS: 1 readings, 2 dead-letter, 3 aggregates, 4 alerts, 5 sensor-state, 6 counters,
 --       7 sensor-due (zset: sensor -> next sweep deadline), 8 handovers (counter), then per
---       sensor of the payload, in
---       order: recent (zset by event time), rolling (hash).
+--       sensor of the payload, in order: recent (zset by event time), rolling (hash).
 -- ARGV: 1 mode, 2 group, 3 consumer, 4 now_ms, 5 config json,
 --       6 commit: the payload json; sweep: max sensors to visit.
 
@@ -183,16 +182,26 @@ local function rolling_add_reading(st, ts, t, h)
   rolling_add_bucket(st, {ts - ts % cfg.bucket_ms, t, 1, t, 1, h, 1, h, 1})
 end
 
+-- A member of a sensor's recent set: 'ts:seq:temperature:humidity' (consumers/payload.py).
+-- Anchored patterns, so that a match is one pass over the member.
+local function parse_member(member)
+  local ts, seq, tv, hv = string.match(member, '^([^:]*):([^:]*):([^:]*):([^:]*)$')
+  return tonumber(ts), tonumber(seq) or NO_SEQ, tonumber(tv), tonumber(hv)
+end
+
+local function member_values(member)
+  local tv, hv = string.match(member, '^[^:]*:[^:]*:([^:]*):([^:]*)$')
+  return tonumber(tv), tonumber(hv)
+end
+
 -- Take out the readings that slid out of the window (members of the recent set); true when that
 -- removed the last copy of an extreme. Sums and holder counts gather in locals, applied once.
-local match, to_number = string.match, tonumber
 local function rolling_remove(rs, members)
   local t0, h0, tmin, tmax, hmin, hmax = rs.t0, rs.h0, rs.tmin, rs.tmax, rs.hmin, rs.hmax
   local t_sum, t_sumsq, h_sum, h_sumsq = 0, 0, 0, 0
   local tmin_n, tmax_n, hmin_n, hmax_n = 0, 0, 0, 0
   for i = 1, #members do
-    local tv, hv = match(members[i], '^[^:]*:[^:]*:([^:]*):([^:]*)$')
-    local t, h = to_number(tv), to_number(hv)
+    local t, h = member_values(members[i])
     local dt, dh = t - t0, h - h0
     t_sum, t_sumsq, h_sum, h_sumsq = t_sum + dt, t_sumsq + dt * dt, h_sum + dh, h_sumsq + dh * dh
     if t == tmin then tmin_n = tmin_n + 1 end
@@ -215,18 +224,6 @@ end
 local function rolling_clear(rs)
   rs.n, rs.t, rs.tt, rs.h, rs.hh, rs.t0, rs.h0 = 0, 0, 0, 0, 0, nil, nil
   extremes_clear(rs)
-end
-
--- A member of a sensor's recent set: 'ts:seq:temperature:humidity' (consumers/payload.py).
--- Anchored patterns, so that a match is one pass over the member.
-local function parse_member(member)
-  local ts, seq, tv, hv = string.match(member, '^([^:]*):([^:]*):([^:]*):([^:]*)$')
-  return tonumber(ts), tonumber(seq) or NO_SEQ, tonumber(tv), tonumber(hv)
-end
-
-local function member_values(member)
-  local tv, hv = string.match(member, '^[^:]*:[^:]*:([^:]*):([^:]*)$')
-  return tonumber(tv), tonumber(hv)
 end
 
 local function metric_summary(n, sum, sumsq, shift, low, high)
@@ -679,9 +676,10 @@ local function apply_sensor(s, keys, skipped, any_skipped)
     for i = 1, #s.ids do any_stored = any_stored or stored[i] end
   end
   local simple = s.ordered and not any_stored and s.ts_min > st.rs.cut and not reading_rules_may_act(st, s)
-  for i = 1, #s.ids do
-    if not (simple and any_skipped) then break end
-    if skipped[s.ids[i]] then simple = false end
+  if simple and any_skipped then
+    for i = 1, #s.ids do
+      if skipped[s.ids[i]] then simple = false end
+    end
   end
   for _, p in ipairs(s.windows) do
     if not simple then break end
