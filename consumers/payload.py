@@ -3,8 +3,9 @@
 Redis runs one script at a time, so every microsecond it spends per reading caps the whole
 fleet. The worker therefore does the per-reading arithmetic here, with numpy, and the script
 merges per-sensor summaries: window partials (count, mean, M2, min, max: mergeable exactly, by
-Chan's formula), shifted sums for the rolling stats, seq range, extremes and the largest rate of
-change for screening alert rules. The raw readings travel too, because the script needs them to
+Chan's formula), rolling-window bucket partials (extremes with how many readings hold them,
+sums shifted by the sensor's first reading), seq range, extremes and the largest rate of change
+for screening alert rules. The raw readings travel too, because the script needs them to
 index the rolling window and, for a sensor it cannot take the short way (readings out of order,
 duplicates, late ones, entries claimed away, an alert rule that may change state), to apply
 reading by reading.
@@ -46,10 +47,10 @@ def _window_partials(ts: np.ndarray, t: np.ndarray, h: np.ndarray, codes: np.nda
     return edges, [list(window) for window in zip(*columns)]
 
 
-def _extreme_partials(ts: np.ndarray, t: np.ndarray, h: np.ndarray, codes: np.ndarray,
-                      bucket_ms: int) -> tuple[np.ndarray, list[list]]:
+def _bucket_partials(ts: np.ndarray, t: np.ndarray, h: np.ndarray, codes: np.ndarray, bucket_ms: int,
+                     shifted: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, list[list]]:
     """Per run of one sensor's readings in one rolling bucket: [start, then per metric min, how many
-    hold it, max, how many hold it]."""
+    hold it, max, how many hold it, then n, and per metric the sum and sum of squares of `shifted`]."""
     starts_ms, edges, counts = _runs(ts, codes, bucket_ms)
     columns = [starts_ms[edges].tolist()]
     for values in (t, h):
@@ -57,6 +58,9 @@ def _extreme_partials(ts: np.ndarray, t: np.ndarray, h: np.ndarray, codes: np.nd
             extreme = op.reduceat(values, edges)
             columns += [extreme.tolist(),
                         _reduce(np.add, (values == np.repeat(extreme, counts)).astype(np.int64), edges)]
+    columns.append(counts.tolist())
+    for deviation in shifted:
+        columns += [_reduce(np.add, deviation, edges), _reduce(np.add, deviation * deviation, edges)]
     return edges, [list(bucket) for bucket in zip(*columns)]
 
 
@@ -106,12 +110,8 @@ def commit_payload(batch: CommitBatch, window_ms: int, bucket_ms: int) -> bytes:
         with np.errstate(divide="ignore", invalid="ignore"):
             per_min = np.where(same_sensor & (step_ms > 0), np.abs(np.diff(values)) / step_ms * 60_000, 0.0)
         rates.append(_reduce(np.maximum, np.r_[0.0, per_min], starts))
-    shifted = []
-    for values in (t, h):
-        base = values[starts]
-        deviation = values - np.repeat(base, counts)
-        shifted.append((base.tolist(), _reduce(np.add, deviation, starts),
-                        _reduce(np.add, deviation * deviation, starts)))
+    bases = [values[starts] for values in (t, h)]  # each sensor's first reading: sums are shifted by it
+    shifted = tuple(values - np.repeat(base, counts) for values, base in zip((t, h), bases))
     has_seq = seq != NO_SEQ
     seq_n = _reduce(np.add, has_seq.astype(np.int64), starts)
     seq_min = _reduce(np.minimum, np.where(has_seq, seq, np.iinfo(np.int64).max), starts)
@@ -119,9 +119,10 @@ def commit_payload(batch: CommitBatch, window_ms: int, bucket_ms: int) -> bytes:
     extremes = [_reduce(op, values, starts) for values in (t, h) for op in (np.minimum, np.maximum)]
     ts_min, ts_max = _reduce(np.minimum, ts, starts), _reduce(np.maximum, ts, starts)
     windows_of = _per_sensor(starts, *_window_partials(ts, t, h, codes, window_ms))
-    buckets_of = _per_sensor(starts, *_extreme_partials(ts, t, h, codes, bucket_ms))
+    buckets_of = _per_sensor(starts, *_bucket_partials(ts, t, h, codes, bucket_ms, shifted))
 
     names = list(code_of)
+    t_base, h_base = (base.tolist() for base in bases)
     for k, (first, last) in enumerate(zip(starts.tolist(), ends.tolist())):
         document["sensors"].append({
             "name": names[codes[first]], "ids": ids[first:last],
@@ -131,8 +132,7 @@ def commit_payload(batch: CommitBatch, window_ms: int, bucket_ms: int) -> bytes:
             "t_min": extremes[0][k], "t_max": extremes[1][k], "h_min": extremes[2][k], "h_max": extremes[3][k],
             "buckets": buckets_of[k],
             "t_rate": rates[0][k], "h_rate": rates[1][k],
-            "t_base": shifted[0][0][k], "t_sum": shifted[0][1][k], "t_sumsq": shifted[0][2][k],
-            "h_base": shifted[1][0][k], "h_sum": shifted[1][1][k], "h_sumsq": shifted[1][2][k],
+            "t_base": t_base[k], "h_base": h_base[k],
             "seq_n": seq_n[k], "seq_min": seq_min[k] if seq_n[k] else NO_SEQ, "seq_max": seq_max[k],
             "arrival": int(ids[last - 1][:ids[last - 1].index("-")]),
         })

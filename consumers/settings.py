@@ -68,7 +68,7 @@ class AggregatorSettings:
 
     @property
     def rolling_bucket_ms(self) -> int:
-        """Rolling extremes are also kept per bucket this wide, so that losing one rescans a bucket, not the window."""
+        """Rolling stats are kept per bucket this wide: the window's edge moving reads one bucket's readings, not all that left."""
         return max(1, self.rolling_ms // 10)
 
     def lua_config(self) -> str:

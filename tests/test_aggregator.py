@@ -63,6 +63,107 @@ def test_windows_and_rolling_stats_equal_pandas(db, keys):
             assert float(live[f"{metric}_max"]) == rolled.max().iloc[-1][metric]
 
 
+def coarse_readings(count=1500, seed=7) -> list[Reading]:
+    """Two sensors on a coarse value grid (extremes held by many readings at once), with gaps from
+    0.2 s to longer than a 200 s rolling window, each chunk of eight readings shuffled (out of order)."""
+    rng = np.random.default_rng(seed)
+    out, ts, seqs = [], START, {"a": 0, "b": 0}
+    for index in range(count):
+        ts += int(rng.choice([200, 1000, 4000, 250_000], p=[0.35, 0.55, 0.095, 0.005]))
+        sensor = "a" if index % 3 else "b"
+        out.append(Reading(sensor, ts, float(round(rng.normal(20, 1.5))), float(round(rng.normal(50, 3)) / 2),
+                           seqs[sensor]))
+        seqs[sensor] += 1
+    chunks = [out[i:i + 8] for i in range(0, len(out), 8)]
+    for chunk in chunks:
+        rng.shuffle(chunk)
+    return [reading for chunk in chunks for reading in chunk]
+
+
+def expected_rolling(readings: list[Reading], rolling: str) -> dict[str, pd.Series]:
+    """pandas' rolling window at each sensor's latest reading."""
+    frame = pd.DataFrame([{"sensor": r.sensor, "time": pd.to_datetime(r.ts_ms, unit="ms"),
+                           "temperature_c": r.temperature_c, "humidity_pct": r.humidity_pct} for r in readings])
+    result = {}
+    for sensor, group in frame.sort_values("time", kind="stable").groupby("sensor"):
+        rolled = group.set_index("time")[["temperature_c", "humidity_pct"]].rolling(rolling)
+        result[sensor] = pd.concat({stat: getattr(rolled, stat)().iloc[-1]
+                                    for stat in ("count", "mean", "std", "min", "max")})
+    return result
+
+
+def window_stats(values: np.ndarray) -> dict[str, float]:
+    """What pandas' rolling gives for the readings in one window."""
+    return {"count": len(values), "mean": values.mean(), "min": values.min(), "max": values.max(),
+            "std": values.std(ddof=1) if len(values) > 1 else np.nan}
+
+
+def assert_rolling_equal(live: dict[str, str], want: dict) -> None:
+    """`want[(stat, metric)]`: pandas' figure."""
+    assert int(live["count"]) == int(want[("count", "temperature_c")])
+    for metric in ("temperature_c", "humidity_pct"):
+        for stat in ("mean", "min", "max"):
+            assert float(live[f"{metric}_{stat}"]) == pytest.approx(want[(stat, metric)], rel=1e-9)
+        if np.isnan(want[("std", metric)]):
+            assert live[f"{metric}_std"] == ""
+        else:
+            assert float(live[f"{metric}_std"]) == pytest.approx(want[("std", metric)], rel=1e-9, abs=1e-9)
+
+
+def test_rolling_stats_equal_pandas_after_every_commit(db, keys):
+    """Small commits move the window's edge within a bucket and across buckets, and past a gap
+    longer than the window. After every commit each sensor's rolling hash holds the stats of its
+    readings in (latest - 200 s, latest]; at the end they equal pandas' rolling('200s')."""
+    readings = coarse_readings()
+    ids = add_readings(db, keys, readings)
+    position = {entry_id: index for index, entry_id in enumerate(ids)}
+    columns = {name: np.array([getattr(r, name) for r in readings])
+               for name in ("sensor", "ts_ms", "temperature_c", "humidity_pct")}
+    worker = make_worker(db, keys, rolling_ms=200_000, grace_ms=300_000, batch=5)
+    checked = []
+
+    def check(batch, _result, _elapsed) -> None:
+        committed = max(position[entry_id] for entry_id in batch.entry_ids) + 1
+        for sensor in set(batch.readings.sensors):
+            mine = columns["sensor"][:committed] == sensor
+            ts = columns["ts_ms"][:committed][mine]
+            inside = ts > ts.max() - 200_000
+            want = {(stat, metric): value for metric in ("temperature_c", "humidity_pct")
+                    for stat, value in window_stats(columns[metric][:committed][mine][inside]).items()}
+            assert_rolling_equal(db.hgetall(keys.rolling(sensor)), want)
+        checked.append(len(batch))
+
+    worker.on_batch = check
+    drain(worker, LATER)
+    assert sum(checked) == len(readings) and db.hget(keys.counters, "late") is None
+    for sensor, want in expected_rolling(readings, "200s").items():
+        assert_rolling_equal(db.hgetall(keys.rolling(sensor)), want)
+
+
+def test_rolling_state_from_before_bucket_sums_is_rebuilt(db, keys):
+    """A sensor state written by an earlier version (buckets without sums) is rebuilt from the
+    readings still in the window, on the first commit that touches it."""
+    readings = random_readings(per_sensor=600)
+    add_readings(db, keys, readings[:900])
+    drain(make_worker(db, keys, batch=100), LATER)
+    db.eval("""
+        local all = redis.call('HGETALL', KEYS[1])
+        for i = 1, #all, 2 do
+          local st = cmsgpack.unpack(all[i + 1])
+          st.v = nil
+          st.rs.n, st.rs.t, st.rs.tmin_n = 12345, 1e9, 1
+          for _, bucket in pairs(st.rb) do
+            for at = 10, 14 do bucket[at] = nil end
+          end
+          redis.call('HSET', KEYS[1], all[i], cmsgpack.pack(st))
+        end""", 1, keys.sensor_state)
+    add_readings(db, keys, readings[900:])
+    drain(make_worker(db, keys, batch=100), LATER)
+    expected = expected_rolling(readings, "300s")
+    for sensor in ("a", "b", "c"):
+        assert_rolling_equal(db.hgetall(keys.rolling(sensor)), expected[sensor])
+
+
 def test_summaries_and_reading_by_reading_agree(db):
     """The script's short way (merging the worker's per-sensor summaries) and its long way (one
     reading at a time, taken here because a rule breaches on every reading) give the same

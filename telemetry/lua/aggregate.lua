@@ -29,6 +29,7 @@
 --       6 commit: the payload json; sweep: max sensors to visit.
 
 local K_READINGS, K_DEAD, K_AGG, K_ALERTS, K_STATE, K_COUNTERS, K_DUE, K_HANDOVERS = 1, 2, 3, 4, 5, 6, 7, 8
+local STATE_VERSION = 2  -- 2: rolling buckets keep sums (states without it are rebuilt on first use)
 local mode, group, consumer = ARGV[1], ARGV[2], ARGV[3]
 local now = tonumber(ARGV[4])
 local cfg = cjson.decode(ARGV[5])
@@ -124,34 +125,42 @@ local function window_std(w, at)
   return math.sqrt(math.max(w[at + 1], 0) / (w[W_N] - 1))
 end
 
---------------------------------------------------------------------------------------------------------------------------------------------------------------------------------
--- Rolling stats over (max_ts - rolling, max_ts]. Sums of values shifted by the sensor's first
--- reading are kept incrementally: readings add themselves, and each refresh subtracts what slid
--- out of the window. Extremes carry how many readings in the window hold them, so evicting one
--- copy of the minimum (common with 0.1-resolution values) does not force a rescan. Evicting the
--- last one does: over per-bucket extremes (buckets a tenth of the window wide, kept in the
--- state as [start, then per metric min, holders, max, holders]) and the readings of the one
--- bucket the window's edge cuts through.
+---------------------------------------------------------------------------------------------
+-- Rolling stats over (max_ts - rolling, max_ts] live in buckets a tenth of the window wide, kept
+-- in the state as [start, per metric (temperature at 2, humidity at 6) min, how many readings
+-- hold it, max, how many hold it, then n, and sums and sums of squares of both metrics shifted
+-- by the window's base values t0 and h0]. Every bucket describes exactly its readings still in
+-- the window. When the window's edge moves, buckets wholly behind it are dropped without
+-- looking at their readings; only the bucket the edge cuts through is touched: what left it is
+-- subtracted, or it is rebuilt from its remaining readings when that lost the last holder of an
+-- extreme or the edge entered it just now. The totals are then summed over the buckets, so
+-- rounding from subtraction never outlives a bucket. The worker sends readings already
+-- summarised per bucket (consumers/payload.py), so adding readings also costs per bucket.
 
-local function rolling_add(rs, n, t_base, t_sum, t_sumsq, h_base, h_sum, h_sumsq)
-  if rs.t0 == nil then rs.t0, rs.h0 = t_base, h_base end
-  local dt, dh = t_base - rs.t0, h_base - rs.h0
-  rs.n = rs.n + n
-  rs.t, rs.tt = rs.t + t_sum + n * dt, rs.tt + t_sumsq + 2 * dt * t_sum + n * dt * dt
-  rs.h, rs.hh = rs.h + h_sum + n * dh, rs.hh + h_sumsq + 2 * dh * h_sum + n * dh * dh
+local B_N, B_T, B_TT, B_H, B_HH = 10, 11, 12, 13, 14
+
+local function extremes_clear(rs)
+  rs.tmin, rs.tmax, rs.hmin, rs.hmax = INF, -INF, INF, -INF
 end
 
--- Fold in extremes held by `n_low` / `n_high` readings; the field names are the metric's min and max.
-local function extremes_add(rs, low_key, high_key, low, n_low, high, n_high)
-  if low < rs[low_key] then rs[low_key], rs[low_key .. '_n'] = low, n_low
-  elseif low == rs[low_key] then rs[low_key .. '_n'] = rs[low_key .. '_n'] + n_low end
-  if high > rs[high_key] then rs[high_key], rs[high_key .. '_n'] = high, n_high
-  elseif high == rs[high_key] then rs[high_key .. '_n'] = rs[high_key .. '_n'] + n_high end
+local function extremes_add(rs, b)
+  if b[2] < rs.tmin then rs.tmin = b[2] end
+  if b[4] > rs.tmax then rs.tmax = b[4] end
+  if b[6] < rs.hmin then rs.hmin = b[6] end
+  if b[8] > rs.hmax then rs.hmax = b[8] end
 end
 
-local function extremes_add_bucket(rs, b)
-  extremes_add(rs, 'tmin', 'tmax', b[2], b[3], b[4], b[5])
-  extremes_add(rs, 'hmin', 'hmax', b[6], b[7], b[8], b[9])
+local function rolling_clear(rs)
+  rs.n, rs.t, rs.tt, rs.h, rs.hh, rs.t0, rs.h0 = 0, 0, 0, 0, 0, nil, nil
+  extremes_clear(rs)
+end
+
+-- Sums of x - base become sums of x - base0, base0 = base - delta.
+local function shift(b, sum_at, n, delta)
+  if delta ~= 0 then
+    b[sum_at + 1] = b[sum_at + 1] + 2 * delta * b[sum_at] + n * delta * delta
+    b[sum_at] = b[sum_at] + n * delta
+  end
 end
 
 local function merge_extreme(b, p, at, lower)
@@ -163,9 +172,15 @@ local function merge_extreme(b, p, at, lower)
   end
 end
 
--- A bucket partial (from the worker, or one reading's) joins the sums' extremes and its bucket.
-local function rolling_add_bucket(st, p)
-  extremes_add_bucket(st.rs, p)
+-- A bucket partial (from the worker, or one reading's) whose sums are shifted by (t_base, h_base).
+local function rolling_add_bucket(st, p, t_base, h_base)
+  local rs = st.rs
+  if rs.t0 == nil then rs.t0, rs.h0 = t_base, h_base end
+  local n = p[B_N]
+  shift(p, B_T, n, t_base - rs.t0)
+  shift(p, B_H, n, h_base - rs.h0)
+  rs.n, rs.t, rs.tt, rs.h, rs.hh = rs.n + n, rs.t + p[B_T], rs.tt + p[B_TT], rs.h + p[B_H], rs.hh + p[B_HH]
+  extremes_add(rs, p)
   local b = st.rb[p[1]]
   if b == nil then
     st.rb[p[1]] = p
@@ -174,12 +189,12 @@ local function rolling_add_bucket(st, p)
     merge_extreme(b, p, 4, false)
     merge_extreme(b, p, 6, true)
     merge_extreme(b, p, 8, false)
+    for at = B_N, B_HH do b[at] = b[at] + p[at] end
   end
 end
 
 local function rolling_add_reading(st, ts, t, h)
-  rolling_add(st.rs, 1, t, 0, 0, h, 0, 0)
-  rolling_add_bucket(st, {ts - ts % cfg.bucket_ms, t, 1, t, 1, h, 1, h, 1})
+  rolling_add_bucket(st, {ts - ts % cfg.bucket_ms, t, 1, t, 1, h, 1, h, 1, 1, 0, 0, 0, 0}, t, h)
 end
 
 -- A member of a sensor's recent set: 'ts:seq:temperature:humidity' (consumers/payload.py).
@@ -194,36 +209,89 @@ local function member_values(member)
   return tonumber(tv), tonumber(hv)
 end
 
--- Take out the readings that slid out of the window (members of the recent set); true when that
--- removed the last copy of an extreme. Sums and holder counts gather in locals, applied once.
-local function rolling_remove(rs, members)
-  local t0, h0, tmin, tmax, hmin, hmax = rs.t0, rs.h0, rs.tmin, rs.tmax, rs.hmin, rs.hmax
-  local t_sum, t_sumsq, h_sum, h_sumsq = 0, 0, 0, 0
+-- Bucket `start` anew from its readings after the window's edge.
+local function rebuild_bucket(st, recent_key, start)
+  local rs = st.rs
+  local members = redis.call('ZRANGEBYSCORE', recent_key, '(' .. int(math.max(rs.cut, start - 1)),
+                             '(' .. int(start + cfg.bucket_ms))
+  if #members == 0 then
+    st.rb[start] = nil
+    return
+  end
+  local t0, h0 = rs.t0, rs.h0
+  local tmin, tmax, hmin, hmax = INF, -INF, INF, -INF
   local tmin_n, tmax_n, hmin_n, hmax_n = 0, 0, 0, 0
+  local t_sum, t_sumsq, h_sum, h_sumsq = 0, 0, 0, 0
   for i = 1, #members do
     local t, h = member_values(members[i])
     local dt, dh = t - t0, h - h0
     t_sum, t_sumsq, h_sum, h_sumsq = t_sum + dt, t_sumsq + dt * dt, h_sum + dh, h_sumsq + dh * dh
-    if t == tmin then tmin_n = tmin_n + 1 end
-    if t == tmax then tmax_n = tmax_n + 1 end
-    if h == hmin then hmin_n = hmin_n + 1 end
-    if h == hmax then hmax_n = hmax_n + 1 end
+    if t < tmin then tmin, tmin_n = t, 1 elseif t == tmin then tmin_n = tmin_n + 1 end
+    if t > tmax then tmax, tmax_n = t, 1 elseif t == tmax then tmax_n = tmax_n + 1 end
+    if h < hmin then hmin, hmin_n = h, 1 elseif h == hmin then hmin_n = hmin_n + 1 end
+    if h > hmax then hmax, hmax_n = h, 1 elseif h == hmax then hmax_n = hmax_n + 1 end
   end
-  rs.n, rs.t, rs.tt, rs.h, rs.hh = rs.n - #members, rs.t - t_sum, rs.tt - t_sumsq, rs.h - h_sum, rs.hh - h_sumsq
-  rs.tmin_n, rs.tmax_n = rs.tmin_n - tmin_n, rs.tmax_n - tmax_n
-  rs.hmin_n, rs.hmax_n = rs.hmin_n - hmin_n, rs.hmax_n - hmax_n
-  return (tmin_n > 0 and rs.tmin_n <= 0) or (tmax_n > 0 and rs.tmax_n <= 0)
-      or (hmin_n > 0 and rs.hmin_n <= 0) or (hmax_n > 0 and rs.hmax_n <= 0)
+  st.rb[start] = {start, tmin, tmin_n, tmax, tmax_n, hmin, hmin_n, hmax, hmax_n,
+                  #members, t_sum, t_sumsq, h_sum, h_sumsq}
 end
 
-local function extremes_clear(rs)
-  rs.tmin, rs.tmax, rs.hmin, rs.hmax = INF, -INF, INF, -INF
-  rs.tmin_n, rs.tmax_n, rs.hmin_n, rs.hmax_n = 0, 0, 0, 0
+-- The edge moved from `old_cut` within bucket `b`: subtract the readings that left it.
+local function bucket_remove(st, recent_key, b, old_cut)
+  local members = redis.call('ZRANGEBYSCORE', recent_key, '(' .. int(old_cut), int(st.rs.cut))
+  if #members == 0 then return end
+  local t0, h0 = st.rs.t0, st.rs.h0
+  for i = 1, #members do
+    local t, h = member_values(members[i])
+    local dt, dh = t - t0, h - h0
+    b[B_T], b[B_TT], b[B_H], b[B_HH] = b[B_T] - dt, b[B_TT] - dt * dt, b[B_H] - dh, b[B_HH] - dh * dh
+    if t == b[2] then b[3] = b[3] - 1 end
+    if t == b[4] then b[5] = b[5] - 1 end
+    if h == b[6] then b[7] = b[7] - 1 end
+    if h == b[8] then b[9] = b[9] - 1 end
+  end
+  b[B_N] = b[B_N] - #members
+  if b[3] <= 0 or b[5] <= 0 or b[7] <= 0 or b[9] <= 0 then rebuild_bucket(st, recent_key, b[1]) end
 end
 
-local function rolling_clear(rs)
-  rs.n, rs.t, rs.tt, rs.h, rs.hh, rs.t0, rs.h0 = 0, 0, 0, 0, 0, nil, nil
+-- Move the window's edge to `new_cut`.
+local function rolling_evict(st, recent_key, new_cut)
+  local rs = st.rs
+  local old_cut, edge = rs.cut, new_cut - new_cut % cfg.bucket_ms
+  rs.cut = new_cut
+  for start, _ in pairs(st.rb) do
+    if start < edge then st.rb[start] = nil end
+  end
+  local b = st.rb[edge]
+  if b ~= nil and old_cut >= edge then
+    bucket_remove(st, recent_key, b, old_cut)
+  elseif b ~= nil then
+    rebuild_bucket(st, recent_key, edge)
+  end
+  local n, t, tt, h, hh = 0, 0, 0, 0, 0
   extremes_clear(rs)
+  for _, bucket in pairs(st.rb) do
+    n, t, tt, h, hh = n + bucket[B_N], t + bucket[B_T], tt + bucket[B_TT], h + bucket[B_H], hh + bucket[B_HH]
+    extremes_add(rs, bucket)
+  end
+  if n == 0 then
+    rolling_clear(rs)
+  else
+    rs.n, rs.t, rs.tt, rs.h, rs.hh = n, t, tt, h, hh
+  end
+end
+
+-- State from before buckets kept sums: rebuilt from the recent set.
+local function rebuild_rolling(st, recent_key)
+  st.rs = {cut = st.rs.cut, trimmed_to = st.rs.trimmed_to}
+  st.rb = {}
+  rolling_clear(st.rs)
+  local lower = '-inf'
+  if st.rs.cut > -INF then lower = '(' .. int(st.rs.cut) end
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', recent_key, lower, '+inf')) do
+    local ts, _, t, h = parse_member(member)
+    rolling_add_reading(st, ts, t, h)
+  end
+  st.v = STATE_VERSION
 end
 
 local function metric_summary(n, sum, sumsq, shift, low, high)
@@ -253,7 +321,7 @@ local function load_state(sensor)
     st = cmsgpack.unpack(packed)
   else
     st = {wm = -INF, closed_through = -INF, max_ts = -INF, last_arrival = 0, last_ts = -INF, next_close = INF,
-          windows = {}, marks = {}, alerts = {}, rs = {cut = -INF}, rb = {}}
+          windows = {}, marks = {}, alerts = {}, rs = {cut = -INF}, rb = {}, v = STATE_VERSION}
     rolling_clear(st.rs)
   end
   st.roll = rolling_summary(st.rs)
@@ -559,29 +627,7 @@ local function refresh_rolling(st, keys)
   local recent_key, rolling_key = keys[1], keys[2]
   local rs = st.rs
   local new_cut = st.max_ts - cfg.rolling_ms
-  if new_cut > rs.cut then
-    local lower = '-inf'
-    if rs.cut > -INF then lower = '(' .. int(rs.cut) end
-    local recompute = rolling_remove(rs, redis.call('ZRANGEBYSCORE', recent_key, lower, new_cut))
-    rs.cut = new_cut
-    for start, _ in pairs(st.rb) do
-      if start + cfg.bucket_ms <= new_cut then st.rb[start] = nil end
-    end
-    if rs.n <= 0 then
-      rolling_clear(rs)
-    elseif recompute then
-      extremes_clear(rs)
-      for start, b in pairs(st.rb) do
-        if start > new_cut then extremes_add_bucket(rs, b) end
-      end
-      local edge_end = new_cut - new_cut % cfg.bucket_ms + cfg.bucket_ms
-      for _, member in ipairs(redis.call('ZRANGEBYSCORE', recent_key, '(' .. int(new_cut), '(' .. int(edge_end))) do
-        local t, h = member_values(member)
-        extremes_add(rs, 'tmin', 'tmax', t, 1, t, 1)
-        extremes_add(rs, 'hmin', 'hmax', h, 1, h, 1)
-      end
-    end
-  end
+  if new_cut > rs.cut then rolling_evict(st, recent_key, new_cut) end
   -- Members below both horizons are kept for duplicate checks while their window may be open,
   -- and dropped in steps of a rolling window, not on every batch.
   local keep_from = math.min(new_cut, st.wm - cfg.window_ms - cfg.grace_ms)
@@ -609,8 +655,7 @@ local function apply_summary(sensor, st, s, keys, held)
   local n = #s.ids
   track_seq(st, s.seq_n, s.seq_min, s.seq_max)
   processed = processed + n
-  rolling_add(st.rs, n, s.t_base, s.t_sum, s.t_sumsq, s.h_base, s.h_sum, s.h_sumsq)
-  for _, p in ipairs(s.buckets) do rolling_add_bucket(st, p) end
+  for _, p in ipairs(s.buckets) do rolling_add_bucket(st, p, s.t_base, s.h_base) end
   if s.ts_max > st.max_ts then st.max_ts = s.ts_max end
   if s.ts_max > st.last_ts then st.last_ts, st.last_t, st.last_h = s.ts_max, s.last_t, s.last_h end
   if held then
@@ -667,6 +712,10 @@ end
 local function apply_sensor(s, keys, skipped, any_skipped)
   local sensor = s.name
   local st = load_state(sensor)
+  if st.v ~= STATE_VERSION then
+    rebuild_rolling(st, keys[1])
+    st.roll = rolling_summary(st.rs)
+  end
   -- Seqs only grow, so readings in order above every seq applied so far cannot be stored already.
   local stored, any_stored = {}, false
   if not (s.ordered and s.seq_n == #s.ids and st.max_seq ~= nil and s.seq_min > st.max_seq) then
