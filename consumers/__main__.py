@@ -17,6 +17,7 @@ from telemetry.backoff import Backoff
 from telemetry.cli import CommandParser, PipelineConfig, StopSignal, add_redis_arguments, number_type, run_main
 from telemetry.connection import connect
 from telemetry.errors import RedisUnavailable
+from telemetry.gc_tuning import tune_for_batches
 from telemetry.timeutil import parse_duration_ms
 
 
@@ -111,6 +112,7 @@ def run_aggregate(args, config: PipelineConfig, stop: StopSignal) -> int:
         on_batch = start_worker_metrics(args.metrics_port, db, config.keys, settings.group)
     worker = AggregatorWorker(db, config.keys, config.field_map, settings, on_batch=on_batch)
     worker.ensure_group()
+    tune_for_batches()
     print(f"aggregator: consumer {settings.consumer} in group {settings.group} on {config.keys.readings}",
           file=sys.stderr)
     stats = worker.run(lambda: stop.requested)

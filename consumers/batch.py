@@ -25,8 +25,24 @@ from telemetry.schema import (
     entry_layout,
 )
 
-Entry = tuple[str, list[str] | None]  # (id, flat field list as XREADGROUP returns it; None: trimmed away)
+# (id, flat field list as XREADGROUP returns it, as str or, off the worker's raw reads, as bytes;
+# None: trimmed away)
+Entry = tuple[str, list[str] | list[bytes] | None]
 NO_SEQ = -1
+
+
+def texts(values: list[bytes]) -> list[str]:
+    """Many short byte strings as str in two C calls, not one decode each: a batch has thousands."""
+    joined = b"\n".join(values).decode("utf-8", "replace").split("\n")
+    if len(joined) == len(values):
+        return joined
+    return [value.decode("utf-8", "replace") for value in values]  # some value holds a newline
+
+
+def _as_text(fields: list[str] | list[bytes]) -> list[str]:
+    if fields and isinstance(fields[0], bytes):
+        return [value.decode("utf-8", "replace") for value in fields]
+    return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,18 +136,23 @@ def _layout_row(reading: Reading, field_map: FieldMap) -> list[str]:
     return row
 
 
-def _columns(ids: list[str], rows: list[list[str]], trusted: np.ndarray,
+def _columns(ids: list[str], rows: list[list[str]] | list[list[bytes]], trusted: np.ndarray,
              at: dict[str, int]) -> tuple[ReadingColumns, np.ndarray]:
     """Typed columns and a mask of untrusted rows that fail a check (decoded one by one for the reason).
 
-    Raises ValueError when a value is not a number at all."""
+    Rows are all str or all bytes; numbers parse from either, and bytes become text only where
+    text is kept (sensor names, members). Raises ValueError when a value is not a number at all."""
     n = len(rows)
-    sensors = [row[at["sensor"]] for row in rows]
+    raw = isinstance(rows[0][0], bytes)
+    sensor_values = [row[at["sensor"]] for row in rows]
+    names = {value: value.decode("utf-8", "replace") if raw else value for value in set(sensor_values)}
+    sensors = [names[value] for value in sensor_values]
     ts_text = ([row[at["ts"]] for row in rows] if "ts" in at
-               else [entry_id[:entry_id.index("-")] for entry_id in ids])
+               else [entry_id[:entry_id.index("-")].encode() if raw else entry_id[:entry_id.index("-")]
+                     for entry_id in ids])
     t_text = [row[at["temperature_c"]] for row in rows]
     h_text = [row[at["humidity_pct"]] for row in rows]
-    seq_text = [row[at["seq"]] for row in rows] if "seq" in at else ["-"] * n
+    seq_text = [row[at["seq"]] for row in rows] if "seq" in at else [b"-" if raw else "-"] * n
     ts = np.fromiter(map(int, ts_text), np.int64, n)
     temperature = np.fromiter(map(float, t_text), np.float64, n)
     humidity = np.fromiter(map(float, h_text), np.float64, n)
@@ -146,9 +167,13 @@ def _columns(ids: list[str], rows: list[list[str]], trusted: np.ndarray,
         ok &= np.array([name not in bad_names for name in sensors])
     if "version" in at:
         versions = [row[at["version"]] for row in rows]
-        if set(versions) != {str(SCHEMA_VERSION)}:
-            ok &= np.array([version == str(SCHEMA_VERSION) for version in versions])
-    members = [f"{a}:{b}:{c}:{d}" for a, b, c, d in zip(ts_text, seq_text, t_text, h_text)]
+        current = str(SCHEMA_VERSION).encode() if raw else str(SCHEMA_VERSION)
+        if set(versions) != {current}:
+            ok &= np.array([version == current for version in versions])
+    if raw:
+        members = texts([b"%b:%b:%b:%b" % parts for parts in zip(ts_text, seq_text, t_text, h_text)])
+    else:
+        members = [f"{a}:{b}:{c}:{d}" for a, b, c, d in zip(ts_text, seq_text, t_text, h_text)]
     return ReadingColumns(ids, sensors, ts, temperature, humidity, seq, members), ~ok & ~trusted
 
 
@@ -157,6 +182,9 @@ def build_batch(entries: list[Entry], field_map: FieldMap, now_ms: int, max_skew
     """Sort entries into readings, dead letters (with a reason naming the field) and lost ones."""
     batch = CommitBatch(entry_ids=[entry_id for entry_id, _ in entries])
     layout = list(entry_layout(field_map))
+    raw = any(fields and isinstance(fields[0], bytes) for _, fields in entries[:1])
+    if raw:
+        layout = [name.encode() for name in layout]
     at = _layout_positions(field_map)
     ids: list[str] = []
     rows: list[list[str]] = []  # every candidate in layout order; entries written otherwise are decoded first
@@ -166,14 +194,15 @@ def build_batch(entries: list[Entry], field_map: FieldMap, now_ms: int, max_skew
             batch.lost_ids.append(entry_id)
         elif delivery_counts and max_deliveries and delivery_counts.get(entry_id, 1) > max_deliveries:
             batch.dead_letters.append(DeadLetter(
-                entry_id, f"max-deliveries: delivered {delivery_counts[entry_id]} times", as_dict(fields)))
+                entry_id, f"max-deliveries: delivered {delivery_counts[entry_id]} times", as_dict(_as_text(fields))))
         elif fields[::2] == layout:
             ids.append(entry_id)
             rows.append(fields)
-        elif (reading := _decode_one(batch, entry_id, fields, field_map)) is not None:
+        elif (reading := _decode_one(batch, entry_id, _as_text(fields), field_map)) is not None:
             trusted.append(len(rows))
             ids.append(entry_id)
-            rows.append(_layout_row(reading, field_map))
+            row = _layout_row(reading, field_map)
+            rows.append([value.encode() for value in row] if raw else row)
     if not rows:
         return batch
     trusted_mask = np.zeros(len(rows), bool)
@@ -184,8 +213,8 @@ def build_batch(entries: list[Entry], field_map: FieldMap, now_ms: int, max_skew
         vetted = []
         for entry_id, fields, is_trusted in zip(ids, rows, trusted_mask.tolist()):
             if is_trusted:
-                vetted.append((entry_id, fields))
-            elif (reading := _decode_one(batch, entry_id, fields, field_map)) is not None:
+                vetted.append((entry_id, _as_text(fields)))
+            elif (reading := _decode_one(batch, entry_id, _as_text(fields), field_map)) is not None:
                 vetted.append((entry_id, _layout_row(reading, field_map)))
         if not vetted:
             return batch
@@ -193,13 +222,13 @@ def build_batch(entries: list[Entry], field_map: FieldMap, now_ms: int, max_skew
         readings, suspect = _columns(ids, rows, np.ones(len(rows), bool), at)
     keep = ~suspect
     for row in np.flatnonzero(suspect).tolist():
-        keep[row] = _decode_one(batch, ids[row], rows[row], field_map) is not None
+        keep[row] = _decode_one(batch, ids[row], _as_text(rows[row]), field_map) is not None
     future = keep & (readings.ts_ms > now_ms + max_skew_ms)
     for row in np.flatnonzero(future).tolist():
         ts_ms = int(readings.ts_ms[row])
         batch.dead_letters.append(DeadLetter(
             ids[row], f"future: ts={ts_ms} is {(ts_ms - now_ms) / 1000:.0f}s ahead of the worker clock "
-                      f"(max skew {max_skew_ms / 1000:.0f}s)", as_dict(rows[row])))
+                      f"(max skew {max_skew_ms / 1000:.0f}s)", as_dict(_as_text(rows[row]))))
     keep &= ~future
     batch.readings = readings if keep.all() else readings.take(np.flatnonzero(keep))
     return batch

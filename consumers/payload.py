@@ -1,4 +1,4 @@
-"""The commit script's input: a batch summarised per sensor and per window, as one JSON document.
+"""The commit script's input: a batch summarised per sensor and per window, as one msgpack document.
 
 Redis runs one script at a time, so every microsecond it spends per reading caps the whole
 fleet. The worker therefore does the per-reading arithmetic here, with numpy, and the script
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 
+import msgpack
 import numpy as np
-import orjson
 
 from consumers.batch import NO_SEQ, CommitBatch
 
@@ -81,7 +81,7 @@ def commit_payload(batch: CommitBatch, window_ms: int, bucket_ms: int) -> bytes:
     if batch.handover_epoch is not None:
         document["epoch"] = batch.handover_epoch
     if not len(readings):
-        return orjson.dumps(document)
+        return msgpack.packb(document)
     code_of: dict[str, int] = {}  # first-appearance order, as CommitBatch.sensors (the script's KEYS)
     codes = np.fromiter((code_of.setdefault(name, len(code_of)) for name in readings.sensors), np.int64,
                         len(readings))
@@ -136,4 +136,4 @@ def commit_payload(batch: CommitBatch, window_ms: int, bucket_ms: int) -> bytes:
             "seq_n": seq_n[k], "seq_min": seq_min[k] if seq_n[k] else NO_SEQ, "seq_max": seq_max[k],
             "arrival": int(ids[last - 1][:ids[last - 1].index("-")]),
         })
-    return orjson.dumps(document)
+    return msgpack.packb(document)

@@ -16,6 +16,7 @@ from consumers.batch import CommitBatch
 from consumers.rules import load_rules
 from consumers.settings import AggregatorSettings
 from consumers.worker import AggregatorWorker, CommitResult
+from telemetry.gc_tuning import tune_for_batches
 from telemetry.keys import Keys
 from telemetry.schema import FieldMap
 from telemetry.timeutil import now_ms, stream_id_ms
@@ -70,6 +71,7 @@ def latency_ms(url: str, keys: Keys, seconds: float = 8.0) -> tuple[float, float
 
 def main() -> None:
     args = parser(__doc__).parse_args()
+    tune_for_batches()  # as `python -m consumers aggregate` does; the seed-style consumer runs with it too
     with bench_redis(args.redis_url) as url:
         db = walrus.Database.from_url(url, decode_responses=True)
         keys = Keys("bench-agg")

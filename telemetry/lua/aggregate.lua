@@ -26,7 +26,7 @@
 --       7 sensor-due (zset: sensor -> next sweep deadline), 8 handovers (counter), then per
 --       sensor of the payload, in order: recent (zset by event time), rolling (hash).
 -- ARGV: 1 mode, 2 group, 3 consumer, 4 now_ms, 5 config json,
---       6 commit: the payload json; sweep: max sensors to visit.
+--       6 commit: the payload (msgpack); sweep: max sensors to visit.
 
 local K_READINGS, K_DEAD, K_AGG, K_ALERTS, K_STATE, K_COUNTERS, K_DUE, K_HANDOVERS = 1, 2, 3, 4, 5, 6, 7, 8
 local STATE_VERSION = 2  -- 2: rolling buckets keep sums (states without it are rebuilt on first use)
@@ -761,7 +761,11 @@ local function flush_counters()
 end
 
 if mode == 'commit' then
-  local batch = cjson.decode(ARGV[6])
+  -- A commit allocates megabytes that all die with it; collecting while it runs would keep
+  -- re-marking the payload. Collection resumes after the commit (Redis's own periodic GC step
+  -- re-arms it too, should the script fail before that).
+  collectgarbage('stop')
+  local batch = cmsgpack.unpack(ARGV[6])
   -- Every entry of the batch is a reading of some sensor, a dead letter or a lost one.
   local ids = {}
   for _, s in ipairs(batch.sensors) do
@@ -798,6 +802,7 @@ if mode == 'commit' then
     apply_sensor(s, {KEYS[7 + 2 * b], KEYS[8 + 2 * b]}, skipped, skipped_n > 0)
   end
   flush_counters()
+  collectgarbage('restart')
   return {'ok', entries - skipped_n, emitted_windows, emitted_alerts, skipped_n, counters.late or 0,
           alert_labels}
 end
