@@ -1,0 +1,66 @@
+"""Sorting entries into a commit: fields as redis-py returns them (str) and as the worker's raw
+reads keep them (bytes) must make the same batch, bad entries included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from consumers.batch import build_batch
+from telemetry.schema import FieldMap, Reading
+
+NOW = 1_700_000_100_000
+
+
+def flat(fields: dict[str, str]) -> list[str]:
+    return [part for item in fields.items() for part in item]
+
+
+def good(sensor: str, seq: int) -> dict[str, str]:
+    return Reading(sensor, NOW - 60_000 + seq, 20.0 + seq / 10, 50.0, seq).encode()
+
+
+def text_entries(with_non_number: bool) -> list:
+    entries = [(f"{NOW - 1000 + i}-0", flat(good("a" if i % 2 else "b", i))) for i in range(20)]
+    reordered = dict(reversed(list(good("c", 1).items())))  # not in the producers' field order
+    entries += [
+        ("1700000099100-0", flat(reordered)),
+        ("1700000099101-0", flat({k: v for k, v in good("a", 30).items() if k != "humidity_pct"})),
+        ("1700000099102-0", flat(dict(good("a", 31), temperature_c="nan"))),
+        ("1700000099103-0", flat(dict(good("a", 32), humidity_pct="101"))),
+        ("1700000099104-0", flat(dict(good("a", 33), sensor="no spaces"))),
+        ("1700000099105-0", flat(dict(good("a", 34), ts=str(NOW + 3_600_000)))),  # future
+        ("1700000099106-0", None),  # trimmed while pending
+    ]
+    if with_non_number:
+        entries += [("1700000099107-0", flat(dict(good("a", 35), temperature_c="2\n1")))]
+    return entries
+
+
+def as_bytes(entries: list) -> list:
+    return [(entry_id, None if fields is None else [value.encode() for value in fields]) for entry_id, fields in entries]
+
+
+@pytest.mark.parametrize("with_non_number", [False, True], ids=["range-checks", "a-value-not-a-number"])
+def test_bytes_fields_make_the_same_batch_as_str_fields(with_non_number):
+    entries = text_entries(with_non_number)
+    text = build_batch(entries, FieldMap(), NOW, 300_000)
+    raw = build_batch(as_bytes(entries), FieldMap(), NOW, 300_000)
+    assert raw.entry_ids == text.entry_ids and raw.lost_ids == text.lost_ids == ["1700000099106-0"]
+    assert raw.dead_letters == text.dead_letters
+    reasons = [dead.reason.split(":")[0] for dead in raw.dead_letters]
+    assert reasons == ["malformed"] * (4 + with_non_number) + ["future"]
+    for column in ("ids", "sensors", "members"):
+        assert getattr(raw.readings, column) == getattr(text.readings, column)
+    for column in ("ts_ms", "temperature_c", "humidity_pct", "seq"):
+        np.testing.assert_array_equal(getattr(raw.readings, column), getattr(text.readings, column))
+    assert len(raw.readings) == 21 and raw.readings.members[0] == f"{NOW - 60_000}:0:20.0:50.0"
+
+
+def test_bytes_that_are_not_utf8_are_dead_lettered_not_raised():
+    fields = [value.encode() for value in flat(good("a", 1))]
+    fields[1] = b"caf\xe9"  # the sensor name, in Latin-1
+    batch = build_batch([("1-0", fields), ("2-0", [value.encode() for value in flat(good("a", 2))])],
+                        FieldMap(), NOW, 300_000)
+    assert [dead.entry_id for dead in batch.dead_letters] == ["1-0"] and batch.readings.ids == ["2-0"]
+    assert batch.dead_letters[0].fields["sensor"] == "caf\ufffd"
