@@ -69,22 +69,33 @@ def latency_ms(url: str, keys: Keys, seconds: float = 8.0) -> tuple[float, float
     return float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99)), rate
 
 
+ROUNDS = 3
+
+
+def best_rates(db: walrus.Database) -> tuple[float, float]:
+    """Best of ROUNDS rounds for each consumer, taken in turn, on fresh readings each round: on a
+    shared machine one slow stretch would otherwise decide the ratio."""
+    fast, seed = [], []
+    for round_number in range(ROUNDS):
+        keys = Keys(f"bench-agg-{round_number}")
+        backfill(db, keys, sensors=100, per_sensor=2000)
+        fast.append(worker_rate(db, keys, db.xlen(keys.readings)))
+        seed.append(seed_style_rate(db, keys, 20_000))
+        db.delete(*db.keys(f"{{{keys.prefix}}}:*"))
+    return max(fast), max(seed)
+
+
 def main() -> None:
     args = parser(__doc__).parse_args()
     tune_for_batches()  # as `python -m consumers aggregate` does; the seed-style consumer runs with it too
     with bench_redis(args.redis_url) as url:
         db = walrus.Database.from_url(url, decode_responses=True)
-        keys = Keys("bench-agg")
-        backfill(db, keys, sensors=100, per_sensor=2000)
-        total = db.xlen(keys.readings)
-        fast = worker_rate(db, keys, total)
-        seed = seed_style_rate(db, keys, 20_000)
+        fast, seed = best_rates(db)
         p50, p99, live_rate = latency_ms(url, Keys("bench-lat"))
-        for prefix in ("bench-agg", "bench-lat"):
-            db.delete(*db.keys(f"{{{prefix}}}:*"))
+        db.delete(*db.keys("{bench-lat}:*"))
     print_figures("aggregator", [
-        Figure("exactly-once worker readings/s", fast, "readings/s", "seed-style consumer", seed,
-               ">= 60,000/s and >= 15x"),
+        Figure(f"exactly-once worker readings/s (best of {ROUNDS})", fast, "readings/s",
+               f"seed-style consumer (best of {ROUNDS})", seed, ">= 60,000/s and >= 15x"),
         Figure(f"latency p50 at {live_rate:,.0f} readings/s", p50, "ms"),
         Figure(f"latency p99 at {live_rate:,.0f} readings/s", p99, "ms"),
     ], args.json)
