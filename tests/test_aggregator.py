@@ -450,3 +450,18 @@ def test_readings_committed_newest_first_leave_nothing_missing(db, keys):
     add_readings(db, keys, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in (5, 6, 7, 0, 1, 2, 3, 4)])
     drain(make_worker(db, keys), LATER)
     assert db.hget(keys.counters, "missing_seq") in (None, "0")
+
+
+def test_an_active_sensors_sweep_deadline_is_not_rewritten_on_every_commit(db, keys):
+    """Each reading moves a sensor's sweep deadline later; it is rewritten only once the stored one
+    has passed, when the sweep visits and writes the later one."""
+    worker = make_worker(db, keys, rules=rules('[[rule]]\nname="quiet"\nkind="silent"\nafter="30s"\n'))
+    t0 = now_ms()
+    db.xadd(keys.readings, Reading("a", t0, 20.0, 50.0, 0).encode(), id=f"{t0}-0")
+    drain(worker, t0)
+    first = db.zscore(keys.sensor_due, "a")
+    db.xadd(keys.readings, Reading("a", t0 + 5000, 20.0, 50.0, 1).encode(), id=f"{t0 + 5000}-0")
+    drain(worker, t0 + 5000)
+    assert db.zscore(keys.sensor_due, "a") == first
+    worker.sweep(int(first))  # the sensor last reported 25 s before: not silent yet
+    assert db.zscore(keys.sensor_due, "a") == first + 5000 and db.xlen(keys.alerts) == 0

@@ -31,7 +31,7 @@
 local K_READINGS, K_DEAD, K_AGG, K_ALERTS, K_STATE, K_COUNTERS, K_DUE, K_HANDOVERS = 1, 2, 3, 4, 5, 6, 7, 8
 local STATE_VERSION = 2  -- 2: rolling buckets keep sums (states without it are rebuilt on first use)
 local mode, group, consumer = ARGV[1], ARGV[2], ARGV[3]
-local now = tonumber(ARGV[4])
+local now, now_text = tonumber(ARGV[4]), ARGV[4]
 local cfg = cjson.decode(ARGV[5])
 local INF = math.huge
 local NO_SEQ = -1
@@ -52,6 +52,8 @@ end
 local function int(x)
   return string.format('%d', x)
 end
+
+local window_s_text = fmt(cfg.rolling_ms / 1000)
 
 local function parse_id(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -92,7 +94,7 @@ end
 
 local function dead_letter(entry_id, reason, fields_json)
   xadd(KEYS[K_DEAD], cfg.output_maxlen, {'entry_id', entry_id, 'reason', reason, 'consumer', consumer,
-                                         'fields', fields_json, 'dead_lettered_ms', now})
+                                         'fields', fields_json, 'dead_lettered_ms', now_text})
   count('dead_lettered')
 end
 
@@ -359,7 +361,7 @@ local function emit_alert(sensor, rule, st, state, ts, value, sensor_state, cont
   if type(context) == 'string' then stats = sensor_state.roll[context] end
   local fields = {'alert_id', st.id, 'rule', rule.name, 'kind', rule.kind, 'sensor', sensor,
                   'severity', rule.severity, 'state', state, 'value', fmt(value),
-                  'threshold', fmt(rule.threshold), 'ts', ts, 'emitted_ms', now}
+                  'threshold', fmt(rule.threshold), 'ts', ts, 'emitted_ms', now_text}
   for name, v in pairs(stats or {}) do
     fields[#fields + 1] = 'stats_' .. name
     fields[#fields + 1] = fmt(v)
@@ -508,7 +510,7 @@ local function close_window(sensor, st, start, closed_by)
     'temperature_c_max', fmt(w[T_AT + 3]), 'temperature_c_std', fmt(window_std(w, T_AT)),
     'humidity_pct_mean', fmt(w[H_AT]), 'humidity_pct_min', fmt(w[H_AT + 2]),
     'humidity_pct_max', fmt(w[H_AT + 3]), 'humidity_pct_std', fmt(window_std(w, H_AT)),
-    'first_ts', int(w[W_FIRST]), 'last_ts', int(w[W_LAST]), 'closed_by', closed_by, 'emitted_ms', now})
+    'first_ts', int(w[W_FIRST]), 'last_ts', int(w[W_LAST]), 'closed_by', closed_by, 'emitted_ms', now_text})
   emitted_windows = emitted_windows + 1
   alerts_for_window(sensor, st, w)
   st.windows[start] = nil
@@ -592,13 +594,17 @@ local function next_due(st)
   return due
 end
 
--- Deadlines are rounded up to the second, so a busy sensor's entry changes about once a second
--- rather than on every batch; a sweep may come up to a second later, never earlier.
+-- Deadlines are rounded up to the second; a sweep may come up to a second later, never earlier.
+-- A deadline that moved later is written only once the stored one has passed (the sweep's visit
+-- then writes it): a sweep may come early and find nothing to do, and an active sensor, whose
+-- deadline moves with every reading, costs one visit per silent-alert or idle period instead of a
+-- ZADD on every commit.
 local function schedule(sensor, st)
   local due = next_due(st)
   if due <= now then due = now + 1000 end  -- blocked for now (e.g. a stuck entry): look again soon
   if due ~= INF then due = math.ceil(due / 1000) * 1000 end
-  if due == st.due then return end
+  local stored = st.due or -INF
+  if due == stored or (due > stored and stored > now) then return end
   st.due = due
   if due == INF then
     redis.call('ZREM', KEYS[K_DUE], sensor)
@@ -642,7 +648,7 @@ local function refresh_rolling(st, keys)
     'temperature_c_min', fmt(t.min), 'temperature_c_max', fmt(t.max),
     'humidity_pct_mean', fmt(h.mean), 'humidity_pct_std', fmt(h.std),
     'humidity_pct_min', fmt(h.min), 'humidity_pct_max', fmt(h.max),
-    'window_s', cfg.rolling_ms / 1000, 'updated_ms', now)
+    'window_s', window_s_text, 'updated_ms', now_text)
 end
 
 ---------------------------------------------------------------------------------------------
@@ -747,8 +753,8 @@ local function apply_sensor(s, keys, skipped, any_skipped)
     refresh_rolling(st, keys)
     alerts_for_rolling(sensor, st, st.max_ts)
   end
+  schedule(sensor, st)  -- before saving: the state remembers the deadline written
   save_state(sensor, st)
-  schedule(sensor, st)
 end
 
 local function flush_counters()
@@ -830,8 +836,8 @@ if mode == 'sweep' then
         alert_step(sensor, st, rule, true, false, now, (now - st.last_arrival) / 1000, nil)
       end
     end
-    save_state(sensor, st)
     schedule(sensor, st)
+    save_state(sensor, st)
   end
   flush_counters()
   return {'ok', #due, emitted_windows, emitted_alerts, 0, 0, alert_labels}
