@@ -84,6 +84,7 @@ class AggregatorWorker:
         self.idle_reads = 0
         self.decoder: ThreadPoolExecutor | None = None
         self.decoding: Future[DecodedBatch] | None = None  # the batch read last, being decoded
+        self.decoding_found = False  # whether that read found any entries
         self.new_entry_reads: NewEntryReads | None = None
 
     def ensure_group(self) -> None:
@@ -227,16 +228,18 @@ class AggregatorWorker:
         return self.decode(new.entries, now_ms(), redelivered=False, handover_epoch=new.handover_epoch)
 
     def _read_then_commit_decoded(self) -> int:
-        """Read the next batch and hand it to the decoder thread, then commit the batch it decoded
-        meanwhile. Redis thus alternates read and commit, and Python decodes while a commit runs.
+        """Read the next batch, take the batch the decoder thread has been decoding, hand it the new
+        one, and commit. Redis thus alternates read and commit, and Python decodes while Redis
+        commits one batch and reads the next.
 
         The read comes first, and whole (consumers/new_entries.py says why). It blocks for new
-        entries only when there is no batch in hand, so a batch never waits for the stream to fill.
+        entries only when no batch is in hand, so a batch never waits for the stream to fill.
         """
+        in_hand_found = self.decoding is not None and self.decoding_found
+        new = self._read_new(block=not in_hand_found)
         in_hand = self.decoding.result() if self.decoding is not None else None
-        self.decoding = None
-        new = self._read_new(block=in_hand is None or not len(in_hand.batch))
         self.decoding = self.decoder.submit(self._decode_new, new)
+        self.decoding_found = new.found_entries
         busy = new.found_entries or (in_hand is not None and len(in_hand.batch))
         self.idle_reads = 0 if busy else self.idle_reads + 1
         return self.commit_decoded(in_hand, now_ms()) if in_hand is not None else 0
