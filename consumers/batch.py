@@ -39,10 +39,12 @@ def texts(values: list[bytes]) -> list[str]:
     return [value.decode("utf-8", "replace") for value in values]  # some value holds a newline
 
 
+def _is_raw(fields: list[str] | list[bytes]) -> bool:
+    return isinstance(fields[0], bytes)
+
+
 def _as_text(fields: list[str] | list[bytes]) -> list[str]:
-    if fields and isinstance(fields[0], bytes):
-        return [value.decode("utf-8", "replace") for value in fields]
-    return fields
+    return texts(fields) if fields and _is_raw(fields) else fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +145,7 @@ def _columns(ids: list[str], rows: list[list[str]] | list[list[bytes]], trusted:
     Rows are all str or all bytes; numbers parse from either, and bytes become text only where
     text is kept (sensor names, members). Raises ValueError when a value is not a number at all."""
     n = len(rows)
-    raw = isinstance(rows[0][0], bytes)
+    raw = _is_raw(rows[0])
     sensor_values = [row[at["sensor"]] for row in rows]
     names = {value: value.decode("utf-8", "replace") if raw else value for value in set(sensor_values)}
     sensors = [names[value] for value in sensor_values]
@@ -182,7 +184,7 @@ def build_batch(entries: list[Entry], field_map: FieldMap, now_ms: int, max_skew
     """Sort entries into readings, dead letters (with a reason naming the field) and lost ones."""
     batch = CommitBatch(entry_ids=[entry_id for entry_id, _ in entries])
     layout = list(entry_layout(field_map))
-    raw = any(fields and isinstance(fields[0], bytes) for _, fields in entries[:1])
+    raw = next((_is_raw(fields) for _, fields in entries if fields), False)  # lost entries carry no fields
     if raw:
         layout = [name.encode() for name in layout]
     at = _layout_positions(field_map)

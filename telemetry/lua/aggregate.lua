@@ -264,10 +264,12 @@ local function rolling_evict(st, recent_key, new_cut)
     if start < edge then st.rb[start] = nil end
   end
   local b = st.rb[edge]
-  if b ~= nil and old_cut >= edge then
-    bucket_remove(st, recent_key, b, old_cut)
-  elseif b ~= nil then
-    rebuild_bucket(st, recent_key, edge)
+  if b ~= nil then
+    if old_cut >= edge then  -- the edge moved within this bucket
+      bucket_remove(st, recent_key, b, old_cut)
+    else
+      rebuild_bucket(st, recent_key, edge)
+    end
   end
   local n, t, tt, h, hh = 0, 0, 0, 0, 0
   extremes_clear(rs)
