@@ -10,7 +10,7 @@ import redis
 
 from consumers import alerts_tail
 from consumers.rules import load_rules
-from consumers.settings import DEFAULT_MAX_COMMIT, AggregatorSettings
+from consumers.settings import AggregatorSettings
 from consumers.status import collect_status, render_status
 from consumers.worker import AggregatorWorker
 from telemetry.backoff import Backoff
@@ -27,21 +27,18 @@ def build_parser() -> CommandParser:
 
     aggregate = commands.add_parser("aggregate", help="run an aggregator worker in a consumer group",
                                     description="Aggregate readings into windows, rolling stats and alerts.")
-    aggregate.add_argument("--group", default="aggregators", help="consumer group (default aggregators)")
     aggregate.add_argument("--consumer", default="", help="consumer name (default HOST-PID)")
     aggregate.add_argument("--start", choices=("new", "all"), default="new",
                            help="where a new group starts reading (default new)")
-    aggregate.add_argument("--batch", type=number_type(int, minimum=1), default=1000, help="entries per read")
-    aggregate.add_argument("--max-commit", type=number_type(int, minimum=1), default=DEFAULT_MAX_COMMIT,
-                           help="most entries one commit gathers from reads of --batch when behind "
-                                f"(default {DEFAULT_MAX_COMMIT})")
+    aggregate.add_argument("--batch", type=number_type(int, minimum=1), default=1000,
+                           help="most entries read from one partition at a time (default 1000)")
     for flag, default, text in (("window", "60s", "tumbling window length"),
                                 ("grace", "10s", "how long after its end a window waits for stragglers"),
                                 ("rolling", "300s", "rolling stats horizon"),
                                 ("idle", "60s", "silent sensor: close its window this long after end + grace"),
                                 ("max-skew", "5m", "readings further ahead of this clock are dead-lettered"),
-                                ("claim-idle", "30s", "claim entries idle this long in another consumer"),
-                                ("claim-every", "5s", "how often to look for entries to claim")):
+                                ("lease", "10s", "a dead worker's partitions move to others after this long"),
+                                ("settle", "2s", "membership must stay unchanged this long before partitions move")):
         aggregate.add_argument(f"--{flag}", default=default, help=f"{text} (default {default})")
     aggregate.add_argument("--max-deliveries", type=number_type(int, minimum=1), default=5,
                            help="dead-letter an entry delivered more often than this (default 5)")
@@ -71,14 +68,14 @@ def build_parser() -> CommandParser:
 
 def aggregator_settings(args) -> AggregatorSettings:
     return AggregatorSettings(
-        group=args.group, consumer=args.consumer, start=args.start, batch=args.batch, max_commit=args.max_commit,
+        group=args.group, consumer=args.consumer, start=args.start, batch=args.batch, partitions=args.partitions,
         window_ms=parse_duration_ms(args.window, field="--window"),
         grace_ms=parse_duration_ms(args.grace, field="--grace"),
         rolling_ms=parse_duration_ms(args.rolling, field="--rolling"),
         idle_ms=parse_duration_ms(args.idle, field="--idle"),
         max_skew_ms=parse_duration_ms(args.max_skew, field="--max-skew"),
-        claim_idle_ms=parse_duration_ms(args.claim_idle, field="--claim-idle"),
-        claim_every_ms=parse_duration_ms(args.claim_every, field="--claim-every"),
+        lease_ms=parse_duration_ms(args.lease, field="--lease"),
+        settle_ms=parse_duration_ms(args.settle, field="--settle"),
         max_deliveries=args.max_deliveries, output_maxlen=args.output_maxlen, rules=load_rules(args.rules),
         count=args.count, drain=args.drain,
         duration_ms=parse_duration_ms(args.duration, field="--duration") if args.duration else None,
@@ -105,20 +102,19 @@ def connect_with_retry(config: PipelineConfig, stop: StopSignal):
 def run_aggregate(args, config: PipelineConfig, stop: StopSignal) -> int:
     settings = aggregator_settings(args)
     db = connect_with_retry(config, stop)
-    on_batch = None
+    layout = config.layout(db)
+    worker = AggregatorWorker(db, layout, config.field_map, settings)
     if args.metrics_port:
         from telemetry.metrics import start_worker_metrics
 
-        on_batch = start_worker_metrics(args.metrics_port, db, config.keys, settings.group)
-    worker = AggregatorWorker(db, config.keys, config.field_map, settings, on_batch=on_batch)
-    worker.ensure_group()
+        worker.on_commit = start_worker_metrics(args.metrics_port, db, layout, settings.group)
     tune_for_batches()
-    print(f"aggregator: consumer {settings.consumer} in group {settings.group} on {config.keys.readings}",
-          file=sys.stderr)
+    print(f"aggregator: worker {settings.consumer} in group {settings.group} over {layout.count} partitions "
+          f"of {config.keys.namespace_tag}; {len(settings.rules)} alert rules", file=sys.stderr)
     stats = worker.run(lambda: stop.requested)
     print(f"aggregator: {stats.entries} entries ({stats.readings} readings, {stats.dead_lettered} dead-lettered, "
           f"{stats.lost_to_trim} lost to trimming), {stats.windows_emitted} windows, {stats.alerts_emitted} alerts, "
-          f"{stats.claimed} claimed, {stats.skipped_as_committed_elsewhere} skipped as committed elsewhere", file=sys.stderr)
+          f"{stats.commits} commits, {stats.takeovers} takeovers, {stats.fenced} fenced", file=sys.stderr)
     return 0
 
 

@@ -9,13 +9,14 @@ field for the dead-letter reason.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from telemetry.keys import Keys
 from telemetry.schema import (
     HUMIDITY_RANGE_PCT,
+    MAX_INTEGER,
     SCHEMA_VERSION,
     SENSOR_NAME,
     TEMPERATURE_RANGE_C,
@@ -86,32 +87,9 @@ class CommitBatch:
     readings: ReadingColumns = field(default_factory=ReadingColumns)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     lost_ids: list[str] = field(default_factory=list)  # trimmed away while pending
-    # The handover counter read just before these entries were read (None: redelivered entries).
-    handover_epoch: int | None = None
 
     def __len__(self) -> int:
         return len(self.entry_ids)
-
-    @property
-    def sensors(self) -> list[str]:
-        """In order of first appearance: the order of the payload's sensors, which the script pairs with its KEYS."""
-        return list(dict.fromkeys(self.readings.sensors))
-
-    def script_keys(self, keys: Keys) -> list[str]:
-        base = [keys.readings, keys.dead_letter, keys.aggregates, keys.alerts, keys.sensor_state,
-                keys.counters, keys.sensor_due, keys.handovers]
-        for sensor in self.sensors:
-            base += [keys.recent(sensor), keys.rolling(sensor)]
-        return base
-
-
-@dataclass(frozen=True, slots=True)
-class DecodedBatch:
-    """A batch ready to commit, and how long decoding it took (part of the batch-time metric)."""
-
-    batch: CommitBatch
-    payload: bytes  # the commit script's input (consumers/payload.py)
-    decode_seconds: float
 
 
 def as_dict(fields: list[str]) -> dict[str, str]:
@@ -155,15 +133,20 @@ def _columns(ids: list[str], rows: list[list[str]] | list[list[bytes]], trusted:
     t_text = [row[at["temperature_c"]] for row in rows]
     h_text = [row[at["humidity_pct"]] for row in rows]
     seq_text = [row[at["seq"]] for row in rows] if "seq" in at else [b"-" if raw else "-"] * n
+    numbers = (ts_text, t_text, h_text, seq_text) if "seq" in at else (ts_text, t_text, h_text)
+    unusual = _unusual_rows(numbers, raw)
     ts = np.fromiter(map(int, ts_text), np.int64, n)
     temperature = np.fromiter(map(float, t_text), np.float64, n)
     humidity = np.fromiter(map(float, h_text), np.float64, n)
     seq = np.fromiter(map(int, seq_text), np.int64, n) if "seq" in at else np.full(n, NO_SEQ, np.int64)
     with np.errstate(invalid="ignore"):  # NaN fails every comparison, which is what is wanted
         ok = ((temperature >= TEMPERATURE_RANGE_C[0]) & (temperature <= TEMPERATURE_RANGE_C[1])
-              & (humidity >= HUMIDITY_RANGE_PCT[0]) & (humidity <= HUMIDITY_RANGE_PCT[1]) & (ts >= 0))
+              & (humidity >= HUMIDITY_RANGE_PCT[0]) & (humidity <= HUMIDITY_RANGE_PCT[1])
+              & (ts >= 0) & (ts <= MAX_INTEGER))
     if "seq" in at:
-        ok &= seq >= 0
+        ok &= (seq >= 0) & (seq <= MAX_INTEGER)
+    if unusual is not None:
+        ok &= ~unusual
     bad_names = {name for name in set(sensors) if not SENSOR_NAME.fullmatch(name)}
     if bad_names:
         ok &= np.array([name not in bad_names for name in sensors])
@@ -177,6 +160,21 @@ def _columns(ids: list[str], rows: list[list[str]] | list[list[bytes]], trusted:
     else:
         members = [f"{a}:{b}:{c}:{d}" for a, b, c, d in zip(ts_text, seq_text, t_text, h_text)]
     return ReadingColumns(ids, sensors, ts, temperature, humidity, seq, members), ~ok & ~trusted
+
+
+_UNUSUAL = re.compile(r"[^0-9.eE+\-]")
+_UNUSUAL_BYTES = re.compile(rb"[^0-9.eE+\-]")
+
+
+def _unusual_rows(columns: tuple[list, ...], raw: bool) -> np.ndarray | None:
+    """Rows with a number spelled other than plainly ('4_5.5', ' 45', non-ASCII digits): Python's
+    int() and float() read those, other readers would not, so the careful path judges them.
+    None when every value is plain, which one scan of the joined text tells."""
+    pattern = _UNUSUAL_BYTES if raw else _UNUSUAL
+    joiner = b"" if raw else ""
+    if not any(pattern.search(joiner.join(column)) for column in columns):
+        return None
+    return np.array([any(pattern.search(column[row]) for column in columns) for row in range(len(columns[0]))])
 
 
 def build_batch(entries: list[Entry], field_map: FieldMap, now_ms: int, max_skew_ms: int,

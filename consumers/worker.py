@@ -1,51 +1,40 @@
-"""The aggregator worker loop: read a batch, sort it, commit it atomically, repeat.
+"""The aggregator worker: owns some of the pipeline's partitions, and for each reads its readings
+in order, processes them in memory and commits state, outputs and acknowledgements in one fenced
+script.
 
-Order of work in each step: claim entries abandoned by dead consumers when due, else finish this
-consumer's own pending entries (left by an earlier run under the same name, or by a failed
-commit), else read new ones. The commit script does the state changes; this loop only decides
-what to hand it, so a `kill -9` anywhere loses nothing: uncommitted entries stay pending.
+Taking a partition over follows a fixed order: take the lease (which bumps the epoch and so
+fences the previous owner), load the checkpoint, take over the entries still pending in the
+group, process and commit them in id order, and only then read new entries. Reads are fenced
+too: they run in a MULTI that WATCHes the epochs, so a worker that lost a partition cannot
+hide new entries in its own pending list. A partition lost for any reason (fenced, lease
+lapsed, moved) takes its in-memory state with it; the next owner starts from the checkpoint.
 """
 
 from __future__ import annotations
 
+import secrets
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 import walrus
 
-from consumers.batch import CommitBatch, DecodedBatch, build_batch
-from consumers.new_entries import Entries, NewEntryReads, RawReplies, entries_from_reply
-from consumers.payload import commit_payload
+from consumers.assignment import Membership, assign
+from consumers.batch import Entry, build_batch, texts
+from consumers.checkpoint import CommitRequest, commit_request, load_checkpoint
+from consumers.lease import Lease, LeaseClient, LeaseRenewer
+from consumers.processor import PartitionProcessor
 from consumers.settings import AggregatorSettings
 from telemetry.backoff import RETRYABLE, Backoff
-from telemetry.keys import Keys
+from telemetry.keys import GroupKeys
+from telemetry.partitions import Layout
 from telemetry.schema import FieldMap
 from telemetry.scripts import load_script
-from telemetry.timeutil import now_ms
+from telemetry.timeutil import now_ms, stream_id_key
 
-
-@dataclass(frozen=True, slots=True)
-class CommitResult:
-    """What one commit (or sweep) did, as the aggregate script reports it."""
-
-    applied: int = 0
-    windows: int = 0
-    alerts: int = 0
-    skipped_as_committed_elsewhere: int = 0
-    late: int = 0
-    fired: tuple[tuple[str, str], ...] = ()  # (rule, severity) per alert that fired
-
-    @classmethod
-    def from_reply(cls, reply: list) -> CommitResult:
-        fired = tuple(tuple(label.rsplit(":", 1)) for label in reply[6])
-        return cls(reply[1], reply[2], reply[3], reply[4], reply[5], fired)
-
-
-OnBatch = Callable[[CommitBatch, CommitResult, float], None]
+PENDING_PAGE = 1000
 
 
 @dataclass(slots=True)
@@ -56,234 +45,363 @@ class WorkerStats:
     lost_to_trim: int = 0
     windows_emitted: int = 0
     alerts_emitted: int = 0
-    skipped_as_committed_elsewhere: int = 0
-    claimed: int = 0
+    commits: int = 0
+    takeovers: int = 0
+    fenced: int = 0
+
+
+@dataclass(slots=True)
+class OwnedPartition:
+    index: int
+    keys: GroupKeys
+    lease: Lease
+    processor: PartitionProcessor
+    commit: int  # last commit applied
+    position: str | None  # last entry id read
+    caught_up: bool = False
+    fired: list[tuple[str, str]] = field(default_factory=list)
+
+
+def client_like(db: redis.Redis, **overrides) -> redis.Redis:
+    """A client to the same server on a pool of its own, with some connection settings changed."""
+    pool = db.connection_pool
+    return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class,
+                                                  **{**pool.connection_kwargs, **overrides}))
+
+
+class PartitionLost(Exception):
+    """The partition is no longer ours (fenced, lease lapsed): drop it and its state."""
 
 
 class AggregatorWorker:
-    def __init__(self, db: walrus.Database, keys: Keys, field_map: FieldMap, settings: AggregatorSettings,
-                 *, log=sys.stderr, on_batch: OnBatch | None = None) -> None:
+    def __init__(self, db: walrus.Database, layout: Layout, field_map: FieldMap, settings: AggregatorSettings,
+                 *, log=sys.stderr, clock: Callable[[], int] = now_ms) -> None:
         self.db = db
-        # Entries as Redis sends them (flat field lists): redis-py's per-entry dicts cost more than
-        # the rest of decoding.
-        self.raw = redis.Redis(connection_pool=db.connection_pool)
-        self.raw.set_response_callback("XREADGROUP", lambda response, **_: response)
-        self.keys = keys
+        self.layout = layout
         self.field_map = field_map
         self.settings = settings
         self.log = log
-        self.on_batch = on_batch
-        self.aggregate = load_script(db, "aggregate")
-        self.claim = load_script(db, "claim")
-        self.lua_config = settings.lua_config()
+        self.clock = clock
+        # Entries and state are bytes: decoding every field to str costs more than the rest of a batch.
+        self.raw = client_like(db, decode_responses=False)
+        self.raw.set_response_callback("XREADGROUP", lambda response, **_: response)
+        self.raw.set_response_callback("XCLAIM", lambda response, **_: response)
+        self.raw.set_response_callback("XRANGE", lambda response, **_: response)
+        renew_db = client_like(db, socket_timeout=max(1.0, settings.lease_ms / 4000))
+        self.token = f"{settings.consumer}:{secrets.token_hex(4)}"
+        self.leases = LeaseClient(db, self.token, settings.lease_ms)
+        self.last_progress = time.monotonic()
+        self.renewer = LeaseRenewer(LeaseClient(renew_db, self.token, settings.lease_ms), self._progressing)
+        self.membership = Membership(db, layout.keys.members(settings.group), settings.consumer, settings.lease_ms,
+                                     settings.settle_ms)
+        self.commit_script = load_script(self.raw, "commit")
+        self.owned: dict[int, OwnedPartition] = {}
+        self.next_beat_ms = 0
         self.stats = WorkerStats()
-        self.own_pending_done = False
-        self.next_claim_ms = 0
-        self.claim_cursor = "0-0"
-        self.next_sweep_ms = 0
-        self.idle_reads = 0
-        self.decoder: ThreadPoolExecutor | None = None
-        self.decoding: Future[DecodedBatch] | None = None  # the batch read last, being decoded
-        self.decoding_found = False  # whether that read found any entries
-        self.new_entry_reads: NewEntryReads | None = None
+        self.on_commit: Callable[[OwnedPartition, int, float], None] | None = None
+        self._groups_ready: set[int] = set()
 
-    def ensure_group(self) -> None:
-        """Create the group (and stream) idempotently: BUSYGROUP means another worker did it first."""
+    def _progressing(self) -> bool:
+        """Leases are renewed only while the loop finishes steps well within a lease."""
+        return time.monotonic() - self.last_progress < self.settings.lease_ms / 3000
+
+    # -- ownership ---------------------------------------------------------------------------
+
+    def ensure_group(self, keys: GroupKeys) -> None:
+        """Create the group on a partition stream; BUSYGROUP means it exists."""
         try:
-            self.db.xgroup_create(self.keys.readings, self.settings.group,
+            self.db.xgroup_create(keys.readings, self.settings.group,
                                   id="$" if self.settings.start == "new" else "0", mkstream=True)
         except redis.ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
 
-    # -- reading ---------------------------------------------------------------------------
+    def rebalance(self, now: int) -> None:
+        members = self.membership.beat(now)
+        wanted = set(assign(list(members), self.layout.count).get(self.settings.consumer, []))
+        for index in sorted(set(self.owned) - wanted):
+            self.hand_over(index)
+        for index in sorted(wanted - set(self.owned)):
+            self.take_over(index)
 
-    def _read(self, entry_id: str, block_ms: int | None) -> Entries:
-        return entries_from_reply(self.raw.xreadgroup(self.settings.group, self.settings.consumer,
-                                            {self.keys.readings: entry_id}, count=self.settings.batch, block=block_ms))
+    def take_over(self, index: int) -> None:
+        keys = self.layout.partitions[index].group(self.settings.group)
+        if index not in self._groups_ready:
+            self.ensure_group(keys)
+            self._groups_ready.add(index)
+        lease = self.leases.acquire(keys)
+        if lease is None:
+            return  # still held by its previous owner: its lease lapses or it hands over
+        self.renewer.hold(index, lease)
+        checkpoint = load_checkpoint(self.raw, keys)
+        processor = PartitionProcessor(self.settings.processing(), checkpoint.sensors, checkpoint.clock_ms)
+        owned = OwnedPartition(index, keys, lease, processor, checkpoint.commit, checkpoint.position)
+        self.owned[index] = owned
+        self.stats.takeovers += 1
+        try:
+            self._recover_pending(owned)
+            self._commit(owned)
+        except PartitionLost:
+            self._drop(index)
 
-    def _read_own_pending(self) -> Entries:
-        """This consumer's pending entries from the start. They may sit in a batch in hand too, so
-        the handover counter is bumped after the read: that batch's commit then acks entry by entry."""
-        pipeline = self.raw.pipeline(transaction=False)
-        pipeline.xreadgroup(self.settings.group, self.settings.consumer, {self.keys.readings: "0"},
-                            count=self.settings.batch)
-        pipeline.incr(self.keys.handovers)
-        return entries_from_reply(pipeline.execute()[0])
+    def _recover_pending(self, owned: OwnedPartition) -> None:
+        """Entries pending in the group are the previous owner's uncommitted reads (or ours, before a
+        lost reply): process them first, in id order. Another consumer's are claimed, which counts
+        a delivery; our own are re-read without counting, as a transport error is no delivery."""
+        keys, group, me = owned.keys, self.settings.group, self.settings.consumer
+        pending = []
+        start = "-"
+        while True:
+            page = self.db.xpending_range(keys.readings, group, min=start, max="+", count=PENDING_PAGE)
+            pending += page
+            if len(page) < PENDING_PAGE:
+                break
+            start = f"({page[-1]['message_id']}"
+        if not pending:
+            return
+        deliveries: dict[str, int] = {}
+        others = [item["message_id"] for item in pending if item["consumer"] != me]
+        mine = {item["message_id"] for item in pending if item["consumer"] == me}
+        for item in pending:
+            deliveries[item["message_id"]] = item["times_delivered"] + (item["consumer"] != me)
+        found: dict[str, list[bytes] | None] = {}
+        for offset in range(0, len(others), PENDING_PAGE):
+            chunk = others[offset:offset + PENDING_PAGE]
+            for entry_id, fields in self.raw.xclaim(keys.readings, group, me, 0, chunk) or []:
+                if fields is not None:
+                    found[entry_id.decode()] = fields
+        if mine:
+            ordered = sorted(mine, key=stream_id_key)
+            for entry_id, fields in self.raw.xrange(keys.readings, min=ordered[0], max=ordered[-1]):
+                text_id = entry_id.decode()
+                if text_id in mine:
+                    found[text_id] = fields
+        entries: list[Entry] = [(entry_id, found.get(entry_id)) for entry_id in sorted(deliveries, key=stream_id_key)]
+        self._apply(owned, entries, deliveries)
 
-    def _delivery_counts(self, entries: Entries) -> dict[str, int]:
-        if not entries:
+    def hand_over(self, index: int) -> None:
+        """A planned move: commit what is in hand, then release the lease at once."""
+        owned = self.owned.get(index)
+        if owned is None:
+            return
+        try:
+            self._commit(owned)
+            self.leases.release(owned.lease)
+        except (PartitionLost, *RETRYABLE):
+            pass  # the lease lapses by itself; the next owner takes over from the checkpoint
+        self._drop(index)
+
+    def _drop(self, index: int) -> None:
+        self.owned.pop(index, None)
+        self.renewer.drop(index)
+
+    def release_all(self) -> None:
+        for index in list(self.owned):
+            self.hand_over(index)
+        try:
+            self.membership.leave()
+        except RETRYABLE:
+            pass
+
+    # -- reading and processing --------------------------------------------------------------
+
+    def _fenced_read(self) -> dict[int, list[Entry]]:
+        """XREADGROUP of every owned partition, in a MULTI that fails if any epoch moved."""
+        owned = [self.owned[index] for index in sorted(self.owned)]
+        if not owned:
             return {}
-        pending = self.db.xpending_range(self.keys.readings, self.settings.group, min=entries[0][0],
-                                         max=entries[-1][0], count=len(entries) + 1000,
-                                         consumername=self.settings.consumer)
-        return {item["message_id"]: item["times_delivered"] for item in pending}
+        epoch_keys = [partition.keys.epoch for partition in owned]
+        with self.raw.pipeline(transaction=True) as pipeline:
+            pipeline.watch(*epoch_keys)
+            epochs = pipeline.mget(epoch_keys)
+            stale = [p.index for p, epoch in zip(owned, epochs) if epoch is None or int(epoch) != p.lease.epoch]
+            if stale:
+                pipeline.unwatch()
+                for index in stale:
+                    self._fenced(index)
+                return {}
+            pipeline.multi()
+            pipeline.xreadgroup(self.settings.group, self.settings.consumer,
+                                {partition.keys.readings: ">" for partition in owned}, count=self.settings.batch)
+            try:
+                reply = pipeline.execute()[0]
+            except redis.WatchError:
+                return {}  # the next read finds which epoch moved
+        by_stream = {partition.keys.readings.encode(): partition.index for partition in owned}
+        read: dict[int, list[Entry]] = {partition.index: [] for partition in owned}
+        streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 sends a map
+        for stream, entries in streams:
+            ids = texts([entry_id for entry_id, _ in entries])
+            read[by_stream[stream]] = [(entry_id, fields) for entry_id, (_, fields) in zip(ids, entries)]
+        return read
 
-    def _claim(self) -> Entries:
-        next_cursor, claimed, deleted = self.claim(
-            keys=[self.keys.readings, self.keys.counters, self.keys.handovers],
-            args=[self.settings.group, self.settings.consumer, self.settings.claim_idle_ms, self.claim_cursor,
-                  self.settings.batch])
-        self.claim_cursor = next_cursor
-        if deleted:
-            self.stats.lost_to_trim += deleted
-            print(f"aggregator: WARNING {deleted} pending readings were trimmed by MAXLEN before they were "
-                  f"processed; counted as lost_to_trim", file=self.log)
-        entries = [(entry_id, fields or None) for entry_id, fields in claimed]
-        self.stats.claimed += len(entries)
-        return entries
+    def _fenced(self, index: int) -> None:
+        self.stats.fenced += 1
+        print(f"aggregator: partition {index} was taken over by another worker; dropping it", file=self.log)
+        self._drop(index)
 
-    # -- committing ------------------------------------------------------------------------
-
-    def commit(self, batch: CommitBatch, now: int, payload: bytes | None = None) -> CommitResult:
-        """Apply a batch exactly once: entries another consumer committed first are skipped."""
-        if not len(batch):
-            return CommitResult()
-        if payload is None:
-            payload = commit_payload(batch, self.settings.window_ms, self.settings.rolling_bucket_ms)
-        result = CommitResult.from_reply(self.aggregate(
-            keys=batch.script_keys(self.keys),
-            args=["commit", self.settings.group, self.settings.consumer, now, self.lua_config, payload]))
-        self.stats.entries += result.applied
+    def _apply(self, owned: OwnedPartition, entries: list[Entry], deliveries: dict[str, int] | None = None) -> None:
+        if not entries:
+            return
+        if owned.position is not None:
+            done = stream_id_key(owned.position)
+            applied = [entry for entry in entries if stream_id_key(entry[0]) > done]
+            stale = [entry_id for entry_id, _ in entries if stream_id_key(entry_id) <= done]
+            owned.processor.outputs.entry_ids += stale  # committed before: acknowledge only
+            entries = applied
+        if not entries:
+            return
+        batch = build_batch(entries, self.field_map, self.clock(), self.settings.max_skew_ms, deliveries,
+                            self.settings.max_deliveries)
+        owned.processor.apply(batch)
+        owned.position = entries[-1][0]
+        self.stats.entries += len(entries)
         self.stats.readings += len(batch.readings)
         self.stats.dead_lettered += len(batch.dead_letters)
         self.stats.lost_to_trim += len(batch.lost_ids)
-        self.stats.windows_emitted += result.windows
-        self.stats.alerts_emitted += result.alerts
-        self.stats.skipped_as_committed_elsewhere += result.skipped_as_committed_elsewhere
-        return result
 
-    def decode(self, entries: Entries, now: int, *, redelivered: bool,
-               handover_epoch: int | None = None) -> DecodedBatch:
+    # -- committing --------------------------------------------------------------------------
+
+    def _commit(self, owned: OwnedPartition) -> None:
+        outputs = owned.processor.take_outputs()
+        if not outputs:
+            return
         started = time.perf_counter()
-        counts = self._delivery_counts(entries) if redelivered and entries else None
-        batch = build_batch(entries, self.field_map, now, self.settings.max_skew_ms, counts,
-                            self.settings.max_deliveries)
-        batch.handover_epoch = handover_epoch
-        payload = commit_payload(batch, self.settings.window_ms, self.settings.rolling_bucket_ms) if len(batch) else b""
-        return DecodedBatch(batch, payload, time.perf_counter() - started)
+        now = self.clock()
+        commit = owned.commit + 1
+        meta = {"partition": str(owned.index), "epoch": str(owned.lease.epoch), "batch": str(commit),
+                "emitted_ms": str(now)}
+        request = commit_request(owned.keys, self.token, owned.lease.epoch, commit, owned.processor, outputs, meta,
+                                 self.settings.output_maxlen, now)
+        self._send(owned, request)
+        owned.commit = commit
+        self.stats.commits += 1
+        self.stats.windows_emitted += len(outputs.aggregates)
+        self.stats.alerts_emitted += len(outputs.alerts)
+        owned.fired = [(event.rule, event.severity) for event in outputs.alerts if event.state == "firing"]
+        if self.on_commit is not None:
+            self.on_commit(owned, outputs.counters.get("processed", 0), time.perf_counter() - started)
 
-    def commit_decoded(self, decoded: DecodedBatch, now: int) -> int:
-        if not len(decoded.batch):
-            return 0
-        started = time.perf_counter()
-        result = self.commit(decoded.batch, now, decoded.payload)
-        if self.on_batch is not None:
-            self.on_batch(decoded.batch, result, decoded.decode_seconds + time.perf_counter() - started)
-        return len(decoded.batch)
+    def _send(self, owned: OwnedPartition, request: CommitRequest) -> None:
+        """Send until Redis answers; the same request each time, so a resend after a lost reply is
+        answered DUPLICATE. Gives the partition up once its lease can no longer be trusted."""
+        backoff = Backoff(max_s=1.0)
+        while True:
+            if not self.renewer.valid(owned.index):
+                raise PartitionLost(owned.index)
+            try:
+                reply = self.commit_script(keys=request.keys, args=request.args)
+                break
+            except RETRYABLE as error:
+                delay = backoff.next_delay()
+                print(f"aggregator: commit of partition {owned.index} unconfirmed ({error.__class__.__name__}); "
+                      f"resending in {delay:.1f}s", file=self.log)
+                time.sleep(delay)
+        outcome = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        if outcome in ("OK", "DUPLICATE"):
+            return
+        if outcome == "FENCED":
+            self._fenced(owned.index)
+            raise PartitionLost(owned.index)
+        detail = reply[1].decode() if isinstance(reply[1], bytes) else reply[1]
+        print(f"aggregator: commit of partition {owned.index} refused ({outcome} {detail}); "
+              "dropping the partition to reload it from its checkpoint", file=self.log)
+        self._drop(owned.index)
+        raise PartitionLost(owned.index)
 
-    def process(self, entries: Entries, now: int, *, redelivered: bool) -> int:
-        return self.commit_decoded(self.decode(entries, now, redelivered=redelivered), now)
+    # -- the loop ----------------------------------------------------------------------------
 
-    def sweep(self, now: int) -> None:
-        for _ in range(100):  # bounded: at most 100 x 500 sensors per sweep
-            reply = self.aggregate(keys=CommitBatch().script_keys(self.keys),
-                                   args=["sweep", self.settings.group, self.settings.consumer, now,
-                                         self.lua_config, 500])
-            result = CommitResult.from_reply(reply)
-            self.stats.windows_emitted += result.windows
-            self.stats.alerts_emitted += result.alerts
-            if self.on_batch is not None and result.alerts:
-                self.on_batch(CommitBatch(), result, 0.0)
-            if reply[1] < 500:
-                return
-
-    # -- the loop --------------------------------------------------------------------------
-
-    def step(self, now: int, *, block: bool = True) -> int:
-        """One unit of work at wall-clock `now`; returns the number of entries handled."""
+    def step(self, now: int) -> int:
+        """One unit of work at wall-clock `now`: rebalance when due, read, process, commit.
+        Returns the number of entries read."""
+        if now >= self.next_beat_ms:
+            self.next_beat_ms = now + min(1000, self.settings.lease_ms // 5)
+            self.rebalance(now)
+        for index in [i for i in self.owned if not self.renewer.valid(i)]:
+            print(f"aggregator: lease of partition {index} lapsed or was lost; dropping it", file=self.log)
+            self._drop(index)
+        read = self._fenced_read()
         handled = 0
-        if now >= self.next_claim_ms:
-            self.next_claim_ms = now + self.settings.claim_every_ms
-            handled = self.process(self._claim(), now, redelivered=True)
-        elif not self.own_pending_done:
-            entries = self._read_own_pending()
-            self.own_pending_done = not entries
-            handled = self.process(entries, now, redelivered=True)
-        elif self.decoder is not None:
-            handled = self._read_then_commit_decoded()
-        else:
-            entries = self._read(">", self.settings.block_ms if block else None)
-            self.idle_reads = 0 if entries else self.idle_reads + 1
-            handled = self.process(entries, now_ms() if block else now, redelivered=False)
-        if now >= self.next_sweep_ms:
-            self.next_sweep_ms = now + self.settings.sweep_every_ms
-            self.sweep(now)
+        for index, entries in read.items():
+            owned = self.owned.get(index)
+            if owned is None:
+                continue
+            self._apply(owned, entries)
+            handled += len(entries)
+            owned.caught_up = len(entries) < self.settings.batch
+            if owned.caught_up:
+                owned.processor.caught_up(now)
+            try:
+                self._commit(owned)
+            except PartitionLost:
+                pass
+        self.last_progress = time.monotonic()
         return handled
 
+    def wait_for_entries(self) -> None:
+        """Block until an owned partition has entries past what was read, or `block_ms` passes."""
+        streams = {owned.keys.readings: owned.position or "$" for owned in self.owned.values()}
+        if not streams:
+            time.sleep(self.settings.block_ms / 1000)
+            return
+        timeout_ms = max(1, min(self.settings.block_ms, self.next_beat_ms - self.clock()))
+        self.db.xread(streams, count=1, block=timeout_ms)
+
     def drained(self) -> bool:
-        return self.own_pending_done and self.idle_reads > 0 and self.claim_cursor == "0-0"
+        """Every partition's group has nothing pending and nothing unread (whoever owns it)."""
+        for partition in self.layout.partitions:
+            try:
+                groups = self.db.xinfo_groups(partition.readings)
+            except redis.ResponseError:
+                continue  # no stream yet
+            group = next((g for g in groups if g["name"] == self.settings.group), None)
+            if group is None:
+                return False
+            if group["pending"] or self.db.xrange(partition.readings, min=f"({group['last-delivered-id']}", count=1):
+                return False
+        return True
 
-    def _read_new(self, block: bool) -> RawReplies:
-        if self.new_entry_reads is None:
-            settings = self.settings
-            self.new_entry_reads = NewEntryReads(
-                self.raw.connection_pool, group=settings.group, consumer=settings.consumer, stream=self.keys.readings,
-                handovers=self.keys.handovers, batch=settings.batch, max_commit=settings.max_commit,
-                block_ms=settings.block_ms)
-        return self.new_entry_reads.fetch(block)
-
-    def _decode_new(self, raw: RawReplies) -> DecodedBatch:
-        new = raw.parse()
-        return self.decode(new.entries, now_ms(), redelivered=False, handover_epoch=new.handover_epoch)
-
-    def _read_then_commit_decoded(self) -> int:
-        """Read the next batch, take the batch the decoder thread has been decoding, hand it the new
-        one, and commit. Redis thus alternates read and commit, and Python decodes while Redis
-        commits one batch and reads the next.
-
-        The read comes first, and whole (consumers/new_entries.py says why). It blocks for new
-        entries only when no batch is in hand, so a batch never waits for the stream to fill.
-        """
-        in_hand_found = self.decoding is not None and self.decoding_found
-        new = self._read_new(block=not in_hand_found)
-        in_hand = self.decoding.result() if self.decoding is not None else None
-        self.decoding = self.decoder.submit(self._decode_new, new)
-        self.decoding_found = new.found_entries
-        busy = new.found_entries or (in_hand is not None and len(in_hand.batch))
-        self.idle_reads = 0 if busy else self.idle_reads + 1
-        return self.commit_decoded(in_hand, now_ms()) if in_hand is not None else 0
-
-    def run(self, stop_requested: Callable[[], bool], clock: Callable[[], int] = now_ms) -> WorkerStats:
-        """Loop until stopped or a bound is reached, riding out Redis outages with backoff.
-
-        Once this consumer's own pending entries are done, a decoder thread decodes each new batch
-        while the one before it commits. On stop, the batch in hand is committed before returning.
-        """
+    def run(self, stop_requested: Callable[[], bool]) -> WorkerStats:
+        """Loop until stopped or a bound is reached, riding out Redis outages with backoff. On stop,
+        the batch in hand is committed and every lease released."""
+        self.renewer.start()
         try:
-            return self._run(stop_requested, clock)
+            return self._run(stop_requested)
         finally:
-            if self.decoding is not None:
-                self.commit_decoded(self.decoding.result(), now_ms())
-                self.decoding = None
-            if self.decoder is not None:
-                self.decoder.shutdown()
-                self.decoder = None
-            if self.new_entry_reads is not None:
-                self.new_entry_reads.close()
-                self.new_entry_reads = None
+            self.renewer.stop()
+            try:
+                self.release_all()
+            except RETRYABLE:
+                pass  # leases lapse by themselves
 
-    def _run(self, stop_requested: Callable[[], bool], clock: Callable[[], int]) -> WorkerStats:
-        started = clock()
-        backoff = Backoff()
+    def _run(self, stop_requested: Callable[[], bool]) -> WorkerStats:
         settings = self.settings
+        started = self.clock()
+        backoff = Backoff()
         while not stop_requested():
-            if self.own_pending_done and self.decoder is None and settings.count is None:
-                self.decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
             if settings.count is not None and self.stats.entries >= settings.count:
                 break
-            if settings.duration_ms is not None and clock() - started >= settings.duration_ms:
-                break
-            if settings.drain and self.drained():
+            if settings.duration_ms is not None and self.clock() - started >= settings.duration_ms:
                 break
             try:
-                self.step(clock())
+                handled = self.step(self.clock())
                 backoff.reset()
+                if handled == 0:
+                    if settings.drain and self.owned and self.drained():
+                        break
+                    self.wait_for_entries()
             except RETRYABLE as error:
                 delay = backoff.next_delay()
                 print(f"aggregator: Redis unavailable ({error.__class__.__name__}); retrying in {delay:.1f}s",
                       file=self.log)
-                self.own_pending_done = False  # whatever was in flight is still pending: take it again
-                self.decoding = None
+                self._reload_all()
                 time.sleep(delay)
+                self.last_progress = time.monotonic()
         return self.stats
+
+    def _reload_all(self) -> None:
+        """After a transport error a read's reply may be lost: entries it delivered are pending to us
+        unseen. Dropping and taking the partitions over again processes them, in order."""
+        for index in list(self.owned):
+            self._drop(index)
+        self.next_beat_ms = 0

@@ -33,7 +33,8 @@ def build_parser() -> CommandParser:
     parser.add_argument("--duration", type=number_type(float, above=0), help="seconds of event time, then exit")
     parser.add_argument("--start", metavar="TIME", help="backfill from TIME (ISO, epoch ms, or relative as --start=-1d) without waiting")
     parser.add_argument("--maxlen", type=number_type(int, minimum=0), default=1_000_000,
-                        help="MAXLEN ~ trimming (0 disables; default 1,000,000)")
+                        help="MAXLEN ~ trimming of the whole pipeline, shared by its partitions "
+                             "(0 disables; default 1,000,000)")
     parser.add_argument("--batch", type=number_type(int, minimum=1), default=1000, help="readings per write")
     parser.add_argument("--from-csv", type=Path, metavar="FILE", help="replay an exported readings CSV instead")
     for fault in ("spike", "stuck", "dropout", "drift"):
@@ -73,6 +74,11 @@ def fault_rates(args) -> FaultRates:
     return FaultRates(args.spike_rate, args.stuck_rate, args.dropout_rate, args.drift_rate)
 
 
+def partition_maxlen(maxlen: int, partitions: int) -> int:
+    """--maxlen is the pipeline's total; each partition stream keeps its share."""
+    return -(-maxlen // partitions) if maxlen else 0
+
+
 def report(counts: dict[str, int], as_json: bool, stopped: bool) -> None:
     if as_json:
         print(json.dumps({"stopped_by_signal": stopped, "readings": counts}))
@@ -90,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_csv is not None:
         frame = load_readings_csv(args.from_csv)
         db = connect(config.target())
-        writer = StreamWriter(db, config.keys, config.field_map, args.maxlen)
+        layout = config.layout(db)
+        writer = StreamWriter(db, layout, config.field_map, partition_maxlen(args.maxlen, layout.count))
         report(replay(frame, writer, config.field_map, args.batch), args.json, stop.requested)
         return 0
     settings = SimulationSettings(
@@ -99,11 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         backfill_start_ms=parse_time_ms(args.start, field="--start") if args.start else None,
     )
     db = connect(config.target())
-    writer = StreamWriter(db, config.keys, config.field_map, args.maxlen)
+    layout = config.layout(db)
+    writer = StreamWriter(db, layout, config.field_map, partition_maxlen(args.maxlen, layout.count))
     start_ms = settings.backfill_start_ms if settings.backfill_start_ms is not None else now_ms()
     simulation = Simulation(settings, writer, config.field_map, start_ms,
                             writer.last_seqs(list(settings.names)),
-                            TrimGuard(db, config.keys.readings, args.maxlen))
+                            TrimGuard(db, [partition.readings for partition in layout.partitions],
+                                      partition_maxlen(args.maxlen, layout.count)))
     print(f"producer: {len(settings.names)} sensors at {settings.rate_hz:g} Hz"
           + (" (backfill)" if simulation.backfilling else ""), file=sys.stderr)
     on_progress = None

@@ -1,8 +1,9 @@
 """Warns before MAXLEN trimming deletes readings a consumer group has not read yet.
 
 Redis trims by length whatever the groups have read, even entries still pending. Once the slowest
-group's lag passes half of MAXLEN the writer's trimming is that close to cutting into unread data,
-so say so, naming the group and its lag, at most once per interval.
+group's lag on a partition stream passes half of that stream's MAXLEN, the writer's trimming is
+that close to cutting into unread data, so say so, naming the group and its lag, at most once per
+interval.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from telemetry.lag import group_lags
 @dataclass(slots=True)
 class TrimGuard:
     db: redis.Redis
-    stream: str
-    maxlen: int
+    streams: list[str]
+    maxlen: int  # per stream
     check_every_ms: int = 5_000
     warn_every_ms: int = 60_000
     log: object = sys.stderr
@@ -33,7 +34,7 @@ class TrimGuard:
             return None
         self.next_check_ms = now_ms + self.check_every_ms
         try:
-            lags = group_lags(self.db, self.stream, now=now_ms)
+            lags = [lag for stream in self.streams for lag in group_lags(self.db, stream, now=now_ms)]
         except (redis.ConnectionError, redis.TimeoutError):
             return None  # the writer reports outages; this check just skips a turn
         if not lags:
@@ -44,7 +45,7 @@ class TrimGuard:
         self.last_warning_ms = now_ms
         self.warnings += 1
         text = (f"producer: WARNING group {slowest.group!r} lags {slowest.lag_entries} entries "
-                f"({slowest.lag_seconds:.0f}s), over half of MAXLEN {self.maxlen}: trimming will delete "
+                f"({slowest.lag_seconds:.0f}s), on one partition, over half of its MAXLEN {self.maxlen}: trimming will delete "
                 f"readings it has not read")
         print(text, file=self.log)
         return text

@@ -12,7 +12,8 @@ from types import FrameType
 
 from telemetry.connection import RedisTarget, resolve_target
 from telemetry.errors import RedisUnavailable, UsageError
-from telemetry.keys import Keys
+from telemetry.keys import Keys, validate_name
+from telemetry.partitions import Layout, legacy_layout_note, open_layout
 from telemetry.schema import FieldMap
 
 
@@ -49,6 +50,11 @@ def add_redis_arguments(parser: argparse.ArgumentParser, stream_flag: str = "--s
     group.add_argument("--prefix", default=os.environ.get("TELEMETRY_PREFIX", "telemetry"),
                        help="key prefix and hash tag (default: $TELEMETRY_PREFIX or 'telemetry')")
     group.add_argument(stream_flag, dest="stream_key", help="readings stream key, verbatim (default: {PREFIX}:readings)")
+    group.add_argument("--partitions", type=number_type(int, minimum=1),
+                       help="partition streams of a new pipeline (default 16); an existing one keeps its own")
+    group.add_argument("--group", default=os.environ.get("TELEMETRY_GROUP", "aggregators"),
+                       help="consumer group, whose state and outputs these are (default: $TELEMETRY_GROUP or "
+                            "'aggregators')")
     group.add_argument("--fields", default=os.environ.get("TELEMETRY_FIELDS", "default"),
                        help="entry field names: 'default', 'seed' (sensor_id/temp/humidity) or "
                             "PART=NAME,... e.g. sensor=sensor_id,temperature_c=temp")
@@ -61,10 +67,22 @@ class PipelineConfig:
     redis_url: str | None
     keys: Keys
     field_map: FieldMap
+    group: str = "aggregators"
+    partitions: int | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PipelineConfig:
-        return cls(redis_url=args.redis_url, keys=Keys(args.prefix, args.stream_key), field_map=FieldMap.parse(args.fields))
+        return cls(redis_url=args.redis_url, keys=Keys(args.prefix, args.stream_key),
+                   field_map=FieldMap.parse(args.fields), group=validate_name("--group", args.group),
+                   partitions=args.partitions)
+
+    def layout(self, db) -> Layout:
+        """The pipeline's partitions (created on first use); a note on stderr if old-layout data is found."""
+        layout = open_layout(db, self.keys, self.partitions)
+        note = legacy_layout_note(db, self.keys)
+        if note:
+            print(note, file=sys.stderr)
+        return layout
 
     def target(self, env: Mapping[str, str] = os.environ) -> RedisTarget:
         return resolve_target(self.redis_url, env)

@@ -1,6 +1,7 @@
-"""Key names. Every key carries the same hash tag, `{prefix}`, so that the worker's commit script,
-which touches the readings stream, state, outputs and per-sensor keys at once, stays in one slot
-when the project moves to Redis Cluster."""
+"""Key names. A pipeline's readings live in P partition streams; every key a partition's commit or
+takeover touches carries that partition's hash tag, so each script stays in one cluster slot and
+partitions can spread over Redis Cluster masters. Keys of one consumer group are separate from
+another's, so two groups on one stream are two independent pipelines."""
 
 from __future__ import annotations
 
@@ -9,25 +10,125 @@ from dataclasses import dataclass
 
 from telemetry.errors import UsageError
 
-_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def validate_name(what: str, name: str) -> str:
+    """Prefixes and group names end up inside keys and hash tags: no braces, spaces or colons."""
+    if not _NAME.fullmatch(name):
+        raise UsageError(f"{what}: {name!r} must be 1-64 characters from [A-Za-z0-9._-]")
+    return name
+
+
+def hash_tag(key: str) -> str:
+    """The part of a key that Redis Cluster hashes: the first non-empty {...}, else the whole key."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1:end]
+    return key
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
+    """Where a pipeline lives: `prefix` names it; `readings_override` is a stream given verbatim
+    (--stream KEY, e.g. the seed tutorial's app:event), a one-partition pipeline of its own."""
+
     prefix: str = "telemetry"
     readings_override: str | None = None
 
     def __post_init__(self) -> None:
-        if not _PREFIX.fullmatch(self.prefix):
-            raise UsageError(f"prefix: {self.prefix!r} must be 1-64 characters from [A-Za-z0-9._-]")
+        validate_name("prefix", self.prefix)
+        if self.readings_override is not None and not self.readings_override.strip():
+            raise UsageError("--stream: the key must not be empty")
+
+    @property
+    def namespace_tag(self) -> str:
+        return hash_tag(self.readings_override) if self.readings_override else self.prefix
 
     def _key(self, name: str) -> str:
-        return f"{{{self.prefix}}}:{name}"
+        return f"{{{self.namespace_tag}}}:{name}"
+
+    @property
+    def pipeline(self) -> str:
+        """Hash: partitions, hash function and each partition's hash tag, fixed when the pipeline is created."""
+        return self._key("pipeline")
+
+    @property
+    def legacy_readings(self) -> str:
+        """The single stream of the layout before partitions; found, it is reported, never migrated."""
+        return f"{{{self.prefix}}}:readings"
+
+    def members(self, group: str) -> str:
+        """Sorted set: worker id -> heartbeat deadline (ms); the basis of partition assignment."""
+        return self._key(f"{group}:members")
+
+    def partition(self, index: int, tag: str) -> PartitionKeys:
+        readings = self.readings_override if self.readings_override else f"{{{tag}}}:readings"
+        return PartitionKeys(index, tag, readings)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionKeys:
+    index: int
+    tag: str
+    readings: str
+
+    def _key(self, name: str) -> str:
+        return f"{{{self.tag}}}:{name}"
+
+    def producer_batch(self, producer_id: str) -> str:
+        """String with a TTL: the number of the producer's last batch written here (a resend is skipped)."""
+        return self._key(f"producer-batch:{producer_id}")
+
+    @property
+    def producer_seq(self) -> str:
+        """Hash: sensor -> last seq written, so a restarted producer continues its sensors' seq."""
+        return self._key("producer-seq")
+
+    def group(self, group: str) -> GroupKeys:
+        return GroupKeys(self, group)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupKeys:
+    """One consumer group's keys for one partition: its lease, checkpoint and outputs."""
+
+    partition: PartitionKeys
+    group: str
+
+    def _key(self, name: str) -> str:
+        return self.partition._key(f"{self.group}:{name}")
 
     @property
     def readings(self) -> str:
-        """The readings stream; --stream names another key verbatim (e.g. the seed's app:event)."""
-        return self.readings_override or self._key("readings")
+        return self.partition.readings
+
+    @property
+    def lease(self) -> str:
+        """String: the owning worker's token, with a TTL (the lease)."""
+        return self._key("lease")
+
+    @property
+    def epoch(self) -> str:
+        """Counter bumped by every acquisition: the fencing token a commit must present."""
+        return self._key("epoch")
+
+    @property
+    def checkpoint(self) -> str:
+        """Hash: commit (number of the last commit), position (last stream id it covered), clock."""
+        return self._key("checkpoint")
+
+    @property
+    def state(self) -> str:
+        """Hash: sensor -> packed state; 'sensor#slot' -> one rolling bucket."""
+        return self._key("state")
+
+    @property
+    def rolling(self) -> str:
+        """Hash: sensor -> JSON of its live rolling stats, for dashboards."""
+        return self._key("rolling")
 
     @property
     def aggregates(self) -> str:
@@ -42,38 +143,14 @@ class Keys:
         return self._key("dead-letter")
 
     @property
-    def sensor_state(self) -> str:
-        """Hash: sensor -> packed worker state (open windows, watermark, alert states)."""
-        return self._key("sensor-state")
-
-    @property
-    def sensor_due(self) -> str:
-        """Sorted set: sensor -> wall-clock ms of its next sweep deadline (idle close, silence)."""
-        return self._key("sensor-due")
-
-    @property
-    def handovers(self) -> str:
-        """Counter bumped whenever pending entries may change hands: claimed, or re-read by their owner.
-
-        A batch read while it stood still cannot have been committed by anyone else, so its
-        commit acknowledges it in bulk instead of entry by entry (telemetry/lua/aggregate.lua).
-        """
-        return self._key("handovers")
-
-    @property
-    def producer_seq(self) -> str:
-        """Hash: sensor -> last seq a producer wrote, updated in the same MULTI as the XADDs."""
-        return self._key("producer-seq")
-
-    @property
     def counters(self) -> str:
-        """Hash of pipeline-wide counters (processed, late, dead_lettered, lost_to_trim, ...)."""
+        """Hash of this partition's counters (processed, late, lost_to_trim, ...); readers sum partitions."""
         return self._key("counters")
 
-    def recent(self, sensor: str) -> str:
-        """Sorted set of a sensor's readings in the rolling horizon, scored by event time."""
-        return self._key(f"recent:{sensor}")
+    def output(self, kind: str) -> str:
+        return {"aggregates": self.aggregates, "alerts": self.alerts, "dead-letter": self.dead_letter}[kind]
 
-    def rolling(self, sensor: str) -> str:
-        """Hash of a sensor's live rolling stats, for dashboards (HGETALL)."""
-        return self._key(f"rolling:{sensor}")
+    def commit_keys(self) -> list[str]:
+        """KEYS of the commit script, in its order (telemetry/lua/commit.lua)."""
+        return [self.lease, self.epoch, self.checkpoint, self.state, self.rolling, self.aggregates, self.alerts,
+                self.dead_letter, self.counters, self.readings]

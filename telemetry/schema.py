@@ -80,9 +80,26 @@ def validate_sensor_name(name: str) -> str:
     return name
 
 
+# What every reader of a stream (Python, Lua, pandas, a spreadsheet) takes for the same number:
+# Python alone would also accept digit separators ('4_5.5') and surrounding spaces.
+PLAIN_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+PLAIN_INTEGER = re.compile(r"[0-9]+")
+MAX_INTEGER = 2**53  # beyond this a double (Lua, JSON, pandas) no longer holds every integer
+SHOWN_VALUE_CHARS = 64
+
+
+def _shown(raw: object) -> object:
+    """A value as an error message quotes it: long ones cut, so a 1 MB field makes a short reason."""
+    if isinstance(raw, str) and len(raw) > SHOWN_VALUE_CHARS:
+        return raw[:SHOWN_VALUE_CHARS] + f"...({len(raw)} chars)"
+    return raw
+
+
 def _finite(field: str, raw: object, low: float, high: float) -> float:
     if raw is None:
         raise SchemaError(field, None, "missing")
+    if isinstance(raw, str) and not PLAIN_NUMBER.fullmatch(raw):
+        raise SchemaError(field, _shown(raw), "not a plain decimal number")
     try:
         value = float(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -97,12 +114,16 @@ def _finite(field: str, raw: object, low: float, high: float) -> float:
 def _integer(field: str, raw: object) -> int:
     if raw is None:
         raise SchemaError(field, None, "missing")
+    if isinstance(raw, str) and not PLAIN_INTEGER.fullmatch(raw):
+        raise SchemaError(field, _shown(raw), "not a non-negative integer")
     try:
         value = int(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise SchemaError(field, raw, "not an integer") from None
+        raise SchemaError(field, _shown(raw), "not an integer") from None
     if value < 0:
         raise SchemaError(field, raw, "negative")
+    if value > MAX_INTEGER:
+        raise SchemaError(field, _shown(raw), f"above 2^53 ({MAX_INTEGER})")
     return value
 
 
@@ -127,7 +148,8 @@ class Reading:
         sensor = entry.get(field_map.sensor)
         if sensor is None:
             raise SchemaError(field_map.sensor, None, "missing")
-        validate_sensor_name(sensor)
+        if not SENSOR_NAME.fullmatch(sensor):
+            raise SchemaError("sensor", _shown(sensor), "must be 1-64 characters from [A-Za-z0-9._-]")
         ts_ms = _integer(field_map.ts, entry.get(field_map.ts)) if field_map.ts else stream_id_ms(entry_id)
         seq = None
         if field_map.seq and field_map.seq in entry:

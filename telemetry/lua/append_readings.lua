@@ -1,52 +1,34 @@
--- Append a batch of readings atomically, skipping any a previous attempt already wrote.
--- KEYS[1] readings stream, KEYS[2] producer-seq hash (sensor -> last seq written)
--- ARGV[1] maxlen (0: no trimming), ARGV[2] width (fields per entry),
--- ARGV[3] sensor column, ARGV[4] seq column (0: readings carry no seq),
--- ARGV[5 .. 4+width] field names, ARGV[5+width] the rows: one per line, values tab-separated.
--- A resend after a lost reply is therefore harmless: rows whose seq is not above the stored one
--- are skipped, so a Redis restart leaves neither a gap nor a duplicate.
-local maxlen = tonumber(ARGV[1])
-local width = tonumber(ARGV[2])
-local sensor_col = tonumber(ARGV[3])
-local seq_col = tonumber(ARGV[4])
-local last_seq = {}
-local appended, skipped = 0, 0
-local entry, values = {}, {}
+-- Append one producer batch to one partition stream, once: a resend of a batch already written
+-- (its reply lost to a Redis restart or a dropped connection) writes nothing.
+-- KEYS[1] partition readings stream, KEYS[2] the producer's batch marker (string with a TTL),
+-- KEYS[3] producer-seq hash (sensor -> last seq written, for a restarted producer to continue)
+-- ARGV[1] batch number (grows with every batch of this producer), ARGV[2] marker TTL ms,
+-- ARGV[3] maxlen (0: no trimming), ARGV[4] width (fields per entry), ARGV[5 .. 4+width] field
+-- names, ARGV[5+width] the rows: one per line, values tab-separated (validated by the producer),
+-- ARGV[6+width ..] sensor, last seq pairs.
+local batch = tonumber(ARGV[1])
+if tonumber(redis.call('GET', KEYS[2]) or '0') >= batch then
+  return {0, 1}
+end
+local maxlen = tonumber(ARGV[3])
+local width = tonumber(ARGV[4])
+local entry, appended = {}, 0
+for c = 1, width do entry[2 * c - 1] = ARGV[4 + c] end
 for row in string.gmatch(ARGV[5 + width], '[^\n]+') do
   local c = 0
   for value in string.gmatch(row, '[^\t]+') do
     c = c + 1
-    values[c] = value
+    entry[2 * c] = value
   end
-  local sensor = values[sensor_col]
-  local fresh = true
-  local seq = nil
-  if seq_col > 0 then
-    seq = tonumber(values[seq_col])
-    local known = last_seq[sensor]
-    if known == nil then
-      known = tonumber(redis.call('HGET', KEYS[2], sensor) or '-1')
-      last_seq[sensor] = known
-    end
-    fresh = seq > known
-  end
-  if fresh then
-    for c = 1, width do
-      entry[2 * c - 1] = ARGV[4 + c]
-      entry[2 * c] = values[c]
-    end
-    if maxlen > 0 then
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(entry))
-    else
-      redis.call('XADD', KEYS[1], '*', unpack(entry))
-    end
-    if seq ~= nil then last_seq[sensor] = seq end
-    appended = appended + 1
+  if maxlen > 0 then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(entry))
   else
-    skipped = skipped + 1
+    redis.call('XADD', KEYS[1], '*', unpack(entry))
   end
+  appended = appended + 1
 end
-for sensor, seq in pairs(last_seq) do
-  if seq >= 0 then redis.call('HSET', KEYS[2], sensor, seq) end
+for i = 6 + width, #ARGV, 1000 do
+  redis.call('HSET', KEYS[3], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
-return {appended, skipped}
+redis.call('SET', KEYS[2], batch, 'PX', ARGV[2])
+return {appended, 0}

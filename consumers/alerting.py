@@ -1,0 +1,142 @@
+"""Alert rules applied to one sensor's readings in event order, one episode at a time.
+
+Every decision is a function of the readings: rules see each reading with the rolling statistics
+as of that reading, silence is measured on the partition's event clock, and an episode's id is
+made of its rule, sensor and the event time its breach began. The same readings therefore give
+the same events whatever the batching, the number of workers or a crash in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from consumers.rules import AlertRule
+from consumers.sensor_state import AlertEpisode, SensorState, Window
+from consumers.summary import MetricStats, Summary
+from telemetry.records import AlertEvent
+
+Emit = Callable[[AlertEvent], None]
+
+
+def stats_fields(stats: MetricStats) -> dict[str, float | int | None]:
+    return {"count": stats.count, "mean": stats.mean, "std": stats.std, "min": stats.min, "max": stats.max}
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """Rules sorted by when they are evaluated."""
+
+    per_reading: tuple[AlertRule, ...]  # threshold on the reading, rate_of_change, zscore
+    on_rolling: tuple[AlertRule, ...]  # threshold on a rolling mean | min | max | std
+    on_window: tuple[AlertRule, ...]  # stuck
+    silent: tuple[AlertRule, ...]
+
+    @classmethod
+    def of(cls, rules: tuple[AlertRule, ...]) -> RuleSet:
+        return cls(
+            tuple(r for r in rules if r.kind in ("rate_of_change", "zscore")
+                  or (r.kind == "threshold" and r.source == "reading")),
+            tuple(r for r in rules if r.kind == "threshold" and r.source != "reading"),
+            tuple(r for r in rules if r.kind == "stuck"),
+            tuple(r for r in rules if r.kind == "silent"))
+
+    @property
+    def needs_rolling_before(self) -> bool:
+        return any(rule.kind == "zscore" for rule in self.per_reading)
+
+
+def _compare(rule: AlertRule, value: float) -> tuple[bool, bool]:
+    """(breach, clear): clear means back beyond the hysteresis band."""
+    if rule.above is not None:
+        return value > rule.above, value <= rule.above - rule.hysteresis
+    return value < rule.below, value >= rule.below + rule.hysteresis  # type: ignore[operator]
+
+
+def step(emit: Emit, sensor: str, state: SensorState, rule: AlertRule, breach: bool, clear: bool, ts_ms: int,
+         value: float, stats: dict | None = None) -> None:
+    """One observation for one rule: ok -> pending -> firing (after `for`) -> resolved."""
+    episode = state.alerts.get(rule.name)
+    if episode is None:
+        if not breach:
+            return
+        episode = state.alerts[rule.name] = AlertEpisode("pending", ts_ms)
+    if episode.state == "firing":
+        if clear:
+            emit(_event(rule, sensor, episode, "resolved", ts_ms, value, stats))
+            del state.alerts[rule.name]
+        return
+    if not breach:
+        del state.alerts[rule.name]
+        return
+    if ts_ms - episode.since_ms >= rule.for_ms:
+        episode.state = "firing"
+        emit(_event(rule, sensor, episode, "firing", ts_ms, value, stats))
+
+
+def _event(rule: AlertRule, sensor: str, episode: AlertEpisode, state: str, ts_ms: int, value: float,
+           stats: dict | None) -> AlertEvent:
+    return AlertEvent(episode.alert_id(rule.name, sensor), rule.name, rule.kind, sensor, rule.severity, state,
+                      value, rule.threshold, ts_ms, stats or {})
+
+
+def on_reading(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, ts_ms: int, temperature_c: float,
+               humidity_pct: float, previous: tuple[int, float, float] | None, before: Summary | None) -> None:
+    """Per-reading rules. `previous`: the sensor's newest reading before this one (ts, t, h);
+    `before`: rolling statistics without this reading (zscore compares a reading with its past)."""
+    for rule in rules.per_reading:
+        value = temperature_c if rule.metric == "temperature_c" else humidity_pct
+        if rule.kind == "threshold":
+            breach, clear = _compare(rule, value)
+            if breach or rule.name in state.alerts:
+                step(emit, sensor, state, rule, breach, clear, ts_ms, value)
+        elif rule.kind == "rate_of_change":
+            if previous is not None and ts_ms > previous[0]:
+                last = previous[1] if rule.metric == "temperature_c" else previous[2]
+                per_minute = abs(value - last) / (ts_ms - previous[0]) * 60_000
+                over = per_minute > rule.threshold
+                if over or rule.name in state.alerts:
+                    step(emit, sensor, state, rule, over, not over, ts_ms, per_minute)
+        elif before is not None:  # zscore
+            stats = before.metric(rule.metric)
+            if stats.count >= rule.min_count and stats.std:
+                z = abs(value - stats.mean) / stats.std
+                if z > rule.threshold or rule.name in state.alerts:
+                    step(emit, sensor, state, rule, z > rule.threshold, z <= rule.threshold - rule.hysteresis,
+                         ts_ms, z, stats_fields(stats))
+    for rule in rules.silent:  # any reading ends a silence
+        if rule.name in state.alerts:
+            step(emit, sensor, state, rule, False, True, ts_ms, 0.0)
+
+
+def on_rolling(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, ts_ms: int, after: Summary) -> None:
+    for rule in rules.on_rolling:
+        stats = after.metric(rule.metric)
+        value = stats.get(rule.source)
+        if value is not None:
+            breach, clear = _compare(rule, value)
+            if breach or rule.name in state.alerts:
+                step(emit, sensor, state, rule, breach, clear, ts_ms, value, stats_fields(stats))
+
+
+def on_window(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, window: Window) -> None:
+    summary = window.summary
+    for rule in rules.on_window:
+        stuck = (summary.n >= rule.min_count and summary.t_min == summary.t_max and summary.h_min == summary.h_max)
+        step(emit, sensor, state, rule, stuck, not stuck, window.last_ts, summary.t_max - summary.t_min,
+             {"count": summary.n, "temperature_c_mean": summary.t_mean, "humidity_pct_mean": summary.h_mean})
+
+
+def on_silence(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, clock_ms: int) -> None:
+    """Fire each silent rule whose `after` has passed since the sensor's newest reading, stamped at
+    the moment it passed, so the event does not depend on when the worker noticed."""
+    for rule in rules.silent:
+        episode = state.alerts.get(rule.name)
+        if (episode is None or episode.state != "firing") and clock_ms - state.max_ts >= rule.after_ms:
+            step(emit, sensor, state, rule, True, False, state.max_ts + rule.after_ms, rule.after_ms / 1000)
+
+
+def silence_deadline(rules: RuleSet, state: SensorState) -> int | None:
+    deadlines = [state.max_ts + rule.after_ms for rule in rules.silent
+                 if (episode := state.alerts.get(rule.name)) is None or episode.state != "firing"]
+    return min(deadlines) if deadlines else None

@@ -1,0 +1,65 @@
+"""Which worker should own which partition: live members from heartbeats, and a balanced,
+sticky, deterministic assignment every member computes alike.
+
+Each partition ranks the members by a hash of (member, partition), rendezvous style, and goes to
+the best-ranked member that still has room under ceil(P / members). Every worker computing this
+from the same member list gets the same answer, a join or leave moves about P / members
+partitions, and no member holds more than its share. The answer is only a wish: ownership is
+the lease (consumers/lease.py); a worker takes a wished-for partition once its lease is free.
+A worker acts on a new member list only after it has stayed the same for the settle delay, so
+workers starting one by one do not reshuffle the partitions at every arrival.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import redis
+
+
+def assign(members: list[str], partitions: int) -> dict[str, list[int]]:
+    ordered = sorted(set(members))
+    if not ordered:
+        return {}
+    room = -(-partitions // len(ordered))
+    owned: dict[str, list[int]] = {member: [] for member in ordered}
+    for index in range(partitions):
+        ranked = sorted(ordered, key=lambda member: (-zlib.crc32(f"{member}/{index}".encode()), member))
+        owner = next(member for member in ranked if len(owned[member]) < room)
+        owned[owner].append(index)
+    return owned
+
+
+@dataclass(slots=True)
+class Membership:
+    """This worker's heartbeat in the group's member set, and the settled view of the others."""
+
+    db: redis.Redis
+    key: str
+    member: str
+    ttl_ms: int
+    settle_ms: int
+    seen: tuple[str, ...] = ()
+    seen_since_ms: int = 0
+    settled: tuple[str, ...] = field(default=())
+
+    def beat(self, now_ms: int) -> tuple[str, ...]:
+        """Heartbeat, prune members whose heartbeat lapsed, and return the settled member list."""
+        pipeline = self.db.pipeline(transaction=False)
+        pipeline.zadd(self.key, {self.member: now_ms + self.ttl_ms})
+        pipeline.zremrangebyscore(self.key, "-inf", now_ms)
+        pipeline.zrange(self.key, 0, -1)
+        members = tuple(sorted(_text(member) for member in pipeline.execute()[2]))
+        if members != self.seen:
+            self.seen, self.seen_since_ms = members, now_ms
+        if members != self.settled and (now_ms - self.seen_since_ms >= self.settle_ms or not self.settled):
+            self.settled = members
+        return self.settled
+
+    def leave(self) -> None:
+        self.db.zrem(self.key, self.member)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,120 @@
+"""A partition's checkpoint: loaded by a new owner, and turned into the commit script's arguments.
+
+The commit carries only what changed since the last one: the core state of each sensor the batch
+touched and the rolling buckets it added to, the dashboard's rolling hash for those sensors, the
+outputs, counter increments and the entry ids to acknowledge. Every value is text or msgpack
+built here, so the script parses nothing it could misread.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import redis
+
+from consumers.processor import Outputs, PartitionProcessor, ProcessingSettings
+from consumers.rolling import RollingSpec
+from consumers.sensor_state import NONE, SensorState, bucket_field, pack_bucket, unpack_bucket
+from telemetry.keys import GroupKeys
+from telemetry.records import number_text
+
+OUTPUT_STREAM_ARG = {"aggregates": "6", "alerts": "7", "dead-letter": "8"}  # KEYS positions in commit.lua
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    commit: int  # number of the last commit applied
+    position: str | None  # last stream id it covered
+    clock_ms: int
+    sensors: dict[str, SensorState]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def load_checkpoint(db: redis.Redis, keys: GroupKeys) -> Checkpoint:
+    """Read with a bytes client (the state hash holds msgpack)."""
+    pipeline = db.pipeline(transaction=True)  # one snapshot: no commit lands between the two reads
+    pipeline.hgetall(keys.checkpoint)
+    pipeline.hgetall(keys.state)
+    meta_raw, state_raw = pipeline.execute()
+    meta = {_text(name): _text(value) for name, value in meta_raw.items()}
+    sensors: dict[str, SensorState] = {}
+    buckets: list[tuple[str, bytes]] = []
+    for name, packed in state_raw.items():
+        field = _text(name)
+        sensor, hash_mark, _ = field.partition("#")
+        if hash_mark:
+            buckets.append((sensor, packed))
+        else:
+            sensors[sensor] = SensorState.unpack_core(packed)
+    for sensor, packed in buckets:
+        state = sensors.get(sensor)
+        if state is not None:
+            start, summary = unpack_bucket(packed)
+            state.buckets[start] = summary
+    return Checkpoint(int(meta.get("commit", 0)), meta.get("position"), int(meta.get("clock", NONE)), sensors)
+
+
+def rolling_view(rolling: RollingSpec, state: SensorState, now_ms: int) -> str:
+    """The dashboard's view of a sensor's rolling stats, as compact JSON."""
+    stats = rolling.stats(state)
+    view: dict[str, object] = {"count": stats.n, "as_of_ts": state.max_ts, "window_s": rolling.rolling_ms / 1000,
+                               "updated_ms": now_ms}
+    for metric in ("temperature_c", "humidity_pct"):
+        values = stats.metric(metric)
+        for name in ("mean", "std", "min", "max"):
+            value = getattr(values, name)
+            view[f"{metric}_{name}"] = None if value is None else float(number_text(value))
+    return json.dumps(view, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRequest:
+    """One commit's arguments, kept unchanged until Redis answers, so a resend is the same commit."""
+
+    keys: list[str]
+    args: list[str | bytes | int]
+    entries: int
+
+
+def commit_request(keys: GroupKeys, token: str, epoch: int, commit: int, processor: PartitionProcessor,
+                   outputs: Outputs, meta: dict[str, str], output_maxlen: int, now_ms: int) -> CommitRequest:
+    """`meta`: fields every output entry carries (partition, epoch, batch, emitted_ms)."""
+    settings: ProcessingSettings = processor.settings
+    sensors = processor.sensors
+    state_args: list[str | bytes] = []
+    rolling_args: list[str] = []
+    for sensor in sorted(outputs.changed_sensors):
+        state = sensors[sensor]
+        state_args += [sensor, state.pack_core()]
+        rolling_args += [sensor, rolling_view(settings.rolling, state, now_ms)]
+    for sensor, start in sorted(outputs.changed_buckets):
+        bucket = sensors[sensor].buckets.get(start)
+        if bucket is not None:  # else it left the window within the batch
+            state_args += [bucket_field(sensor, settings.rolling.slot(start)), pack_bucket(start, bucket)]
+    counter_args: list[str] = []
+    for name, value in sorted(outputs.counters.items()):
+        if value:
+            counter_args += [name, str(int(value))]
+    meta_fields = [part for item in meta.items() for part in item]
+    output_args: list[str] = []
+    for kind, records in (("aggregates", outputs.aggregates), ("alerts", outputs.alerts),
+                          ("dead-letter", outputs.dead_letters)):
+        for record in records:
+            fields = record.fields() + meta_fields
+            output_args += [OUTPUT_STREAM_ARG[kind], str(len(fields)), *fields]
+    position = max(outputs.entry_ids, key=_id_key) if outputs.entry_ids else ""
+    header = [token, str(epoch), str(commit), position, str(processor.clock_ms), keys.group, str(output_maxlen),
+              str(len(state_args)), str(len(rolling_args)), str(len(counter_args)), str(len(outputs.entry_ids)),
+              str(len(output_args))]
+    return CommitRequest(keys.commit_keys(),
+                         [*header, *state_args, *rolling_args, *counter_args, *outputs.entry_ids, *output_args],
+                         len(outputs.entry_ids))
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq)

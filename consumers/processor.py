@@ -1,0 +1,205 @@
+"""One partition's processing: readings in stream order in, window aggregates, alert events, dead
+letters and changed state out. No Redis here: the worker reads and commits; this decides.
+
+Time comes from the data. Each sensor's watermark is its newest event time, and a window closes
+once the watermark passes its end plus grace. A silent sensor is judged on the partition's clock:
+the newest event time of any of its readings, moved to the wall clock (less a margin) only while
+the partition has nothing unread or pending. So a backlog after an outage is replayed with the
+decisions of an uninterrupted run: no false silence, no window closed early.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from dataclasses import dataclass, field
+
+from consumers.alerting import RuleSet, on_reading, on_rolling, on_silence, on_window, silence_deadline
+from consumers.batch import CommitBatch
+from consumers.rolling import RollingSpec
+from consumers.sensor_state import NONE, SensorState, Window
+from telemetry.records import AlertEvent, DeadLetterRecord, WindowAggregate
+
+# While caught up, the partition clock follows the wall clock this far behind, so a reading still
+# on its way (or stamped by a producer whose clock runs a little behind) is not judged silent.
+WALL_CLOCK_MARGIN_MS = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessingSettings:
+    window_ms: int
+    grace_ms: int
+    idle_ms: int
+    rolling: RollingSpec
+    rules: RuleSet
+
+
+@dataclass(slots=True)
+class Outputs:
+    """What the batches since the last commit produced: written by the next commit, all or nothing."""
+
+    aggregates: list[WindowAggregate] = field(default_factory=list)
+    alerts: list[AlertEvent] = field(default_factory=list)
+    dead_letters: list[DeadLetterRecord] = field(default_factory=list)
+    counters: Counter = field(default_factory=Counter)
+    changed_sensors: set[str] = field(default_factory=set)
+    changed_buckets: set[tuple[str, int]] = field(default_factory=set)
+    entry_ids: list[str] = field(default_factory=list)  # to acknowledge
+
+    def __bool__(self) -> bool:
+        return bool(self.entry_ids or self.changed_sensors or self.counters or self.aggregates or self.alerts)
+
+
+class PartitionProcessor:
+    def __init__(self, settings: ProcessingSettings, sensors: dict[str, SensorState] | None = None,
+                 clock_ms: int = NONE) -> None:
+        self.settings = settings
+        self.sensors: dict[str, SensorState] = sensors if sensors is not None else {}
+        self.clock_ms = clock_ms
+        self.outputs = Outputs()
+        self._due: list[tuple[int, str]] = []
+        self._scheduled: dict[str, int] = {}
+        for sensor in self.sensors:
+            self._schedule(sensor)
+
+    # -- input ------------------------------------------------------------------------------
+
+    def apply(self, batch: CommitBatch) -> None:
+        out = self.outputs
+        out.entry_ids += batch.entry_ids
+        out.dead_letters += [DeadLetterRecord.of(d.entry_id, d.reason, d.fields) for d in batch.dead_letters]
+        if batch.dead_letters:
+            out.counters["dead_lettered"] += len(batch.dead_letters)
+        if batch.lost_ids:
+            out.counters["lost_to_trim"] += len(batch.lost_ids)
+        columns = batch.readings
+        for entry_id, sensor, ts_ms, temperature_c, humidity_pct, seq in zip(
+                columns.ids, columns.sensors, columns.ts_ms.tolist(), columns.temperature_c.tolist(),
+                columns.humidity_pct.tolist(), columns.seq.tolist()):
+            self.apply_reading(entry_id, sensor, ts_ms, temperature_c, humidity_pct, seq)
+
+    def apply_reading(self, entry_id: str, sensor: str, ts_ms: int, temperature_c: float, humidity_pct: float,
+                      seq: int) -> None:
+        out = self.outputs
+        state = self.sensors.get(sensor)
+        if state is None:
+            state = self.sensors[sensor] = SensorState()
+        if seq >= 0:
+            if state.max_seq != NONE and seq <= state.max_seq:
+                out.counters["duplicates"] += 1
+                return
+            if state.max_seq != NONE and seq > state.max_seq + 1:
+                out.counters["missing_seq"] += seq - state.max_seq - 1
+            state.max_seq = seq
+            out.changed_sensors.add(sensor)
+        if ts_ms > self.clock_ms:
+            self.advance_clock(ts_ms)
+        settings = self.settings
+        start = ts_ms - ts_ms % settings.window_ms
+        if (start + settings.window_ms + settings.grace_ms <= state.max_ts
+                or start + settings.window_ms <= state.closed_through):
+            out.counters["late"] += 1
+            out.dead_letters.append(DeadLetterRecord.of(
+                entry_id, f"late: window {start} already closed (watermark {state.max_ts})",
+                {"sensor": sensor, "ts": str(ts_ms), "temperature_c": repr(temperature_c),
+                 "humidity_pct": repr(humidity_pct), **({"seq": str(seq)} if seq >= 0 else {})}))
+            return
+        rules = settings.rules
+        before = settings.rolling.stats(state) if rules.needs_rolling_before and state.buckets else None
+        previous = (state.max_ts, state.last_t, state.last_h) if state.max_ts != NONE else None
+        window = state.windows.get(start)
+        if window is None:
+            window = state.windows[start] = Window(start)
+        window.add(ts_ms, temperature_c, humidity_pct)
+        if ts_ms >= state.max_ts:
+            state.max_ts, state.last_t, state.last_h = ts_ms, temperature_c, humidity_pct
+        bucket = settings.rolling.add(state, ts_ms, temperature_c, humidity_pct)
+        if bucket is not None:
+            out.changed_buckets.add((sensor, bucket))
+        out.counters["processed"] += 1
+        out.changed_sensors.add(sensor)
+        emit = self._emit_alert
+        on_reading(emit, rules, sensor, state, ts_ms, temperature_c, humidity_pct, previous, before)
+        if rules.on_rolling:
+            on_rolling(emit, rules, sensor, state, state.max_ts, settings.rolling.stats(state))
+        self._close_by_watermark(sensor, state)
+        if sensor not in self._scheduled:
+            self._schedule(sensor)
+
+    def advance_clock(self, clock_ms: int) -> None:
+        """Move the partition clock (never back) and act on every sensor deadline it passes."""
+        if clock_ms <= self.clock_ms:
+            return
+        self.clock_ms = clock_ms
+        self._visit_due(clock_ms)
+
+    def _visit_due(self, clock_ms: int) -> None:
+        due = self._due
+        while due and due[0][0] <= clock_ms:
+            deadline, sensor = heapq.heappop(due)
+            if self._scheduled.get(sensor) != deadline:
+                continue  # superseded
+            del self._scheduled[sensor]
+            self._visit(sensor, clock_ms)
+
+    def caught_up(self, wall_ms: int) -> None:
+        """The partition has nothing unread or pending: silence may now be judged on the wall clock."""
+        self.advance_clock(wall_ms - WALL_CLOCK_MARGIN_MS)
+
+    def take_outputs(self) -> Outputs:
+        outputs, self.outputs = self.outputs, Outputs()
+        return outputs
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def _emit_alert(self, event: AlertEvent) -> None:
+        self.outputs.alerts.append(event)
+        self.outputs.counters["alerts_emitted"] += 1
+
+    def _close(self, sensor: str, state: SensorState, window: Window, closed_by: str) -> None:
+        settings = self.settings
+        summary = window.summary
+        end = window.start_ms + settings.window_ms
+        self.outputs.aggregates.append(WindowAggregate(
+            sensor, window.start_ms, end, summary.n, summary.t_mean, summary.t_min, summary.t_max,
+            summary.std("temperature_c"), summary.h_mean, summary.h_min, summary.h_max, summary.std("humidity_pct"),
+            window.first_ts, window.last_ts, closed_by))
+        self.outputs.counters["windows_emitted"] += 1
+        del state.windows[window.start_ms]
+        state.closed_through = max(state.closed_through, end)
+        self.outputs.changed_sensors.add(sensor)
+        on_window(self._emit_alert, settings.rules, sensor, state, window)
+
+    def _close_by_watermark(self, sensor: str, state: SensorState) -> None:
+        lag = self.settings.window_ms + self.settings.grace_ms
+        for start in sorted(state.windows):
+            if start + lag <= state.max_ts:
+                self._close(sensor, state, state.windows[start], "watermark")
+
+    def _visit(self, sensor: str, clock_ms: int) -> None:
+        """A deadline passed: close the windows of a sensor silent for `idle`, fire silent rules."""
+        state = self.sensors[sensor]
+        settings = self.settings
+        if clock_ms - state.max_ts >= settings.idle_ms:
+            for start in sorted(state.windows):
+                if clock_ms >= start + settings.window_ms + settings.grace_ms + settings.idle_ms:
+                    self._close(sensor, state, state.windows[start], "idle")
+        alerts_before = len(self.outputs.alerts)
+        on_silence(self._emit_alert, settings.rules, sensor, state, clock_ms)
+        if len(self.outputs.alerts) != alerts_before:
+            self.outputs.changed_sensors.add(sensor)
+        self._schedule(sensor)
+
+    def _schedule(self, sensor: str) -> None:
+        state = self.sensors[sensor]
+        settings = self.settings
+        deadlines = [max(start + settings.window_ms + settings.grace_ms, state.max_ts) + settings.idle_ms
+                     for start in state.windows]
+        silence = silence_deadline(settings.rules, state)
+        if silence is not None:
+            deadlines.append(silence)
+        if not deadlines:
+            return
+        deadline = max(min(deadlines), self.clock_ms + 1)  # a visit that changed nothing waits for the clock
+        self._scheduled[sensor] = deadline
+        heapq.heappush(self._due, (deadline, sensor))

@@ -1,0 +1,92 @@
+"""One sensor's state in its partition's owner: open windows, rolling buckets, watermark, seq and
+alert episodes, and how it is checkpointed.
+
+The checkpoint is one hash per partition (and group). A sensor's core state (everything but the
+rolling buckets) is one field, about 150 bytes of msgpack; each rolling bucket is a field of its
+own, `sensor#slot`, in a ring of slots, so a commit writes the core and the one or two buckets
+the batch touched, not the whole rolling window. Bounded: at most `ROLLING_SLOTS` buckets and
+the windows still inside the grace period.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgpack
+
+from consumers.summary import Summary
+
+STATE_VERSION = 1
+NONE = -1  # an int field with no value yet (msgpack is smaller without nil checks everywhere)
+
+
+@dataclass(slots=True)
+class Window:
+    start_ms: int
+    summary: Summary = field(default_factory=Summary)
+    first_ts: int = NONE
+    last_ts: int = NONE
+
+    def add(self, ts_ms: int, temperature_c: float, humidity_pct: float) -> None:
+        self.summary.add(temperature_c, humidity_pct)
+        if self.first_ts == NONE or ts_ms < self.first_ts:
+            self.first_ts = ts_ms
+        self.last_ts = max(self.last_ts, ts_ms)
+
+    def pack(self) -> list:
+        return [self.start_ms, *self.summary.values(), self.first_ts, self.last_ts]
+
+    @classmethod
+    def unpack(cls, values: list) -> Window:
+        return cls(values[0], Summary(*values[1:10]), values[10], values[11])
+
+
+@dataclass(slots=True)
+class AlertEpisode:
+    """A rule's episode under way on one sensor: 'pending' (breached, waiting out `for`) or 'firing'."""
+
+    state: str
+    since_ms: int
+
+    def alert_id(self, rule: str, sensor: str) -> str:
+        """Stable across workers, restarts and batching: it derives from the readings only."""
+        return f"{rule}:{sensor}:{self.since_ms}"
+
+
+@dataclass(slots=True)
+class SensorState:
+    max_ts: int = NONE  # the sensor's watermark: newest event time applied
+    closed_through: int = NONE  # end of the newest window emitted
+    last_t: float = 0.0  # the reading at max_ts, for rate of change
+    last_h: float = 0.0
+    max_seq: int = NONE
+    windows: dict[int, Window] = field(default_factory=dict)
+    alerts: dict[str, AlertEpisode] = field(default_factory=dict)
+    buckets: dict[int, Summary] = field(default_factory=dict)  # rolling: bucket start -> summary
+
+    def pack_core(self) -> bytes:
+        return msgpack.packb([STATE_VERSION, self.max_ts, self.closed_through, self.last_t, self.last_h,
+                              self.max_seq, [window.pack() for window in self.windows.values()],
+                              [[rule, episode.state, episode.since_ms] for rule, episode in self.alerts.items()]])
+
+    @classmethod
+    def unpack_core(cls, packed: bytes) -> SensorState:
+        version, max_ts, closed_through, last_t, last_h, max_seq, windows, alerts = msgpack.unpackb(packed)
+        if version != STATE_VERSION:
+            raise ValueError(f"sensor state version {version}, this build reads {STATE_VERSION}")
+        return cls(max_ts, closed_through, last_t, last_h, max_seq,
+                   {values[0]: Window.unpack(values) for values in windows},
+                   {rule: AlertEpisode(state, since) for rule, state, since in alerts})
+
+
+def pack_bucket(start_ms: int, summary: Summary) -> bytes:
+    return msgpack.packb([start_ms, *summary.values()])
+
+
+def unpack_bucket(packed: bytes) -> tuple[int, Summary]:
+    values = msgpack.unpackb(packed)
+    return values[0], Summary(*values[1:])
+
+
+def bucket_field(sensor: str, slot: int) -> str:
+    return f"{sensor}#{slot}"

@@ -1,0 +1,129 @@
+"""Which partition a sensor's readings go to, and the pipeline record that fixes it.
+
+A sensor goes to partition CRC32(UTF-8 name) mod P, the same in every process and language
+(Python's `hash()` of a str is salted per process). P and the hash are stored in Redis when a
+pipeline is created; a process asked for another P refuses to start, because moving sensors
+between partitions would split their state. Each partition's hash tag is chosen so that its
+cluster slot falls in the partition's share of the 16,384 slots: P partitions then spread
+evenly over masters whose slot ranges are even, as `redis-cli --cluster create` makes them.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import redis
+
+from telemetry.errors import UsageError
+from telemetry.keys import GroupKeys, Keys, PartitionKeys
+
+HASH_NAME = "crc32"
+DEFAULT_PARTITIONS = 16
+MAX_PARTITIONS = 1024
+CLUSTER_SLOTS = 16384
+
+
+def crc16(data: bytes) -> int:
+    """CRC16-XMODEM, as Redis Cluster hashes keys to slots."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def key_slot(tag: str) -> int:
+    return crc16(tag.encode()) % CLUSTER_SLOTS
+
+
+def partition_of(sensor: str, partitions: int) -> int:
+    return zlib.crc32(sensor.encode()) % partitions
+
+
+def spread_tag(prefix: str, index: int, partitions: int) -> str:
+    """`prefix:pN` plus the first suffix that puts the tag's slot in partition N's share of slots."""
+    low, high = index * CLUSTER_SLOTS // partitions, (index + 1) * CLUSTER_SLOTS // partitions
+    base = f"{prefix}:p{index}"
+    for suffix in range(100_000):
+        tag = f"{base}.{suffix}"
+        if low <= key_slot(tag) < high:
+            return tag
+    raise AssertionError("no tag found for a slot range")  # 16,384 / P slots are always reachable
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """A pipeline's partitions, as stored in its pipeline record."""
+
+    keys: Keys
+    partitions: tuple[PartitionKeys, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.partitions)
+
+    def partition_for(self, sensor: str) -> PartitionKeys:
+        return self.partitions[partition_of(sensor, len(self.partitions))]
+
+    def groups(self, group: str) -> list[GroupKeys]:
+        return [partition.group(group) for partition in self.partitions]
+
+
+def _layout_from_record(keys: Keys, record: dict[str, str]) -> Layout:
+    count = int(record["partitions"])
+    tags = record["tags"].split(",")
+    if record.get("hash") != HASH_NAME or len(tags) != count:
+        raise UsageError(f"pipeline record {keys.pipeline} is not one this version reads "
+                         f"(hash {record.get('hash')!r}, {len(tags)} tags for {count} partitions)")
+    return Layout(keys, tuple(keys.partition(index, tag) for index, tag in enumerate(tags)))
+
+
+def new_layout(keys: Keys, partitions: int) -> Layout:
+    if keys.readings_override:
+        if partitions != 1:
+            raise UsageError(f"--partitions {partitions}: a stream given with --stream is one partition")
+        return Layout(keys, (keys.partition(0, keys.namespace_tag),))
+    if not 1 <= partitions <= MAX_PARTITIONS:
+        raise UsageError(f"--partitions {partitions}: expected 1..{MAX_PARTITIONS}")
+    return Layout(keys, tuple(keys.partition(index, spread_tag(keys.prefix, index, partitions))
+                              for index in range(partitions)))
+
+
+_CREATE_IF_ABSENT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HSET', KEYS[1], unpack(ARGV)) end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+def open_layout(db: redis.Redis, keys: Keys, requested: int | None = None) -> Layout:
+    """The stored layout, created on first use in one atomic step, so processes starting at once agree.
+
+    `requested` is --partitions: None takes whatever is stored (or the default for a new
+    pipeline); a number that differs from the stored one is refused.
+    """
+    default = 1 if keys.readings_override else DEFAULT_PARTITIONS
+    layout = new_layout(keys, requested if requested is not None else default)
+    record = ["partitions", str(layout.count), "hash", HASH_NAME,
+              "tags", ",".join(partition.tag for partition in layout.partitions)]
+    flat = db.eval(_CREATE_IF_ABSENT, 1, keys.pipeline, *record)
+    stored = {_text(name): _text(value) for name, value in zip(flat[::2], flat[1::2])}
+    existing = _layout_from_record(keys, stored)
+    if requested is not None and existing.count != requested:
+        raise UsageError(f"--partitions {requested}: pipeline {keys.namespace_tag!r} has {existing.count} partitions; "
+                         "changing it is an offline migration (use another --prefix for a new pipeline)")
+    return existing
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def legacy_layout_note(db: redis.Redis, keys: Keys) -> str | None:
+    """One line when data of the single-stream layout is found; it is not migrated."""
+    if keys.readings_override or not db.exists(keys.legacy_readings):
+        return None
+    return (f"note: {keys.legacy_readings} holds readings of the layout before partitions; this version does "
+            "not read or migrate them (export them with an older version, or delete the key)")

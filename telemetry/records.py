@@ -1,0 +1,110 @@
+"""The aggregator's output records, defined once for the worker that writes them and every reader.
+
+Each output entry also carries `partition`, `epoch` and `batch` (the commit that wrote it), so a
+reader could drop a duplicate should a bug ever write outside the fenced commit, and
+`emitted_ms`, the wall-clock time of that commit. Numbers are written with 15 significant
+digits: exact for the readings' own precision, without float noise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+COMMIT_FIELDS = ("partition", "epoch", "batch", "emitted_ms")
+
+
+def number_text(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.15g}"
+
+
+def _float(text: str | None) -> float | None:
+    return float(text) if text not in (None, "") else None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowAggregate:
+    sensor: str
+    window_start: int
+    window_end: int
+    count: int
+    temperature_c_mean: float
+    temperature_c_min: float
+    temperature_c_max: float
+    temperature_c_std: float | None
+    humidity_pct_mean: float
+    humidity_pct_min: float
+    humidity_pct_max: float
+    humidity_pct_std: float | None
+    first_ts: int
+    last_ts: int
+    closed_by: str  # watermark | idle
+
+    def fields(self) -> list[str]:
+        out: list[str] = []
+        for name in self.__slots__:
+            value = getattr(self, name)
+            out += [name, value if isinstance(value, str) else number_text(value)]
+        return out
+
+    @classmethod
+    def decode(cls, entry: dict[str, str]) -> WindowAggregate:
+        ints = {"window_start", "window_end", "count", "first_ts", "last_ts"}
+        values = {}
+        for name in cls.__slots__:
+            text = entry.get(name, "")
+            values[name] = text if name in ("sensor", "closed_by") else int(text) if name in ints else _float(text)
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    alert_id: str
+    rule: str
+    kind: str
+    sensor: str
+    severity: str
+    state: str  # firing | resolved
+    value: float
+    threshold: float | None
+    ts: int  # event time of the reading (or silence) that changed the state
+    stats: dict[str, float | int | None] = field(default_factory=dict)  # the metric's rolling stats
+
+    def fields(self) -> list[str]:
+        out = ["alert_id", self.alert_id, "rule", self.rule, "kind", self.kind, "sensor", self.sensor,
+               "severity", self.severity, "state", self.state, "value", number_text(self.value),
+               "threshold", number_text(self.threshold), "ts", str(self.ts)]
+        for name, value in self.stats.items():
+            if value is not None:
+                out += [f"stats_{name}", number_text(value)]
+        return out
+
+    @classmethod
+    def decode(cls, entry: dict[str, str]) -> AlertEvent:
+        stats = {name.removeprefix("stats_"): float(value) for name, value in entry.items()
+                 if name.startswith("stats_") and value != ""}
+        return cls(entry["alert_id"], entry["rule"], entry["kind"], entry["sensor"], entry["severity"],
+                   entry["state"], float(entry["value"]), _float(entry.get("threshold")), int(entry["ts"]), stats)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    entry_id: str
+    reason: str
+    fields_json: str  # the entry's fields as JSON, as they were
+
+    @classmethod
+    def of(cls, entry_id: str, reason: str, entry_fields: dict[str, str]) -> DeadLetterRecord:
+        return cls(entry_id, reason, json.dumps(entry_fields, ensure_ascii=False))
+
+    def fields(self) -> list[str]:
+        return ["entry_id", self.entry_id, "reason", self.reason, "fields", self.fields_json]
+
+    @classmethod
+    def decode(cls, entry: dict[str, str]) -> DeadLetterRecord:
+        return cls(entry["entry_id"], entry["reason"], entry.get("fields", "{}"))
