@@ -95,11 +95,23 @@ def _shown(raw: object) -> object:
     return raw
 
 
+def _refuse_unplain(field: str, raw: str, kind: type, problem: str) -> None:
+    """Say why a value that is not a plain number is refused; lets through only what the caller's
+    own checks name better (a negative integer, NaN or infinity)."""
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError):
+        raise SchemaError(field, _shown(raw), problem) from None
+    if raw.strip().startswith("-") or (kind is float and not math.isfinite(value)):
+        return
+    raise SchemaError(field, _shown(raw), "not a plain number (digit separators, spaces or other digits)")
+
+
 def _finite(field: str, raw: object, low: float, high: float) -> float:
     if raw is None:
         raise SchemaError(field, None, "missing")
     if isinstance(raw, str) and not PLAIN_NUMBER.fullmatch(raw):
-        raise SchemaError(field, _shown(raw), "not a plain decimal number")
+        _refuse_unplain(field, raw, float, "not a number")
     try:
         value = float(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -115,7 +127,7 @@ def _integer(field: str, raw: object) -> int:
     if raw is None:
         raise SchemaError(field, None, "missing")
     if isinstance(raw, str) and not PLAIN_INTEGER.fullmatch(raw):
-        raise SchemaError(field, _shown(raw), "not a non-negative integer")
+        _refuse_unplain(field, raw, int, "not an integer")
     try:
         value = int(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -64,3 +64,19 @@ def test_bytes_that_are_not_utf8_are_dead_lettered_not_raised():
                         FieldMap(), NOW, 300_000)
     assert [dead.entry_id for dead in batch.dead_letters] == ["1-0"] and batch.readings.ids == ["2-0"]
     assert batch.dead_letters[0].fields["sensor"] == "caf\ufffd"
+
+
+@pytest.mark.parametrize("as_raw", [False, True], ids=["str", "bytes"])
+def test_values_other_readers_would_read_differently_are_dead_lettered_alone(as_raw):
+    """Python's float() takes '4_5.5' and int() takes 2**63; Lua, JSON and pandas do not. Each odd
+    entry is dead-lettered naming its field, and the valid readings of its batch are kept."""
+    odd = {"1-1": ("temperature_c", "4_5.5"), "1-2": ("ts", str(2**63)), "1-3": ("seq", str(2**60)),
+           "1-4": ("humidity_pct", " 50"), "1-5": ("temperature_c", "1e308"), "1-6": ("temperature_c", "x" * 1_000_000)}
+    entries = [(f"0-{i}", flat(good("a", i))) for i in range(1, 6)]
+    entries += [(entry_id, flat(dict(good("b", 1), **{name: value}))) for entry_id, (name, value) in odd.items()]
+    batch = build_batch(as_bytes(entries) if as_raw else entries, FieldMap(), NOW, 300_000)
+    assert batch.readings.ids == [f"0-{i}" for i in range(1, 6)]
+    reasons = {dead.entry_id: dead.reason for dead in batch.dead_letters}
+    assert set(reasons) == set(odd)
+    for entry_id, (name, _) in odd.items():
+        assert name in reasons[entry_id] and len(reasons[entry_id]) < 200

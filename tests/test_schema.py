@@ -30,6 +30,13 @@ def test_round_trip_is_exact():
         ("humidity_pct", "100.5", "outside"),
         ("humidity_pct", None, "missing"),
         ("seq", "1.5", "not an integer"),
+        ("temperature_c", "4_5.5", "not a plain number"),
+        ("temperature_c", " 45.5", "not a plain number"),
+        ("temperature_c", "\u0664\u0665", "not a plain number"),
+        ("temperature_c", "1e308", "outside"),
+        ("ts", "1_000", "not a plain number"),
+        ("ts", str(2**63), "above 2^53"),
+        ("seq", str(2**64), "above 2^53"),
         ("v", "2", "unsupported"),
     ],
 )
