@@ -2,7 +2,8 @@
 sticky, deterministic assignment every member computes alike.
 
 Each partition ranks the members by a hash of (member, partition), rendezvous style, and goes to
-the best-ranked member that still has room under ceil(P / members). Every worker computing this
+the best-ranked member that still has room: every member takes floor(P / members), and the first
+P mod members to fill up may take one more. Every worker computing this
 from the same member list gets the same answer, a join or leave moves about P / members
 partitions, and no member holds more than its share. The answer is only a wish: ownership is
 the lease (consumers/lease.py); a worker takes a wished-for partition once its lease is free.
@@ -18,17 +19,35 @@ from dataclasses import dataclass, field
 import redis
 
 
+def _score(member: str, index: int) -> int:
+    return zlib.crc32(f"{member}/{index}".encode())
+
+
 def assign(members: list[str], partitions: int) -> dict[str, list[int]]:
+    """Each partition goes to its best-ranked member; members over their quota (floor(P/N), plus
+    one for the members that wanted most) give away the partitions they rank lowest, each to its
+    best-ranked member with room."""
     ordered = sorted(set(members))
     if not ordered:
         return {}
-    room = -(-partitions // len(ordered))
-    owned: dict[str, list[int]] = {member: [] for member in ordered}
+    ranked = {index: sorted(ordered, key=lambda member: (-_score(member, index), member))
+              for index in range(partitions)}
+    wanted: dict[str, list[int]] = {member: [] for member in ordered}
     for index in range(partitions):
-        ranked = sorted(ordered, key=lambda member: (-zlib.crc32(f"{member}/{index}".encode()), member))
-        owner = next(member for member in ranked if len(owned[member]) < room)
+        wanted[ranked[index][0]].append(index)
+    share, extra = divmod(partitions, len(ordered))
+    by_demand = sorted(ordered, key=lambda member: (-len(wanted[member]), member))
+    quota = {member: share + (position < extra) for position, member in enumerate(by_demand)}
+    owned: dict[str, list[int]] = {}
+    surplus: list[int] = []
+    for member in ordered:
+        keep = sorted(wanted[member], key=lambda index: -_score(member, index))
+        owned[member] = keep[:quota[member]]
+        surplus += keep[quota[member]:]
+    for index in sorted(surplus):
+        owner = next(member for member in ranked[index] if len(owned[member]) < quota[member])
         owned[owner].append(index)
-    return owned
+    return {member: sorted(indexes) for member, indexes in owned.items()}
 
 
 @dataclass(slots=True)

@@ -1,4 +1,4 @@
-"""Shared helpers for aggregator tests: write readings, run workers, read outputs back."""
+"""Shared helpers for aggregator tests: write readings, run workers in-process, read outputs back."""
 
 from __future__ import annotations
 
@@ -10,37 +10,62 @@ import pandas as pd
 from consumers.rules import parse_rules
 from consumers.settings import AggregatorSettings
 from consumers.worker import AggregatorWorker
+from telemetry.keys import Keys
+from telemetry.partitions import Layout, open_layout
 from telemetry.schema import FieldMap, Reading
+from telemetry.timeutil import stream_id_key
 
 START = 1_700_000_000_000
-NO_RULES = AggregatorSettings(consumer="test", start="all", rules=(), block_ms=50, claim_every_ms=10**12,
-                              sweep_every_ms=10**12)
+NO_RULES = AggregatorSettings(consumer="test", start="all", rules=(), block_ms=10, settle_ms=0)
 
 
-def add_readings(db, keys, readings: list[Reading]) -> list[str]:
+def layout_of(db, partitions: int = 4, keys: Keys | None = None) -> Layout:
+    return open_layout(db, keys or Keys(), partitions)
+
+
+def add_readings(db, layout: Layout, readings: list[Reading], field_map: FieldMap = FieldMap()) -> list[str]:
+    """XADD each reading to its sensor's partition, in the order given."""
     pipe = db.pipeline(transaction=False)
     for reading in readings:
-        pipe.xadd(keys.readings, reading.encode())
+        pipe.xadd(layout.partition_for(reading.sensor).readings, reading.encode(field_map))
     return pipe.execute()
 
 
-def make_worker(db, keys, **overrides) -> AggregatorWorker:
-    worker = AggregatorWorker(db, keys, FieldMap(), replace(NO_RULES, **overrides), log=io.StringIO())
-    worker.ensure_group()
-    return worker
+def make_worker(db, layout: Layout, **overrides) -> AggregatorWorker:
+    return AggregatorWorker(db, layout, overrides.pop("field_map", FieldMap()), replace(NO_RULES, **overrides),
+                            log=io.StringIO())
 
 
 def drain(worker: AggregatorWorker, now: int, steps: int = 10_000) -> None:
-    """Step until a read finds nothing new; `now` is the injected wall clock."""
+    """Step until nothing is read, then hand the partitions back, as a stopping worker does;
+    `now` is the injected wall clock."""
+    worker.clock = lambda: now
+    worker.step(now)  # takes the partitions
     for _ in range(steps):
-        if worker.step(now, block=False) == 0 and worker.own_pending_done and worker.idle_reads:
+        if worker.step(now) == 0:
+            worker.release_all()
             return
     raise AssertionError("worker did not drain")
 
 
-def stream_frame(db, key: str) -> pd.DataFrame:
-    rows = [{"id": entry_id, **fields} for entry_id, fields in db.xrange(key)]
+def outputs(db, layout: Layout, kind: str, group: str = "aggregators") -> pd.DataFrame:
+    """Every partition's output stream of `kind`, merged in entry-id order."""
+    rows = [{"id": entry_id, **fields} for keys in layout.groups(group)
+            for entry_id, fields in db.xrange(keys.output(kind))]
+    rows.sort(key=lambda row: stream_id_key(row["id"]))
     return pd.DataFrame(rows)
+
+
+def counters(db, layout: Layout, group: str = "aggregators") -> dict[str, int]:
+    total: dict[str, int] = {}
+    for keys in layout.groups(group):
+        for name, value in db.hgetall(keys.counters).items():
+            total[name] = total.get(name, 0) + int(value)
+    return total
+
+
+def pending(db, layout: Layout, group: str = "aggregators") -> int:
+    return sum(db.xpending(partition.readings, group)["pending"] for partition in layout.partitions)
 
 
 def rules(text: str):
