@@ -288,6 +288,9 @@ class AggregatorWorker:
         backoff = Backoff(max_s=1.0)
         while True:
             if not self.renewer.valid(owned.index):
+                print(f"aggregator: lease of partition {owned.index} lapsed before its commit was confirmed; "
+                      "dropping it", file=self.log)
+                self._drop(owned.index)
                 raise PartitionLost(owned.index)
             try:
                 reply = self.commit_script(keys=request.keys, args=request.args)

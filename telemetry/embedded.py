@@ -160,6 +160,13 @@ class PrivateRedisServer:
         self.process.wait(timeout=30)
         self.process = None
 
+    def kill(self) -> None:
+        """kill -9: no chance to flush; what it acknowledged is in the AOF's written part."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
     def restart(self) -> None:
         self.stop()
         self.start()
