@@ -8,16 +8,13 @@ built here, so the script parses nothing it could misread.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import redis
 
 from consumers.processor import Outputs, PartitionProcessor, ProcessingSettings
-from consumers.rolling import RollingSpec
 from consumers.sensor_state import NONE, SensorState, bucket_field, pack_bucket, unpack_bucket
 from telemetry.keys import GroupKeys
-from telemetry.records import number_text
 
 OUTPUT_STREAM_ARG = {"aggregates": "6", "alerts": "7", "dead-letter": "8"}  # KEYS positions in commit.lua
 
@@ -58,17 +55,25 @@ def load_checkpoint(db: redis.Redis, keys: GroupKeys) -> Checkpoint:
     return Checkpoint(int(meta.get("commit", 0)), meta.get("position"), int(meta.get("clock", NONE)), sensors)
 
 
-def rolling_view(rolling: RollingSpec, state: SensorState, now_ms: int) -> str:
-    """The dashboard's view of a sensor's rolling stats, as compact JSON."""
-    stats = rolling.stats(state)
-    view: dict[str, object] = {"count": stats.n, "as_of_ts": state.max_ts, "window_s": rolling.rolling_ms / 1000,
-                               "updated_ms": now_ms}
-    for metric in ("temperature_c", "humidity_pct"):
-        values = stats.metric(metric)
-        for name in ("mean", "std", "min", "max"):
-            value = getattr(values, name)
-            view[f"{metric}_{name}"] = None if value is None else float(number_text(value))
-    return json.dumps(view, separators=(",", ":"))
+def _json_number(value: float | None) -> str:
+    return "null" if value is None else f"{value:.15g}"
+
+
+def rolling_view(processor: PartitionProcessor, state: SensorState, now_ms: int) -> str:
+    """The dashboard's view of a sensor's rolling stats, as compact JSON (formatted by hand: this
+    runs for every sensor of every commit)."""
+    stats = processor.rolling_stats(state)
+    n = stats.n
+    t_std, h_std = stats.std("temperature_c"), stats.std("humidity_pct")
+    if n:
+        values = (stats.t_mean, t_std, stats.t_min, stats.t_max, stats.h_mean, h_std, stats.h_min, stats.h_max)
+    else:
+        values = (None,) * 8
+    t_mean, t_std, t_min, t_max, h_mean, h_std, h_min, h_max = map(_json_number, values)
+    return (f'{{"count":{n},"as_of_ts":{state.max_ts},"window_s":{processor.settings.rolling.rolling_ms / 1000:g},'
+            f'"updated_ms":{now_ms},"temperature_c_mean":{t_mean},"temperature_c_std":{t_std},'
+            f'"temperature_c_min":{t_min},"temperature_c_max":{t_max},"humidity_pct_mean":{h_mean},'
+            f'"humidity_pct_std":{h_std},"humidity_pct_min":{h_min},"humidity_pct_max":{h_max}}}')
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +95,7 @@ def commit_request(keys: GroupKeys, token: str, epoch: int, commit: int, process
     for sensor in sorted(outputs.changed_sensors):
         state = sensors[sensor]
         state_args += [sensor, state.pack_core()]
-        rolling_args += [sensor, rolling_view(settings.rolling, state, now_ms)]
+        rolling_args += [sensor, rolling_view(processor, state, now_ms)]
     for sensor, start in sorted(outputs.changed_buckets):
         bucket = sensors[sensor].buckets.get(start)
         if bucket is not None:  # else it left the window within the batch

@@ -18,6 +18,7 @@ from consumers.alerting import RuleSet, on_reading, on_rolling, on_silence, on_w
 from consumers.batch import CommitBatch
 from consumers.rolling import RollingSpec
 from consumers.sensor_state import NONE, SensorState, Window
+from consumers.summary import Summary
 from telemetry.records import AlertEvent, DeadLetterRecord, WindowAggregate
 
 # While caught up, the partition clock follows the wall clock this far behind, so a reading still
@@ -116,12 +117,13 @@ class PartitionProcessor:
         bucket = settings.rolling.add(state, ts_ms, temperature_c, humidity_pct)
         if bucket is not None:
             out.changed_buckets.add((sensor, bucket))
+            state.rolling_now = None
         out.counters["processed"] += 1
         out.changed_sensors.add(sensor)
         emit = self._emit_alert
         on_reading(emit, rules, sensor, state, ts_ms, temperature_c, humidity_pct, previous, before)
         if rules.on_rolling:
-            on_rolling(emit, rules, sensor, state, state.max_ts, settings.rolling.stats(state))
+            on_rolling(emit, rules, sensor, state, state.max_ts, self.rolling_stats(state))
         self._close_by_watermark(sensor, state)
         if sensor not in self._scheduled:
             self._schedule(sensor)
@@ -145,6 +147,12 @@ class PartitionProcessor:
     def caught_up(self, wall_ms: int) -> None:
         """The partition has nothing unread or pending: silence may now be judged on the wall clock."""
         self.advance_clock(wall_ms - WALL_CLOCK_MARGIN_MS)
+
+    def rolling_stats(self, state: SensorState) -> Summary:
+        """As of the sensor's newest reading; computed once per change."""
+        if state.rolling_now is None:
+            state.rolling_now = self.settings.rolling.stats(state)
+        return state.rolling_now
 
     def take_outputs(self) -> Outputs:
         outputs, self.outputs = self.outputs, Outputs()

@@ -63,6 +63,9 @@ class SensorState:
     windows: dict[int, Window] = field(default_factory=dict)
     alerts: dict[str, AlertEpisode] = field(default_factory=dict)
     buckets: dict[int, Summary] = field(default_factory=dict)  # rolling: bucket start -> summary
+    # Not checkpointed: the merge of every rolling bucket but the newest (consumers/rolling.py).
+    older_buckets: tuple[tuple[int, ...], Summary] | None = None
+    rolling_now: Summary | None = None  # the rolling stats as of the newest reading, once computed
 
     def pack_core(self) -> bytes:
         return msgpack.packb([STATE_VERSION, self.max_ts, self.closed_through, self.last_t, self.last_h,
