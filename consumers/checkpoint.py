@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import redis
 
 from consumers.processor import Outputs, PartitionProcessor, ProcessingSettings
+from consumers.rolling import RollingSpec
 from consumers.sensor_state import NONE, SensorState, bucket_field, pack_bucket, unpack_bucket
 from telemetry.keys import GroupKeys
 
@@ -31,7 +32,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def load_checkpoint(db: redis.Redis, keys: GroupKeys) -> Checkpoint:
+def load_checkpoint(db: redis.Redis, keys: GroupKeys, rolling: RollingSpec) -> Checkpoint:
     """Read with a bytes client (the state hash holds msgpack)."""
     pipeline = db.pipeline(transaction=True)  # one snapshot: no commit lands between the two reads
     pipeline.hgetall(keys.checkpoint)
@@ -51,7 +52,10 @@ def load_checkpoint(db: redis.Redis, keys: GroupKeys) -> Checkpoint:
         state = sensors.get(sensor)
         if state is not None:
             start, summary = unpack_bucket(packed)
-            state.buckets[start] = summary
+            if not state.buckets or start < max(state.buckets):  # the core's newest bucket is the latest copy
+                state.buckets[start] = summary
+    for state in sensors.values():
+        rolling.drop_stale(state)
     return Checkpoint(int(meta.get("commit", 0)), meta.get("position"), int(meta.get("clock", NONE)), sensors)
 
 
@@ -97,9 +101,9 @@ def commit_request(keys: GroupKeys, token: str, epoch: int, commit: int, process
         state_args += [sensor, state.pack_core()]
         rolling_args += [sensor, rolling_view(processor, state, now_ms)]
     for sensor, start in sorted(outputs.changed_buckets):
-        bucket = sensors[sensor].buckets.get(start)
-        if bucket is not None:  # else it left the window within the batch
-            state_args += [bucket_field(sensor, settings.rolling.slot(start)), pack_bucket(start, bucket)]
+        buckets = sensors[sensor].buckets
+        if start in buckets and start != max(buckets):  # else it left the window, or the core holds it
+            state_args += [bucket_field(sensor, settings.rolling.slot(start)), pack_bucket(start, buckets[start])]
     counter_args: list[str] = []
     for name, value in sorted(outputs.counters.items()):
         if value:

@@ -44,7 +44,7 @@ class Outputs:
     dead_letters: list[DeadLetterRecord] = field(default_factory=list)
     counters: Counter = field(default_factory=Counter)
     changed_sensors: set[str] = field(default_factory=set)
-    changed_buckets: set[tuple[str, int]] = field(default_factory=set)
+    changed_buckets: set[tuple[str, int]] = field(default_factory=set)  # older rolling buckets to write
     entry_ids: list[str] = field(default_factory=list)  # to acknowledge
 
     def __bool__(self) -> bool:
@@ -106,7 +106,7 @@ class PartitionProcessor:
                  "humidity_pct": repr(humidity_pct), **({"seq": str(seq)} if seq >= 0 else {})}))
             return
         rules = settings.rules
-        before = settings.rolling.stats(state) if rules.needs_rolling_before and state.buckets else None
+        before = self.rolling_stats(state) if rules.needs_rolling_before and state.buckets else None
         previous = (state.max_ts, state.last_t, state.last_h) if state.max_ts != NONE else None
         window = state.windows.get(start)
         if window is None:
@@ -114,10 +114,9 @@ class PartitionProcessor:
         window.add(ts_ms, temperature_c, humidity_pct)
         if ts_ms >= state.max_ts:
             state.max_ts, state.last_t, state.last_h = ts_ms, temperature_c, humidity_pct
-        bucket = settings.rolling.add(state, ts_ms, temperature_c, humidity_pct)
-        if bucket is not None:
-            out.changed_buckets.add((sensor, bucket))
-            state.rolling_now = None
+        older = settings.rolling.add(state, ts_ms, temperature_c, humidity_pct)
+        if older is not None:
+            out.changed_buckets.add((sensor, older))
         out.counters["processed"] += 1
         out.changed_sensors.add(sensor)
         emit = self._emit_alert

@@ -52,22 +52,35 @@ class RollingSpec:
         return bucket_start + self.bucket_ms > as_of_ms - self.rolling_ms
 
     def add(self, state: SensorState, ts_ms: int, temperature_c: float, humidity_pct: float) -> int | None:
-        """Add a reading (state.max_ts already includes it); returns its bucket, None if it is too old."""
+        """Add a reading (state.max_ts already includes it). Returns the older bucket the checkpoint
+        must now write on its own (consumers/sensor_state.py): the one the reading went to, when it
+        is not the newest, or the newest before this reading started a newer one; else None."""
         start = ts_ms - ts_ms % self.bucket_ms
         edge = state.max_ts - self.rolling_ms - self.bucket_ms
         if start <= edge:
             return None
         buckets = state.buckets
+        newest = max(buckets) if buckets else None
         bucket = buckets.get(start)
         if bucket is None:
             bucket = buckets[start] = Summary()
         bucket.add(temperature_c, humidity_pct)
-        if start != max(buckets):
+        if newest is not None and start < newest:
             state.older_buckets = None  # an older bucket changed
+            written = start
+        else:
+            written = newest if newest is not None and start > newest else None
         if min(buckets) <= edge:
             for stale in [s for s in buckets if s <= edge]:
                 del buckets[stale]
-        return start
+        state.rolling_now = None
+        return written if written in buckets else None
+
+    def drop_stale(self, state: SensorState) -> None:
+        """After loading: slots may hold buckets that left the window since they were written."""
+        edge = state.max_ts - self.rolling_ms - self.bucket_ms
+        for stale in [start for start in state.buckets if start <= edge]:
+            del state.buckets[stale]
 
     def stats(self, state: SensorState) -> Summary:
         buckets = state.buckets

@@ -1,11 +1,12 @@
 """One sensor's state in its partition's owner: open windows, rolling buckets, watermark, seq and
 alert episodes, and how it is checkpointed.
 
-The checkpoint is one hash per partition (and group). A sensor's core state (everything but the
-rolling buckets) is one field, about 150 bytes of msgpack; each rolling bucket is a field of its
-own, `sensor#slot`, in a ring of slots, so a commit writes the core and the one or two buckets
-the batch touched, not the whole rolling window. Bounded: at most `ROLLING_SLOTS` buckets and
-the windows still inside the grace period.
+The checkpoint is one hash per partition (and group). A sensor's core state (windows, watermark,
+seq, alert episodes and the newest rolling bucket, the one readings go to) is one field of about
+200 bytes of msgpack; each older rolling bucket is a field of its own, `sensor#slot`, in a ring of
+slots, written when it stops being the newest (or a late reading changes it). So a commit
+writes one field per sensor it touched, not the whole rolling window. Bounded: at most a
+window's worth of buckets, and the windows still inside the grace period.
 """
 
 from __future__ import annotations
@@ -68,18 +69,21 @@ class SensorState:
     rolling_now: Summary | None = None  # the rolling stats as of the newest reading, once computed
 
     def pack_core(self) -> bytes:
+        newest = max(self.buckets) if self.buckets else None
         return msgpack.packb([STATE_VERSION, self.max_ts, self.closed_through, self.last_t, self.last_h,
                               self.max_seq, [window.pack() for window in self.windows.values()],
-                              [[rule, episode.state, episode.since_ms] for rule, episode in self.alerts.items()]])
+                              [[rule, episode.state, episode.since_ms] for rule, episode in self.alerts.items()],
+                              None if newest is None else [newest, *self.buckets[newest].values()]])
 
     @classmethod
     def unpack_core(cls, packed: bytes) -> SensorState:
-        version, max_ts, closed_through, last_t, last_h, max_seq, windows, alerts = msgpack.unpackb(packed)
+        version, max_ts, closed_through, last_t, last_h, max_seq, windows, alerts, newest = msgpack.unpackb(packed)
         if version != STATE_VERSION:
             raise ValueError(f"sensor state version {version}, this build reads {STATE_VERSION}")
         return cls(max_ts, closed_through, last_t, last_h, max_seq,
                    {values[0]: Window.unpack(values) for values in windows},
-                   {rule: AlertEpisode(state, since) for rule, state, since in alerts})
+                   {rule: AlertEpisode(state, since) for rule, state, since in alerts},
+                   {} if newest is None else {newest[0]: Summary(*newest[1:])})
 
 
 def pack_bucket(start_ms: int, summary: Summary) -> bytes:

@@ -133,8 +133,9 @@ class AggregatorWorker:
         if lease is None:
             return  # still held by its previous owner: its lease lapses or it hands over
         self.renewer.hold(index, lease)
-        checkpoint = load_checkpoint(self.raw, keys)
-        processor = PartitionProcessor(self.settings.processing(), checkpoint.sensors, checkpoint.clock_ms)
+        processing = self.settings.processing()
+        checkpoint = load_checkpoint(self.raw, keys, processing.rolling)
+        processor = PartitionProcessor(processing, checkpoint.sensors, checkpoint.clock_ms)
         owned = OwnedPartition(index, keys, lease, processor, checkpoint.commit, checkpoint.position)
         self.owned[index] = owned
         self.stats.takeovers += 1

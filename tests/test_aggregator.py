@@ -218,3 +218,31 @@ def test_pending_entries_trimmed_away_are_counted_lost_once(db):
     drain(make_worker(db, layout, consumer="survivor"), LATER)
     totals = counters(db, layout)
     assert totals["lost_to_trim"] == 7 and totals["processed"] == 3 and pending(db, layout) == 0
+
+
+def test_handing_partitions_over_mid_stream_changes_no_output(db):
+    """A worker that stops after some batches and one that takes over from the checkpoints give
+    the aggregates, alerts and rolling stats of one worker that read everything."""
+    from consumers.rules import load_rules
+
+    layout = layout_of(db, 2)
+    add_readings(db, layout, random_readings(per_sensor=200))
+    common = dict(window_ms=10_000, grace_ms=1_000, rolling_ms=30_000, rules=load_rules(None), batch=37)
+    drain(make_worker(db, layout, group="whole", **common), LATER)
+    first = make_worker(db, layout, group="split", consumer="first", **common)
+    first.clock = lambda: LATER
+    for _ in range(9):
+        first.step(LATER)
+    first.release_all()
+    drain(make_worker(db, layout, group="split", consumer="second", **common), LATER)
+    for kind, columns in (("aggregates", ["sensor", "window_start", "count", "temperature_c_mean",
+                                          "temperature_c_std", "humidity_pct_max"]),
+                          ("alerts", ["alert_id", "state", "ts", "value", "stats_mean", "stats_std"])):
+        whole, split = (outputs(db, layout, kind, group)[columns].sort_values(columns[:3]).reset_index(drop=True)
+                        for group in ("whole", "split"))
+        assert len(whole) > 10
+        pd.testing.assert_frame_equal(whole, split)
+    for partition in layout.partitions:
+        whole, split = db.hgetall(partition.group("whole").rolling), db.hgetall(partition.group("split").rolling)
+        drop = lambda views: {s: {k: v for k, v in json.loads(t).items() if k != "updated_ms"} for s, t in views.items()}  # noqa: E731
+        assert drop(whole) == drop(split)

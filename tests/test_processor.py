@@ -98,12 +98,15 @@ def test_the_same_readings_give_the_same_outputs_whatever_the_batching(batch_siz
 
 
 def checkpoint_round_trip(processor: PartitionProcessor) -> PartitionProcessor:
-    """What a new owner gets: every sensor's packed core and buckets, and the clock."""
+    """What a new owner gets: every sensor's packed core (with its newest bucket), its older
+    buckets, and the clock."""
     sensors = {}
     for name, state in processor.sensors.items():
         restored = SensorState.unpack_core(state.pack_core())
-        for start, bucket in state.buckets.items():
-            bucket_start, summary = unpack_bucket(pack_bucket(start, bucket))
+        newest = max(state.buckets)
+        assert restored.buckets[newest] == state.buckets[newest]
+        for start in sorted(state.buckets)[:-1]:
+            bucket_start, summary = unpack_bucket(pack_bucket(start, state.buckets[start]))
             restored.buckets[bucket_start] = summary
         sensors[name] = restored
     return PartitionProcessor(processor.settings, sensors, processor.clock_ms)
