@@ -46,6 +46,7 @@ class RuleSet:
         return any(rule.kind == "zscore" for rule in self.per_reading)
 
 
+
 def _compare(rule: AlertRule, value: float) -> tuple[bool, bool]:
     """(breach, clear): clear means back beyond the hysteresis band."""
     if rule.above is not None:

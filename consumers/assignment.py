@@ -60,7 +60,7 @@ class Membership:
     ttl_ms: int
     settle_ms: int
     seen: tuple[str, ...] = ()
-    seen_since_ms: int = 0
+    seen_since_ms: int = 0  # workers starting together wait one settle delay, then share at once
     settled: tuple[str, ...] = field(default=())
 
     def beat(self, now_ms: int) -> tuple[str, ...]:
@@ -72,7 +72,7 @@ class Membership:
         members = tuple(sorted(_text(member) for member in pipeline.execute()[2]))
         if members != self.seen:
             self.seen, self.seen_since_ms = members, now_ms
-        if members != self.settled and (now_ms - self.seen_since_ms >= self.settle_ms or not self.settled):
+        if members != self.settled and now_ms - self.seen_since_ms >= self.settle_ms:
             self.settled = members
         return self.settled
 

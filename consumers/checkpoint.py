@@ -59,25 +59,22 @@ def load_checkpoint(db: redis.Redis, keys: GroupKeys, rolling: RollingSpec) -> C
     return Checkpoint(int(meta.get("commit", 0)), meta.get("position"), int(meta.get("clock", NONE)), sensors)
 
 
-def _json_number(value: float | None) -> str:
-    return "null" if value is None else f"{value:.15g}"
+_VIEW = ('{"count":%d,"as_of_ts":%d,"window_s":%s,"updated_ms":%d,"temperature_c_mean":%.15g,'
+         '"temperature_c_std":%s,"temperature_c_min":%.15g,"temperature_c_max":%.15g,"humidity_pct_mean":%.15g,'
+         '"humidity_pct_std":%s,"humidity_pct_min":%.15g,"humidity_pct_max":%.15g}')
 
 
 def rolling_view(processor: PartitionProcessor, state: SensorState, now_ms: int) -> str:
     """The dashboard's view of a sensor's rolling stats, as compact JSON (formatted by hand: this
     runs for every sensor of every commit)."""
     stats = processor.rolling_stats(state)
-    n = stats.n
+    window_s = f"{processor.settings.rolling.rolling_ms / 1000:g}"
+    if not stats.n:
+        return (f'{{"count":0,"as_of_ts":{state.max_ts},"window_s":{window_s},"updated_ms":{now_ms}}}')
     t_std, h_std = stats.std("temperature_c"), stats.std("humidity_pct")
-    if n:
-        values = (stats.t_mean, t_std, stats.t_min, stats.t_max, stats.h_mean, h_std, stats.h_min, stats.h_max)
-    else:
-        values = (None,) * 8
-    t_mean, t_std, t_min, t_max, h_mean, h_std, h_min, h_max = map(_json_number, values)
-    return (f'{{"count":{n},"as_of_ts":{state.max_ts},"window_s":{processor.settings.rolling.rolling_ms / 1000:g},'
-            f'"updated_ms":{now_ms},"temperature_c_mean":{t_mean},"temperature_c_std":{t_std},'
-            f'"temperature_c_min":{t_min},"temperature_c_max":{t_max},"humidity_pct_mean":{h_mean},'
-            f'"humidity_pct_std":{h_std},"humidity_pct_min":{h_min},"humidity_pct_max":{h_max}}}')
+    return _VIEW % (stats.n, state.max_ts, window_s, now_ms, stats.t_mean,
+                    "null" if t_std is None else f"{t_std:.15g}", stats.t_min, stats.t_max, stats.h_mean,
+                    "null" if h_std is None else f"{h_std:.15g}", stats.h_min, stats.h_max)
 
 
 @dataclass(frozen=True, slots=True)

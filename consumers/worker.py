@@ -25,7 +25,7 @@ from consumers.assignment import Membership, assign
 from consumers.batch import Entry, build_batch, texts
 from consumers.checkpoint import CommitRequest, commit_request, load_checkpoint
 from consumers.lease import Lease, LeaseClient, LeaseRenewer
-from consumers.processor import PartitionProcessor
+from consumers.processor import Outputs, PartitionProcessor
 from consumers.settings import AggregatorSettings
 from telemetry.backoff import RETRYABLE, Backoff
 from telemetry.keys import GroupKeys
@@ -67,6 +67,15 @@ def client_like(db: redis.Redis, **overrides) -> redis.Redis:
     pool = db.connection_pool
     return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class,
                                                   **{**pool.connection_kwargs, **overrides}))
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedCommit:
+    owned: OwnedPartition
+    request: CommitRequest
+    outputs: Outputs
+    commit: int
+    started: float  # perf_counter when the batch's commit was built, for the metric
 
 
 class PartitionLost(Exception):
@@ -244,8 +253,8 @@ class AggregatorWorker:
     def _apply(self, owned: OwnedPartition, entries: list[Entry], deliveries: dict[str, int] | None = None) -> None:
         if not entries:
             return
-        if owned.position is not None:
-            done = stream_id_key(owned.position)
+        if owned.position is not None and stream_id_key(entries[0][0]) <= stream_id_key(owned.position):
+            done = stream_id_key(owned.position)  # entries come in id order: only a takeover finds old ones
             applied = [entry for entry in entries if stream_id_key(entry[0]) > done]
             stale = [entry_id for entry_id, _ in entries if stream_id_key(entry_id) <= done]
             owned.processor.outputs.entry_ids += stale  # committed before: acknowledge only
@@ -263,27 +272,68 @@ class AggregatorWorker:
 
     # -- committing --------------------------------------------------------------------------
 
-    def _commit(self, owned: OwnedPartition) -> None:
+    def _prepare(self, owned: OwnedPartition) -> PreparedCommit | None:
         outputs = owned.processor.take_outputs()
         if not outputs:
-            return
-        started = time.perf_counter()
+            return None
         now = self.clock()
         commit = owned.commit + 1
         meta = {"partition": str(owned.index), "epoch": str(owned.lease.epoch), "batch": str(commit),
                 "emitted_ms": str(now)}
         request = commit_request(owned.keys, self.token, owned.lease.epoch, commit, owned.processor, outputs, meta,
                                  self.settings.output_maxlen, now)
-        self._send(owned, request)
-        owned.commit = commit
+        return PreparedCommit(owned, request, outputs, commit, time.perf_counter())
+
+    def _commit(self, owned: OwnedPartition) -> None:
+        prepared = self._prepare(owned)
+        if prepared is not None:
+            self._finish(prepared, self._send(owned, prepared.request))
+
+    def _commit_all(self, partitions: list[OwnedPartition]) -> None:
+        """Every partition's commit in one round trip; any commit without an answer is resent
+        alone, unchanged (a resend after a lost reply is answered DUPLICATE)."""
+        prepared = [commit for owned in partitions if (commit := self._prepare(owned)) is not None]
+        if not prepared:
+            return
+        replies: list = [None] * len(prepared)
+        if all(self.renewer.valid(commit.owned.index) for commit in prepared):
+            pipeline = self.raw.pipeline(transaction=False)
+            for commit in prepared:
+                self.commit_script(keys=commit.request.keys, args=commit.request.args, client=pipeline)
+            try:
+                replies = pipeline.execute(raise_on_error=False)
+            except (*RETRYABLE, redis.exceptions.NoScriptError):
+                pass  # each is resent below
+        for commit, reply in zip(prepared, replies):
+            try:
+                if reply is None or isinstance(reply, Exception):
+                    reply = self._send(commit.owned, commit.request)
+                self._finish(commit, reply)
+            except PartitionLost:
+                continue
+
+    def _finish(self, prepared: PreparedCommit, reply: list) -> None:
+        owned = prepared.owned
+        outcome = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        if outcome == "FENCED":
+            self._fenced(owned.index)
+            raise PartitionLost(owned.index)
+        if outcome not in ("OK", "DUPLICATE"):
+            detail = reply[1].decode() if isinstance(reply[1], bytes) else reply[1]
+            print(f"aggregator: commit of partition {owned.index} refused ({outcome} {detail}); "
+                  "dropping the partition to reload it from its checkpoint", file=self.log)
+            self._drop(owned.index)
+            raise PartitionLost(owned.index)
+        outputs = prepared.outputs
+        owned.commit = prepared.commit
         self.stats.commits += 1
         self.stats.windows_emitted += len(outputs.aggregates)
         self.stats.alerts_emitted += len(outputs.alerts)
         owned.fired = [(event.rule, event.severity) for event in outputs.alerts if event.state == "firing"]
         if self.on_commit is not None:
-            self.on_commit(owned, outputs.counters.get("processed", 0), time.perf_counter() - started)
+            self.on_commit(owned, outputs.counters.get("processed", 0), time.perf_counter() - prepared.started)
 
-    def _send(self, owned: OwnedPartition, request: CommitRequest) -> None:
+    def _send(self, owned: OwnedPartition, request: CommitRequest) -> list:
         """Send until Redis answers; the same request each time, so a resend after a lost reply is
         answered DUPLICATE. Gives the partition up once its lease can no longer be trusted."""
         backoff = Backoff(max_s=1.0)
@@ -294,24 +344,12 @@ class AggregatorWorker:
                 self._drop(owned.index)
                 raise PartitionLost(owned.index)
             try:
-                reply = self.commit_script(keys=request.keys, args=request.args)
-                break
+                return self.commit_script(keys=request.keys, args=request.args)
             except RETRYABLE as error:
                 delay = backoff.next_delay()
                 print(f"aggregator: commit of partition {owned.index} unconfirmed ({error.__class__.__name__}); "
                       f"resending in {delay:.1f}s", file=self.log)
                 time.sleep(delay)
-        outcome = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
-        if outcome in ("OK", "DUPLICATE"):
-            return
-        if outcome == "FENCED":
-            self._fenced(owned.index)
-            raise PartitionLost(owned.index)
-        detail = reply[1].decode() if isinstance(reply[1], bytes) else reply[1]
-        print(f"aggregator: commit of partition {owned.index} refused ({outcome} {detail}); "
-              "dropping the partition to reload it from its checkpoint", file=self.log)
-        self._drop(owned.index)
-        raise PartitionLost(owned.index)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -327,18 +365,13 @@ class AggregatorWorker:
         read = self._fenced_read()
         handled = 0
         for index, entries in read.items():
-            owned = self.owned.get(index)
-            if owned is None:
-                continue
+            owned = self.owned[index]
             self._apply(owned, entries)
             handled += len(entries)
             owned.caught_up = len(entries) < self.settings.batch
             if owned.caught_up:
                 owned.processor.caught_up(now)
-            try:
-                self._commit(owned)
-            except PartitionLost:
-                pass
+        self._commit_all([self.owned[index] for index in read if index in self.owned])
         self.last_progress = time.monotonic()
         return handled
 

@@ -113,7 +113,7 @@ def run_kill_loop(fleet: Fleet, producer: subprocess.Popen, rng: random.Random, 
     and follow the fleet sizes given, one per second of producing."""
     began = time.monotonic()
     while producer.poll() is None:
-        time.sleep(rng.uniform(0.15, 0.4))
+        time.sleep(rng.uniform(0.1, 0.3))
         if on_tick is not None:
             on_tick()
         size = sizes[min(len(sizes) - 1, int(time.monotonic() - began))]

@@ -12,7 +12,7 @@ import pytest
 from tests.lossy_proxy import LossyProxy
 from tests.crash_harness import PARTITIONS, Fleet, assert_reconciles, run_kill_loop, spawn, wait_for, wait_until_settled
 
-PRODUCER_ARGS = ("--fleet", "k-", "8", "--rate", "40", "--duration", "12", "--partitions", str(PARTITIONS))
+PRODUCER_ARGS = ("--fleet", "k-", "8", "--rate", "40", "--duration", "15", "--partitions", str(PARTITIONS))
 
 
 @pytest.fixture()
