@@ -112,15 +112,10 @@ def commit_request(keys: GroupKeys, token: str, epoch: int, commit: int, process
         for record in records:
             fields = record.fields() + meta_fields
             output_args += [OUTPUT_STREAM_ARG[kind], str(len(fields)), *fields]
-    position = max(outputs.entry_ids, key=_id_key) if outputs.entry_ids else ""
+    position = outputs.entry_ids[-1] if outputs.entry_ids else ""  # ids are kept in stream order
     header = [token, str(epoch), str(commit), position, str(processor.clock_ms), keys.group, str(output_maxlen),
               str(len(state_args)), str(len(rolling_args)), str(len(counter_args)), str(len(outputs.entry_ids)),
               str(len(output_args))]
     return CommitRequest(keys.commit_keys(),
                          [*header, *state_args, *rolling_args, *counter_args, *outputs.entry_ids, *output_args],
                          len(outputs.entry_ids))
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq)

@@ -18,6 +18,7 @@ import msgpack
 from consumers.summary import Summary
 
 STATE_VERSION = 1
+_packer = msgpack.Packer()  # reused: packb builds a Packer per call
 NONE = -1  # an int field with no value yet (msgpack is smaller without nil checks everywhere)
 
 
@@ -70,7 +71,7 @@ class SensorState:
 
     def pack_core(self) -> bytes:
         newest = max(self.buckets) if self.buckets else None
-        return msgpack.packb([STATE_VERSION, self.max_ts, self.closed_through, self.last_t, self.last_h,
+        return _packer.pack([STATE_VERSION, self.max_ts, self.closed_through, self.last_t, self.last_h,
                               self.max_seq, [window.pack() for window in self.windows.values()],
                               [[rule, episode.state, episode.since_ms] for rule, episode in self.alerts.items()],
                               None if newest is None else [newest, *self.buckets[newest].values()]])
@@ -87,7 +88,7 @@ class SensorState:
 
 
 def pack_bucket(start_ms: int, summary: Summary) -> bytes:
-    return msgpack.packb([start_ms, *summary.values()])
+    return _packer.pack([start_ms, *summary.values()])
 
 
 def unpack_bucket(packed: bytes) -> tuple[int, Summary]:

@@ -196,8 +196,15 @@ def consumption_started(db: redis.Redis, streams: list[str]) -> bool:
 
 
 def consumers_seen(db: redis.Redis, streams: list[str]) -> set[str]:
-    return {consumer["name"] for stream in streams for group in db.xinfo_groups(stream)
+    """Workers seen as consumers of a group, or holding a partition's lease (a partitioned
+    pipeline's workers own partitions before any of them has read an entry)."""
+    seen = {consumer["name"] for stream in streams for group in db.xinfo_groups(stream)
             for consumer in db.xinfo_consumers(stream, group["name"])}
+    for key in db.scan_iter(match="*:lease", _type="string"):
+        token = db.get(key)
+        if token:
+            seen.add(token.rsplit(":", 1)[0])
+    return seen
 
 
 def oldest_unacked_id(db: redis.Redis, stream: str, group: dict) -> str | None:
@@ -475,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--readings", type=int, default=30, help="readings per sensor in the drain (default 30)")
     parser.add_argument("--live-seconds", type=float, default=60.0, help="live run length (default 60)")
     parser.add_argument("--skip-live", action="store_true", help="only the drain configurations")
+    parser.add_argument("--skip-drain", action="store_true", help="only the live run")
     parser.add_argument("--json", action="store_true", help="print a JSON list of {name, value, unit}")
     return parser
 
@@ -483,7 +491,7 @@ def main() -> int:
     args = build_parser().parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the children are killed on the way out
     figures: list[Figure] = []
-    for workers in (1, 2):
+    for workers in () if args.skip_drain else (1, 2):
         figures += run_phase(f"drain {workers}w", drain, workers, args.sensors, args.readings)
     if not args.skip_live:
         figures += run_phase(f"live {LIVE_WORKERS}w", live, args.sensors, args.live_seconds)
