@@ -1,17 +1,29 @@
-"""A snapshot of the running pipeline, and two ways to show it: a rich live view or plain text."""
+"""A snapshot of the running pipeline, and two ways to show it: a rich live view or plain text.
+
+Each sensor is read where it lives, in its partition: its latest readings, its producer's seq and
+its rolling stats. Alerts come from every partition's alert stream, merged in id order; lag,
+owners and counters from `status`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from collections import defaultdict
+from dataclasses import dataclass
 
 import redis
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from telemetry.keys import Keys
-from telemetry.lag import GroupLag, group_lags
+from analytics.streams import as_dict, iter_entries
+from consumers.status import PipelineStatus, collect_status
+from telemetry.merge import merged_pages
+from telemetry.partitions import Layout
+from telemetry.records import AlertEvent
 from telemetry.timeutil import iso_utc, now_ms
+
+LATEST_PER_SENSOR = 50  # entries read back per sensor to find its latest reading
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,55 +32,73 @@ class SensorView:
     latest_ts: int | None
     temperature_c: float | None
     humidity_pct: float | None
-    rolling: dict[str, str]
+    rolling: dict[str, float | int | None]  # the worker's rolling view (consumers/checkpoint.rolling_view)
     produced: int
-
-
-@dataclass(frozen=True, slots=True)
-class ActiveAlert:
-    alert_id: str
-    rule: str
-    sensor: str
-    severity: str
-    since_ms: int
-    value: str
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     taken_ms: int
     sensors: tuple[SensorView, ...]
-    alerts: tuple[ActiveAlert, ...]
+    alerts: tuple[AlertEvent, ...]  # firing now
     alert_events: int
-    groups: tuple[GroupLag, ...]
-    counters: dict[str, int] = field(default_factory=dict)
+    status: PipelineStatus
 
     @property
     def produced(self) -> int:
         return sum(view.produced for view in self.sensors)
 
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.status.counters
 
-def collect_snapshot(db: redis.Redis, keys: Keys, sensors: list[str]) -> Snapshot:
-    latest: dict[str, dict] = {}
-    for _, fields in db.xrevrange(keys.readings, count=50 * len(sensors)):
-        latest.setdefault(fields.get("sensor", ""), fields)
-    produced = db.hmget(keys.producer_seq, sensors) if sensors else []
-    views = []
-    for sensor, seq in zip(sensors, produced):
-        fields = latest.get(sensor, {})
-        views.append(SensorView(
-            sensor, int(fields["ts"]) if "ts" in fields else None,
-            float(fields["temperature_c"]) if "temperature_c" in fields else None,
-            float(fields["humidity_pct"]) if "humidity_pct" in fields else None,
-            db.hgetall(keys.rolling(sensor)), int(seq) + 1 if seq is not None else 0))
-    state: dict[str, dict] = {}
-    events = db.xrange(keys.alerts)
-    for _, fields in events:
-        state[fields["alert_id"]] = fields
-    active = tuple(ActiveAlert(a["alert_id"], a["rule"], a["sensor"], a["severity"], int(a["ts"]), a["value"])
-                   for a in state.values() if a["state"] == "firing")
-    counters = {name: int(value) for name, value in db.hgetall(keys.counters).items()}
-    return Snapshot(now_ms(), tuple(views), active, len(events), tuple(group_lags(db, keys.readings)), counters)
+
+def _sensor_views(db: redis.Redis, layout: Layout, group: str, sensors: list[str]) -> list[SensorView]:
+    """One pipelined round trip: per partition, its latest readings, producer seqs and rolling views."""
+    by_partition: dict[int, list[str]] = defaultdict(list)
+    for sensor in sensors:
+        by_partition[layout.partition_for(sensor).index].append(sensor)
+    pipeline = db.pipeline(transaction=False)
+    for index, names in by_partition.items():
+        partition = layout.partitions[index]
+        pipeline.xrevrange(partition.readings, count=LATEST_PER_SENSOR * len(names))
+        pipeline.hmget(partition.producer_seq, names)
+        pipeline.hmget(partition.group(group).rolling, names)
+    replies = iter(pipeline.execute())
+    views = {}
+    for names in by_partition.values():
+        latest: dict[str, dict] = {}
+        for _, fields in next(replies):
+            latest.setdefault(fields.get("sensor", ""), fields)
+        for sensor, seq, rolling in zip(names, next(replies), next(replies)):
+            views[sensor] = _sensor_view(sensor, latest.get(sensor, {}), seq, rolling)
+    return [views[sensor] for sensor in sensors]
+
+
+def _sensor_view(sensor: str, fields: dict[str, str], seq: str | None, rolling: str | None) -> SensorView:
+    return SensorView(sensor, int(fields["ts"]) if "ts" in fields else None,
+                      float(fields["temperature_c"]) if "temperature_c" in fields else None,
+                      float(fields["humidity_pct"]) if "humidity_pct" in fields else None,
+                      json.loads(rolling) if rolling else {}, int(seq) + 1 if seq is not None else 0)
+
+
+def _alerts(db: redis.Redis, layout: Layout, group: str) -> tuple[list[AlertEvent], int]:
+    """The firing alerts (each alert id's latest event) and how many alert events there are."""
+    latest: dict[str, AlertEvent] = {}
+    events = 0
+    streams = [iter_entries(db, keys.alerts) for keys in layout.groups(group)]
+    for page in merged_pages(streams, 1):
+        events += len(page)
+        for _, fields in page:
+            event = AlertEvent.decode(as_dict(fields))
+            latest[event.alert_id] = event
+    return [event for event in latest.values() if event.state == "firing"], events
+
+
+def collect_snapshot(db: redis.Redis, layout: Layout, group: str, sensors: list[str]) -> Snapshot:
+    alerts, events = _alerts(db, layout, group)
+    return Snapshot(now_ms(), tuple(_sensor_views(db, layout, group, sensors)), tuple(alerts), events,
+                    collect_status(db, layout, group, maxlen=0))
 
 
 def _number(value: str | float | None, digits: int = 1) -> str:
@@ -86,36 +116,40 @@ def render(snapshot: Snapshot, rates: dict[str, float]) -> Group:
         rolling = view.rolling
         sensors.add_row(
             view.sensor, iso_utc(view.latest_ts)[11:19] if view.latest_ts else "-", _number(view.temperature_c),
-            _number(view.humidity_pct), rolling.get("count", "-"), _number(rolling.get("temperature_c_mean"), 2),
+            _number(view.humidity_pct), str(rolling.get("count", "-")), _number(rolling.get("temperature_c_mean"), 2),
             _number(rolling.get("temperature_c_std"), 2), _number(rolling.get("temperature_c_min")),
             _number(rolling.get("temperature_c_max")), _number(rolling.get("humidity_pct_mean")), str(view.produced))
     alerts = Table(title=f"active alerts ({snapshot.alert_events} alert events so far)", expand=True)
     for column in ("severity", "rule", "sensor", "since", "value"):
         alerts.add_column(column)
-    for alert in sorted(snapshot.alerts, key=lambda a: a.since_ms):
+    for alert in sorted(snapshot.alerts, key=lambda a: a.ts):
         style = "bold red" if alert.severity == "critical" else "yellow"
-        alerts.add_row(Text(alert.severity, style=style), alert.rule, alert.sensor, iso_utc(alert.since_ms)[11:19],
-                       alert.value)
-    groups = Table(title="consumer groups", expand=True)
-    for column in ("group", "lag", "lag s", "pending", "consumers"):
-        groups.add_column(column)
-    for lag in snapshot.groups:
-        groups.add_row(lag.group, str(lag.lag_entries), f"{lag.lag_seconds:.1f}", str(lag.pending),
-                       ", ".join(f"{c.name} ({c.pending})" for c in lag.consumers))
+        alerts.add_row(Text(alert.severity, style=style), alert.rule, alert.sensor, iso_utc(alert.ts)[11:19],
+                       f"{alert.value:g}")
+    status = snapshot.status
+    partitions = Table(title=f"partitions of group {status.group}", expand=True)
+    for column in ("partition", "owner", "epoch", "lag", "lag s", "pending"):
+        partitions.add_column(column)
+    for row in status.partitions:
+        partitions.add_row(str(row.index), row.owner, str(row.epoch), "-" if row.lag_entries is None else
+                           str(row.lag_entries), f"{row.lag_seconds:.1f}", str(row.pending))
+    counters = snapshot.counters
     throughput = Text(f"produced {rates.get('produced', 0):,.0f}/s   processed {rates.get('processed', 0):,.0f}/s   "
-                      f"windows {snapshot.counters.get('windows_emitted', 0)}   "
-                      f"dead letters {snapshot.counters.get('dead_lettered', 0)}   "
-                      f"late {snapshot.counters.get('late', 0)}   lost to trim {snapshot.counters.get('lost_to_trim', 0)}   "
-                      f"missing by seq {snapshot.counters.get('missing_seq', 0)}")
-    return Group(sensors, alerts, groups, throughput)
+                      f"windows {counters.get('windows_emitted', 0)}   "
+                      f"dead letters {counters.get('dead_lettered', 0)}   "
+                      f"late {counters.get('late', 0)}   lost to trim {counters.get('lost_to_trim', 0)}   "
+                      f"missing by seq {counters.get('missing_seq', 0)}")
+    return Group(sensors, alerts, partitions, throughput)
 
 
 def plain_summary(snapshot: Snapshot, rates: dict[str, float]) -> str:
-    groups = "; ".join(f"{lag.group} lag {lag.lag_entries} pending {lag.pending}" for lag in snapshot.groups)
+    totals = snapshot.status.totals
+    owners = len({row.owner for row in snapshot.status.partitions} - {"-"})
     return (f"produced {snapshot.produced} ({rates.get('produced', 0):.0f}/s), processed "
             f"{snapshot.counters.get('processed', 0)} ({rates.get('processed', 0):.0f}/s), "
             f"windows {snapshot.counters.get('windows_emitted', 0)}, alerts active {len(snapshot.alerts)} "
-            f"of {snapshot.alert_events} events, dead letters {snapshot.counters.get('dead_lettered', 0)}; {groups}")
+            f"of {snapshot.alert_events} events, dead letters {snapshot.counters.get('dead_lettered', 0)}; "
+            f"{totals.group} lag {totals.lag_entries} pending {totals.pending}, {owners} workers own partitions")
 
 
 def rates_between(before: Snapshot | None, after: Snapshot) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Streams a Redis stream to CSV (optionally gzipped) or Parquet in constant memory.
+"""Streams one kind of a pipeline's streams (all partitions, merged in stream-id order) to CSV
+(optionally gzipped) or Parquet in constant memory.
 
 The output is written to a temporary file beside the target and renamed over it only when
 complete, so a crash or Ctrl-C never leaves a half-written file under the target's name.
@@ -11,7 +12,7 @@ import io
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -19,9 +20,9 @@ from typing import IO
 import pandas as pd
 import redis
 
-from analytics.streams import RowFilter, StreamKind, iter_entries, prefetched, readings_csv_text
+from analytics.streams import RowFilter, StreamKind, merged_entries, readings_csv_text, stream_keys
 from telemetry.errors import UsageError
-from telemetry.keys import Keys
+from telemetry.keys import GroupKeys
 from telemetry.schema import FieldMap
 
 
@@ -121,11 +122,12 @@ def _write_parquet(path: str, request: ExportRequest, pages: Iterator, field_map
     return written
 
 
-def export(db: redis.Redis, keys: Keys, field_map: FieldMap, request: ExportRequest) -> int:
-    """Write the export and return the number of rows written."""
-    key = request.kind.key(keys)
-    pages = prefetched(iter_entries(db, key))
-    progress = Progress(db.xlen(key), enabled=sys.stderr.isatty())
+def export(db: redis.Redis, groups: Sequence[GroupKeys], field_map: FieldMap, request: ExportRequest) -> int:
+    """Write the export and return the number of rows written. `groups`: the layout's partitions
+    as one consumer group sees them (whose outputs these are)."""
+    keys = stream_keys(request.kind, groups, request.row_filter)
+    pages = merged_entries(db, keys)
+    progress = Progress(sum(db.xlen(key) for key in keys), enabled=sys.stderr.isatty())
     if request.out == "-":
         if request.file_format != "csv":
             raise UsageError("--out -: only CSV can go to stdout")

@@ -1,7 +1,9 @@
-"""The exportable streams: which key each lives under, its columns, and the event time to filter on.
+"""The exportable streams: which key each lives under in a partition, its columns, and the event
+time to filter on.
 
-Each XRANGE page becomes one DataFrame, converted and filtered column-wise: per-row Python
-would cap an export near 50,000 rows/s. Readings are validated with the schema's rules, so an
+A kind is read from every partition, each page by page, merged in stream-id order
+(telemetry/merge.py). Each merged page becomes one DataFrame, converted and filtered
+column-wise: per-row Python would cap an export near 50,000 rows/s. Readings are validated with the schema's rules, so an
 export of a stream written by another producer (configured --fields) comes out in canonical
 columns, and malformed entries, which the aggregator dead-letters, are left out.
 """
@@ -9,31 +11,32 @@ columns, and malformed entries, which the aggregator dead-letters, are left out.
 from __future__ import annotations
 
 import fnmatch
+import glob
 import json
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import redis
 
-from telemetry.keys import Keys
+from telemetry.keys import GroupKeys
+from telemetry.merge import Page, merged_pages
+from telemetry.partitions import partition_of
+from telemetry.records import COMMIT_FIELDS, WindowAggregate
 from telemetry.schema import HUMIDITY_RANGE_PCT, SCHEMA_VERSION, SENSOR_NAME, TEMPERATURE_RANGE_C, FieldMap
 
 PAGE_SIZE = 10_000
+MIN_PARTITION_PAGE = 500  # XRANGE COUNT per partition: P of them are buffered while merging
 
 READING_COLUMNS = ("stream_id", "sensor", "time", "ts_ms", "temperature_c", "humidity_pct", "seq")
-AGGREGATE_COLUMNS = ("stream_id", "sensor", "window_start_time", "window_start", "window_end", "count",
-                     "temperature_c_mean", "temperature_c_min", "temperature_c_max", "temperature_c_std",
-                     "humidity_pct_mean", "humidity_pct_min", "humidity_pct_max", "humidity_pct_std",
-                     "first_ts", "last_ts", "closed_by")
+# Outputs end with the commit that wrote them (partition, epoch, batch, emitted_ms).
+AGGREGATE_COLUMNS = ("stream_id", "sensor", "window_start_time", *WindowAggregate.__slots__[1:], *COMMIT_FIELDS)
 ALERT_COLUMNS = ("stream_id", "time", "ts", "alert_id", "rule", "kind", "sensor", "severity", "state", "value",
-                 "threshold")
-DEAD_LETTER_COLUMNS = ("stream_id", "time", "dead_lettered_ms", "entry_id", "sensor", "reason", "consumer", "fields")
-
-Page = list[tuple[str, dict[str, str]]]
+                 "threshold", *COMMIT_FIELDS)
+DEAD_LETTER_COLUMNS = ("stream_id", "time", "entry_id", "sensor", "reason", "fields", *COMMIT_FIELDS)
 
 
 def iso_utc_column(epoch_ms: pd.Series | np.ndarray) -> np.ndarray:
@@ -44,13 +47,13 @@ def iso_utc_column(epoch_ms: pd.Series | np.ndarray) -> np.ndarray:
     return np.char.add(stamps.astype(str), "Z")[positions]
 
 
-def _as_dict(fields: dict | list) -> dict:
+def as_dict(fields: dict | list) -> dict:
     """Pages come raw (flat [name, value, ...] lists) from `iter_entries`; dict them where needed."""
     return fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2]))
 
 
 def _fields_frame(page: Page, columns: tuple[str, ...]) -> pd.DataFrame:
-    frame = pd.DataFrame.from_records([_as_dict(fields) for _, fields in page])
+    frame = pd.DataFrame.from_records([as_dict(fields) for _, fields in page])
     frame["stream_id"] = [entry_id for entry_id, _ in page]
     return frame.reindex(columns=[c for c in dict.fromkeys(("stream_id", *frame.columns, *columns))])
 
@@ -132,7 +135,7 @@ def _original_sensor(fields_json: object) -> str:
 
 def dead_letter_frame(page: Page, _: FieldMap) -> pd.DataFrame:
     frame = _fields_frame(page, DEAD_LETTER_COLUMNS)
-    frame["time"] = iso_utc_column(pd.to_numeric(frame["dead_lettered_ms"]).fillna(0))
+    frame["time"] = iso_utc_column(pd.to_numeric(frame["emitted_ms"]).fillna(0))
     frame["sensor"] = [_original_sensor(value) for value in frame["fields"]]
     return frame[list(DEAD_LETTER_COLUMNS)]
 
@@ -141,7 +144,7 @@ def dead_letter_frame(page: Page, _: FieldMap) -> pd.DataFrame:
 class StreamKind:
     name: str
     columns: tuple[str, ...]
-    key: Callable[[Keys], str]
+    key: Callable[[GroupKeys], str]  # the kind's stream in one partition
     to_frame: Callable[[Page, FieldMap], pd.DataFrame]
     time_column: str  # epoch-ms column that --since/--until filter on
 
@@ -152,7 +155,7 @@ STREAM_KINDS = {
                              "window_start"),
     "alerts": StreamKind("alerts", ALERT_COLUMNS, lambda keys: keys.alerts, alerts_frame, "ts"),
     "dead-letter": StreamKind("dead-letter", DEAD_LETTER_COLUMNS, lambda keys: keys.dead_letter,
-                              dead_letter_frame, "dead_lettered_ms"),
+                              dead_letter_frame, "emitted_ms"),
 }
 
 
@@ -177,6 +180,13 @@ class RowFilter:
         if self.until_ms is not None:
             keep &= epoch_ms < self.until_ms
         return keep
+
+    def partitions(self, count: int) -> list[int]:
+        """The partitions that can hold the rows kept: a sensor's readings and outputs all live in its
+        partition, so a filter of plain names (no glob) reads only theirs."""
+        if not self.sensor_patterns or any(glob.has_magic(p) for p in self.sensor_patterns):
+            return list(range(count))
+        return sorted({partition_of(name, count) for name in self.sensor_patterns})
 
     def apply(self, frame: pd.DataFrame, time_column: str) -> pd.DataFrame:
         if frame.empty:
@@ -236,10 +246,23 @@ def prefetched(pages: Iterator[Page], depth: int = 2) -> Iterator[Page]:
         yield item
 
 
-def iter_frames(db: redis.Redis, kind: StreamKind, keys: Keys, field_map: FieldMap, row_filter: RowFilter
-                ) -> Iterator[tuple[int, pd.DataFrame]]:
-    """(entries read, rows kept) per page."""
-    for page in prefetched(iter_entries(db, kind.key(keys))):
+def stream_keys(kind: StreamKind, groups: Sequence[GroupKeys], row_filter: RowFilter) -> list[str]:
+    """The kind's stream in each partition (`groups`: the layout's, for one consumer group) that
+    can hold rows the filter keeps."""
+    return [kind.key(groups[index]) for index in row_filter.partitions(len(groups))]
+
+
+def merged_entries(db: redis.Redis, keys: list[str]) -> Iterator[Page]:
+    """Pages of all `keys` merged in id order, read ahead in a thread. Each partition's XRANGE
+    page shrinks as partitions grow, so what waits in memory stays near one export page."""
+    per_partition = max(MIN_PARTITION_PAGE, PAGE_SIZE // max(1, len(keys)))
+    return prefetched(merged_pages([iter_entries(db, key, per_partition) for key in keys], PAGE_SIZE))
+
+
+def iter_frames(db: redis.Redis, kind: StreamKind, groups: Sequence[GroupKeys], field_map: FieldMap,
+                row_filter: RowFilter) -> Iterator[tuple[int, pd.DataFrame]]:
+    """(entries read, rows kept) per merged page."""
+    for page in merged_entries(db, stream_keys(kind, groups, row_filter)):
         yield len(page), row_filter.apply(kind.to_frame(page, field_map), kind.time_column)
 
 
@@ -279,8 +302,8 @@ def readings_csv_text(page: Page, field_map: FieldMap, row_filter: RowFilter) ->
     return "".join(f"{a},{b},{c},{d},{e},{f},{g}\n" for a, b, c, d, e, f, g in rows), len(times)
 
 
-def load_frame(db: redis.Redis, kind: StreamKind, keys: Keys, field_map: FieldMap, row_filter: RowFilter
-               ) -> pd.DataFrame:
-    """A whole (filtered) stream in memory, for plots of one sensor; empty with the kind's columns."""
-    frames = [frame for _, frame in iter_frames(db, kind, keys, field_map, row_filter)]
+def load_frame(db: redis.Redis, kind: StreamKind, groups: Sequence[GroupKeys], field_map: FieldMap,
+               row_filter: RowFilter) -> pd.DataFrame:
+    """A whole (filtered) kind in memory, for plots of one sensor; empty with the kind's columns."""
+    frames = [frame for _, frame in iter_frames(db, kind, groups, field_map, row_filter)]
     return pd.concat(frames) if frames else pd.DataFrame(columns=list(kind.columns))

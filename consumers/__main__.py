@@ -51,17 +51,20 @@ def build_parser() -> CommandParser:
     aggregate.add_argument("--metrics-port", type=number_type(int, minimum=1), help="serve Prometheus metrics here")
     add_redis_arguments(aggregate)
 
-    alerts = commands.add_parser("alerts", help="follow the alerts stream", description="Follow the alerts stream.")
+    alerts = commands.add_parser("alerts", help="follow the alerts of every partition",
+                                 description="Follow the alerts of every partition, in the order Redis took them.")
     alerts.add_argument("--json", action="store_true", help="one JSON object per line")
     alerts.add_argument("--from-start", action="store_true", help="print existing alerts first")
     alerts.add_argument("--no-follow", action="store_true", help="print existing alerts and exit")
     add_redis_arguments(alerts)
 
-    status = commands.add_parser("status", help="stream, groups, lag, pending and dead letters",
-                                 description="Show stream length, group lag and pending, dead letters.")
+    status = commands.add_parser("status", help="partitions, owners, lag, pending and dead letters",
+                                 description="Show totals, then each partition's owner, epoch, length, lag and "
+                                             "pending for the group, other groups, dead letters and counters.")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--maxlen", type=number_type(int, minimum=0), default=1_000_000,
-                        help="the producers' MAXLEN, to warn when lag approaches it (default 1,000,000)")
+                        help="the producers' --maxlen, the pipeline's total (each partition keeps its share), "
+                             "to warn when a partition's lag approaches it (default 1,000,000)")
     add_redis_arguments(status)
     return parser
 
@@ -120,13 +123,10 @@ def run_aggregate(args, config: PipelineConfig, stop: StopSignal) -> int:
 
 def run_alerts(args, config: PipelineConfig, stop: StopSignal) -> int:
     db = connect_with_retry(config, stop)
-    start = "0-0" if args.from_start or args.no_follow else "$"
-    if start == "$":
-        last = db.xrevrange(config.keys.alerts, count=1)
-        start = last[0][0] if last else "0-0"
+    streams = [keys.alerts for keys in config.layout(db, create=False).groups(config.group)]
+    start = alerts_tail.start_ids(db, streams, from_start=args.from_start or args.no_follow)
     try:
-        for entry_id, fields in alerts_tail.follow(db, config.keys.alerts, start, lambda: stop.requested,
-                                                   follow_new=not args.no_follow):
+        for entry_id, fields in alerts_tail.follow(db, start, lambda: stop.requested, follow_new=not args.no_follow):
             print(alerts_tail.render(entry_id, fields, args.json), flush=True)
     except redis.ConnectionError as error:
         raise RedisUnavailable(f"lost Redis while following alerts: {error}") from None
@@ -135,7 +135,7 @@ def run_alerts(args, config: PipelineConfig, stop: StopSignal) -> int:
 
 def run_status(args, config: PipelineConfig) -> int:
     db = connect(config.target(), announce=not args.json)
-    status = collect_status(db, config.keys, args.maxlen)
+    status = collect_status(db, config.layout(db, create=False), config.group, args.maxlen)
     print(status.as_json() if args.json else render_status(status))
     return 0
 

@@ -1,4 +1,9 @@
-"""Follows the alerts stream, like `tail -f`, for people (one line each) or scripts (--json)."""
+"""Follows the alerts of every partition, like `tail -f`, for people (one line each) or scripts (--json).
+
+One XREAD covers all P alert streams (they live on one server), with the last id seen in each;
+what one read returns is printed in stream-id order, so alerts of different partitions interleave
+as Redis accepted them.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import redis
 
+from telemetry.merge import merge_runs
 from telemetry.timeutil import iso_utc
 
 
@@ -18,18 +24,31 @@ def format_alert(entry_id: str, fields: dict[str, str]) -> str:
             f"threshold={fields.get('threshold', '')} id={fields.get('alert_id', '')}")
 
 
-def follow(db: redis.Redis, stream: str, start_id: str, stop_requested: Callable[[], bool],
+def start_ids(db: redis.Redis, streams: list[str], from_start: bool) -> dict[str, str]:
+    """Where to start in each stream: its beginning, or its current last entry. A literal "$" would
+    skip whatever arrives between two reads."""
+    if from_start:
+        return dict.fromkeys(streams, "0-0")
+    pipeline = db.pipeline(transaction=False)
+    for stream in streams:
+        pipeline.xrevrange(stream, count=1)
+    return {stream: last[0][0] if last else "0-0" for stream, last in zip(streams, pipeline.execute())}
+
+
+def follow(db: redis.Redis, last_ids: dict[str, str], stop_requested: Callable[[], bool],
            block_ms: int = 1000, follow_new: bool = True) -> Iterator[tuple[str, dict[str, str]]]:
-    last_id = start_id
+    """Entries after `last_ids` (stream -> id), until stopped; without follow_new, until none are left."""
+    last_ids = dict(last_ids)
     while not stop_requested():
-        reply = db.xread({stream: last_id}, count=500, block=block_ms if follow_new else None)
+        reply = db.xread(last_ids, count=500, block=block_ms if follow_new else None)
         if not reply:
             if not follow_new:
                 return
             continue
-        for entry_id, fields in reply[0][1]:
-            last_id = entry_id
-            yield entry_id, fields
+        streams = list(reply.items() if isinstance(reply, dict) else reply)  # RESP3 sends a map
+        for stream, entries in streams:
+            last_ids[stream] = entries[-1][0]
+        yield from merge_runs(entries for _, entries in streams)
 
 
 def render(entry_id: str, fields: dict[str, str], as_json: bool) -> str:

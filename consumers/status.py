@@ -1,25 +1,66 @@
-"""What an operator asks first: how long is the stream, who is behind, what is stuck, what was lost."""
+"""What an operator asks first: how long are the streams, who owns each partition, who is behind,
+what is stuck, what was lost. Totals first, then one row per partition for the configured group,
+then any other group found on the partition streams."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 import redis
 
-from telemetry.keys import Keys
-from telemetry.lag import GroupLag, group_lags, stream_info
-from telemetry.timeutil import now_ms, stream_id_ms
+from telemetry.keys import GroupKeys
+from telemetry.lag import ConsumerInfo, GroupLag, PartitionLag, partition_lags
+from telemetry.partitions import Layout, partition_maxlen
+from telemetry.timeutil import now_ms, stream_id_key, stream_id_ms
+
+IDLE_WARNING_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionStatus:
+    index: int
+    stream: str
+    owner: str  # the lease's token (consumer:hex); "-" when no worker holds the partition
+    epoch: int  # bumped by every takeover; 0 when never owned
+    length: int
+    lag_entries: int | None  # None: the group does not exist on this stream yet
+    lag_seconds: float
+    lag_estimated: bool
+    pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupTotals:
+    """A group over every partition stream it exists on."""
+
+    group: str
+    partitions: int
+    lag_entries: int
+    lag_seconds: float  # age of the oldest unread entry of any partition
+    pending: int
+    lag_estimated: bool
+
+    @classmethod
+    def of(cls, group: str, lags: list[GroupLag]) -> GroupTotals:
+        return cls(group, len(lags), sum(lag.lag_entries for lag in lags),
+                   max((lag.lag_seconds for lag in lags), default=0.0), sum(lag.pending for lag in lags),
+                   any(lag.lag_estimated for lag in lags))
 
 
 @dataclass(frozen=True, slots=True)
 class PipelineStatus:
-    stream: str
+    namespace: str
+    group: str
     length: int
     first_entry_age_s: float | None
     last_entry_age_s: float | None
-    maxlen: int
-    groups: tuple[GroupLag, ...]
+    maxlen: int  # the pipeline's total, as the producers are given it
+    partition_maxlen: int  # what each partition stream keeps
+    totals: GroupTotals
+    partitions: tuple[PartitionStatus, ...]
+    other_groups: tuple[GroupTotals, ...]
     dead_letter_count: int
     counters: dict[str, int]
     warnings: tuple[str, ...]
@@ -28,51 +69,139 @@ class PipelineStatus:
         return json.dumps(asdict(self), indent=2)
 
 
-def collect_status(db: redis.Redis, keys: Keys, maxlen: int, *, now: int | None = None) -> PipelineStatus:
-    reference = now_ms() if now is None else now
-    info = stream_info(db, keys.readings)
-    lags = tuple(group_lags(db, keys.readings, now=reference)) if info else ()
-    counters = {name: int(value) for name, value in db.hgetall(keys.counters).items()}
+@dataclass(frozen=True, slots=True)
+class _GroupState:
+    """What the group keeps per partition besides the stream: owner, epoch, counters, dead letters."""
+
+    owner: str
+    epoch: int
+    counters: dict[str, str]
+    dead_letters: int
+
+
+def _group_states(db: redis.Redis, groups: list[GroupKeys]) -> list[_GroupState]:
+    """One round trip for every partition (keys of several slots: a pipeline, not MGET)."""
+    pipeline = db.pipeline(transaction=False)
+    for keys in groups:
+        pipeline.get(keys.lease).get(keys.epoch).hgetall(keys.counters).xlen(keys.dead_letter)
+    replies = pipeline.execute()
+    return [_GroupState(lease or "-", int(epoch or 0), counters, dead)
+            for lease, epoch, counters, dead in zip(*[iter(replies)] * 4)]
+
+
+def _partition_row(lag: PartitionLag, group: str, state: _GroupState) -> PartitionStatus:
+    found = lag.group(group)
+    length = lag.info.length if lag.info else 0
+    if found is None:
+        return PartitionStatus(lag.index, lag.stream, state.owner, state.epoch, length, None, 0.0, False, 0)
+    return PartitionStatus(lag.index, lag.stream, state.owner, state.epoch, length, found.lag_entries,
+                           found.lag_seconds, found.lag_estimated, found.pending)
+
+
+def _indexes(indexes: list[int]) -> str:
+    return ("partition " if len(indexes) == 1 else "partitions ") + ", ".join(map(str, indexes))
+
+
+def _trim_warnings(lags: list[PartitionLag], limit: int) -> list[str]:
+    """Per group, the partitions whose lag passes half of a partition's MAXLEN."""
+    over: dict[str, list[tuple[int, int]]] = {}  # group -> (partition, lag)
+    for partition in lags:
+        for lag in partition.groups:
+            if limit and lag.lag_entries > limit // 2:
+                over.setdefault(lag.group, []).append((partition.index, lag.lag_entries))
+    return [f"group {group!r} lags up to {max(n for _, n in found)} entries on {_indexes([i for i, _ in found])}, "
+            f"over half of a partition's MAXLEN {limit}: trimming will delete readings it has not read"
+            for group, found in over.items()]
+
+
+def _idle_warnings(lags: list[PartitionLag]) -> list[str]:
+    """A consumer that holds pending entries and has not read for a minute is probably dead."""
+    held: dict[tuple[str, str], list[tuple[int, ConsumerInfo]]] = {}  # (group, consumer) -> (partition, info)
+    for partition in lags:
+        for lag in partition.groups:
+            for consumer in lag.consumers:
+                if consumer.pending and consumer.idle_ms > IDLE_WARNING_MS:
+                    held.setdefault((lag.group, consumer.name), []).append((partition.index, consumer))
+    return [f"consumer {name!r} in {group!r} holds {sum(c.pending for _, c in found)} pending entries on "
+            f"{_indexes([i for i, _ in found])} and has been idle {max(c.idle_ms for _, c in found) / 1000:.0f}s "
+            "(dead? the worker that takes its partitions over processes them)"
+            for (group, name), found in held.items()]
+
+
+def _counter_warnings(counters: dict[str, int]) -> list[str]:
     warnings = []
-    for lag in lags:
-        if maxlen and lag.lag_entries > maxlen // 2:
-            warnings.append(f"group {lag.group!r} lags {lag.lag_entries} entries, over half of MAXLEN {maxlen}: "
-                            "trimming will delete readings it has not read")
-        for consumer in lag.consumers:
-            if consumer.pending and consumer.idle_ms > 60_000:
-                warnings.append(f"consumer {consumer.name!r} in {lag.group!r} holds {consumer.pending} pending "
-                                f"entries and has been idle {consumer.idle_ms / 1000:.0f}s (dead? they will be claimed)")
     if counters.get("lost_to_trim"):
         warnings.append(f"{counters['lost_to_trim']} readings were trimmed by MAXLEN while pending, before a group "
                         "processed them")
     if counters.get("missing_seq", 0) > 0:
         warnings.append(f"{counters['missing_seq']} readings are missing by seq: dropped before Redis, or trimmed by "
                         "MAXLEN before the group read them (analytics report shows which sensors)")
+    return warnings
+
+
+def _sum_counters(states: list[_GroupState]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for state in states:
+        total.update({name: int(value) for name, value in state.counters.items()})
+    return dict(total)
+
+
+def collect_status(db: redis.Redis, layout: Layout, group: str, maxlen: int, *, now: int | None = None
+                   ) -> PipelineStatus:
+    """`maxlen`: the producers' --maxlen, the pipeline's total; each partition keeps its share."""
+    reference = now_ms() if now is None else now
+    lags = partition_lags(db, layout.partitions, now=reference)
+    states = _group_states(db, layout.groups(group))
+    limit = partition_maxlen(maxlen, layout.count)
+    counters = _sum_counters(states)
+    others = sorted({lag.group for partition in lags for lag in partition.groups} - {group})
+    infos = [partition.info for partition in lags if partition.info and partition.info.first_id]
 
     def age(entry_id: str | None) -> float | None:
         return None if entry_id is None else round((reference - stream_id_ms(entry_id)) / 1000, 3)
 
+    def totals(name: str) -> GroupTotals:
+        return GroupTotals.of(name, [lag for partition in lags if (lag := partition.group(name))])
+
     return PipelineStatus(
-        stream=keys.readings, length=info.length if info else 0,
-        first_entry_age_s=age(info.first_id) if info else None, last_entry_age_s=age(info.last_id) if info else None,
-        maxlen=maxlen, groups=lags, dead_letter_count=db.xlen(keys.dead_letter), counters=counters,
-        warnings=tuple(warnings))
+        namespace=layout.keys.namespace_tag, group=group,
+        length=sum(partition.info.length for partition in lags if partition.info),
+        first_entry_age_s=age(min((i.first_id for i in infos), key=stream_id_key, default=None)),
+        last_entry_age_s=age(max((i.last_id for i in infos), key=stream_id_key, default=None)),
+        maxlen=maxlen, partition_maxlen=limit, totals=totals(group),
+        partitions=tuple(_partition_row(lag, group, state) for lag, state in zip(lags, states)),
+        other_groups=tuple(totals(name) for name in others),
+        dead_letter_count=sum(state.dead_letters for state in states), counters=counters,
+        warnings=tuple(_trim_warnings(lags, limit) + _idle_warnings(lags) + _counter_warnings(counters)))
+
+
+def _age(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s ago"
+
+
+def _totals_line(label: str, totals: GroupTotals, partitions: int) -> str:
+    if not totals.partitions:
+        return f"{label} {totals.group}: not on any partition stream yet (no worker has started)"
+    estimated = " (estimated)" if totals.lag_estimated else ""
+    return (f"{label} {totals.group}: lag {totals.lag_entries} entries{estimated} / {totals.lag_seconds:.1f}s, "
+            f"pending {totals.pending}, on {totals.partitions} of {partitions} partitions")
+
+
+def _partition_line(row: PartitionStatus) -> str:
+    lag = "-" if row.lag_entries is None else f"{row.lag_entries}{'~' if row.lag_estimated else ''}"
+    return (f"  {row.index:>9}  {row.owner:<32} {row.epoch:>6} {row.length:>9} {lag:>9} {row.lag_seconds:>8.1f} "
+            f"{row.pending:>8}")
 
 
 def render_status(status: PipelineStatus) -> str:
-    def age(value: float | None) -> str:
-        return "-" if value is None else f"{value:.1f}s ago"
-
-    lines = [(f"stream {status.stream}: {status.length} entries (MAXLEN {status.maxlen or 'off'}), "
-              f"first {age(status.first_entry_age_s)}, last {age(status.last_entry_age_s)}")]
-    if not status.groups:
-        lines.append("  no consumer groups")
-    for lag in status.groups:
-        estimated = " (estimated)" if lag.lag_estimated else ""
-        lines.append(f"  group {lag.group}: lag {lag.lag_entries} entries{estimated} / {lag.lag_seconds:.1f}s, "
-                     f"pending {lag.pending}, last delivered {lag.last_delivered_id}")
-        for consumer in lag.consumers:
-            lines.append(f"    consumer {consumer.name:<28} pending {consumer.pending:<7} idle {consumer.idle_ms / 1000:.1f}s")
+    count = len(status.partitions)
+    maxlen = f"MAXLEN {status.maxlen} in all, {status.partition_maxlen} each" if status.maxlen else "MAXLEN off"
+    lines = [(f"pipeline {status.namespace}: {count} partitions, {status.length} entries ({maxlen}), "
+              f"first {_age(status.first_entry_age_s)}, last {_age(status.last_entry_age_s)}"),
+             _totals_line("group", status.totals, count),
+             f"  {'partition':>9}  {'owner':<32} {'epoch':>6} {'length':>9} {'lag':>9} {'lag s':>8} {'pending':>8}"]
+    lines += [_partition_line(row) for row in status.partitions]
+    lines += [_totals_line("other group", totals, count) for totals in status.other_groups]
     lines.append(f"dead letters: {status.dead_letter_count}")
     if status.counters:
         lines.append("counters: " + ", ".join(f"{name} {value}" for name, value in sorted(status.counters.items())))

@@ -59,7 +59,8 @@ class OwnedPartition:
     commit: int  # last commit applied
     position: str | None  # last entry id read
     caught_up: bool = False
-    fired: list[tuple[str, str]] = field(default_factory=list)
+    fired: list[tuple[str, str]] = field(default_factory=list)  # (rule, severity) fired by the last commit
+    committed_ids: list[str] = field(default_factory=list)  # entries the last commit acknowledged
 
 
 def client_like(db: redis.Redis, **overrides) -> redis.Redis:
@@ -330,6 +331,7 @@ class AggregatorWorker:
         self.stats.windows_emitted += len(outputs.aggregates)
         self.stats.alerts_emitted += len(outputs.alerts)
         owned.fired = [(event.rule, event.severity) for event in outputs.alerts if event.state == "firing"]
+        owned.committed_ids = outputs.entry_ids
         if self.on_commit is not None:
             self.on_commit(owned, outputs.counters.get("processed", 0), time.perf_counter() - prepared.started)
 

@@ -15,6 +15,7 @@ from producers.writer import StreamWriter
 from telemetry.cli import CommandParser, PipelineConfig, StopSignal, add_redis_arguments, number_type, run_main
 from telemetry.connection import connect
 from telemetry.errors import UsageError
+from telemetry.partitions import partition_maxlen
 from telemetry.schema import SchemaError, validate_sensor_name
 from telemetry.timeutil import now_ms, parse_time_ms
 
@@ -72,11 +73,6 @@ def fault_rates(args) -> FaultRates:
         if getattr(args, f"{fault}_rate") > 1:
             raise UsageError(f"--{fault}-rate {getattr(args, f'{fault}_rate')}: a probability is at most 1")
     return FaultRates(args.spike_rate, args.stuck_rate, args.dropout_rate, args.drift_rate)
-
-
-def partition_maxlen(maxlen: int, partitions: int) -> int:
-    """--maxlen is the pipeline's total; each partition stream keeps its share."""
-    return -(-maxlen // partitions) if maxlen else 0
 
 
 def report(counts: dict[str, int], as_json: bool, stopped: bool) -> None:

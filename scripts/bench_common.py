@@ -16,7 +16,7 @@ from typing import Self
 from producers.simulation import Simulation, SimulationSettings
 from producers.writer import StreamWriter
 from telemetry.embedded import PrivateRedisServer
-from telemetry.keys import Keys
+from telemetry.partitions import Layout
 from telemetry.schema import FieldMap
 
 START_MS = 1_700_000_000_000
@@ -85,11 +85,12 @@ def print_figures(title: str, figures: list[Figure], as_json: bool) -> None:
         print(line)
 
 
-def backfill(db, keys: Keys, sensors: int, per_sensor: int, maxlen: int = 0) -> Simulation:
-    """Write per_sensor readings for each of `sensors` simulated sensors as fast as Redis takes them."""
+def backfill(db, layout: Layout, sensors: int, per_sensor: int, maxlen: int = 0) -> Simulation:
+    """Write per_sensor readings for each of `sensors` simulated sensors as fast as Redis takes them;
+    `maxlen` is per partition stream."""
     names = tuple(f"bench-{i:04d}" for i in range(sensors))
     simulation = Simulation(SimulationSettings(names, count=per_sensor, backfill_start_ms=START_MS),
-                            StreamWriter(db, keys, FieldMap(), maxlen=maxlen), FieldMap(), START_MS, [None] * sensors)
+                            StreamWriter(db, layout, FieldMap(), maxlen), FieldMap(), START_MS, [None] * sensors)
     while not simulation.finished(START_MS + 10**12):
         simulation.step(START_MS + 10**12)
     simulation.writer.flush()

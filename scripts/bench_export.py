@@ -1,4 +1,5 @@
-"""Export 1,000,000 readings: rows/s and peak RSS against a naive whole-stream pandas export, same run.
+"""Export 1,000,000 readings of a 16-partition pipeline: rows/s and peak RSS against a naive
+whole-stream pandas export (every partition read at once, sorted by stream id), same run.
 
 Each export runs in a child process so that its peak RSS is its own.
 """
@@ -18,25 +19,32 @@ import walrus
 from bench_common import Figure, backfill, bench_redis, parser, print_figures
 
 from telemetry.keys import Keys
+from telemetry.partitions import delete_pipeline, open_layout
 from telemetry.schema import FieldMap
+from telemetry.timeutil import stream_id_key
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = Keys("bench-export")
+PARTITIONS = 16
 
 
 def child(mode: str, url: str, out: str) -> None:
     """Runs in a fresh process; prints rows, seconds and its own peak RSS."""
     db = walrus.Database.from_url(url, decode_responses=True)
     started = time.perf_counter()
+    layout = open_layout(db, KEYS, create=False)
     if mode == "ours":
         from analytics.export import ExportRequest, export
         from analytics.streams import STREAM_KINDS
+        from telemetry.gc_tuning import tune_for_batches
 
-        rows = export(db, KEYS, FieldMap(), ExportRequest(STREAM_KINDS["readings"], out))
+        tune_for_batches()  # as python -m analytics does
+        rows = export(db, layout.groups("aggregators"), FieldMap(), ExportRequest(STREAM_KINDS["readings"], out))
     else:
         import pandas as pd
 
-        entries = db.xrange(KEYS.readings)  # the whole stream at once
+        entries = [entry for partition in layout.partitions for entry in db.xrange(partition.readings)]
+        entries.sort(key=lambda entry: stream_id_key(entry[0]))  # every stream at once
         frame = pd.DataFrame([{"stream_id": entry_id, **fields} for entry_id, fields in entries])
         frame.to_csv(out, index=False)
         rows = len(frame)
@@ -63,10 +71,11 @@ def main() -> None:
         return
     with bench_redis(args.redis_url) as url, tempfile.TemporaryDirectory(prefix="bench-export-") as folder:
         db = walrus.Database.from_url(url, decode_responses=True)
-        backfill(db, KEYS, sensors=100, per_sensor=args.readings // 100)
+        layout = open_layout(db, KEYS, PARTITIONS)
+        backfill(db, layout, sensors=100, per_sensor=args.readings // 100)
         ours = run_child("ours", url, folder)
         naive = run_child("naive", url, folder)
-        db.delete(*db.keys(f"{{{KEYS.prefix}}}:*"))
+        delete_pipeline(db, layout)
     assert ours["rows"] == naive["rows"] == args.readings
     print_figures(f"export of {args.readings:,} readings", [
         Figure("export rows/s", ours["rows"] / ours["seconds"], "rows/s", "naive pandas export",

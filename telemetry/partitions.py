@@ -10,6 +10,7 @@ evenly over masters whose slot ranges are even, as `redis-cli --cluster create` 
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -98,18 +99,25 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 
-def open_layout(db: redis.Redis, keys: Keys, requested: int | None = None) -> Layout:
+def open_layout(db: redis.Redis, keys: Keys, requested: int | None = None, *, create: bool = True) -> Layout:
     """The stored layout, created on first use in one atomic step, so processes starting at once agree.
 
     `requested` is --partitions: None takes whatever is stored (or the default for a new
-    pipeline); a number that differs from the stored one is refused.
+    pipeline); a number that differs from the stored one is refused. Readers pass create=False:
+    with no pipeline yet they get the layout a writer would create, and store nothing, so a
+    `status` run first does not fix the partition count for the producers that follow.
     """
     default = 1 if keys.readings_override else DEFAULT_PARTITIONS
     layout = new_layout(keys, requested if requested is not None else default)
-    record = ["partitions", str(layout.count), "hash", HASH_NAME,
-              "tags", ",".join(partition.tag for partition in layout.partitions)]
-    flat = db.eval(_CREATE_IF_ABSENT, 1, keys.pipeline, *record)
-    stored = {_text(name): _text(value) for name, value in zip(flat[::2], flat[1::2])}
+    if create:
+        record = ["partitions", str(layout.count), "hash", HASH_NAME,
+                  "tags", ",".join(partition.tag for partition in layout.partitions)]
+        flat = db.eval(_CREATE_IF_ABSENT, 1, keys.pipeline, *record)
+        stored = {_text(name): _text(value) for name, value in zip(flat[::2], flat[1::2])}
+    else:
+        stored = {_text(name): _text(value) for name, value in db.hgetall(keys.pipeline).items()}
+        if not stored:
+            return layout
     existing = _layout_from_record(keys, stored)
     if requested is not None and existing.count != requested:
         raise UsageError(f"--partitions {requested}: pipeline {keys.namespace_tag!r} has {existing.count} partitions; "
@@ -127,3 +135,26 @@ def legacy_layout_note(db: redis.Redis, keys: Keys) -> str | None:
         return None
     return (f"note: {keys.legacy_readings} holds readings of the layout before partitions; this version does "
             "not read or migrate them (export them with an older version, or delete the key)")
+
+
+def partition_maxlen(maxlen: int, partitions: int) -> int:
+    """--maxlen is the pipeline's total; each partition stream keeps its share, rounded up."""
+    return -(-maxlen // partitions) if maxlen else 0
+
+
+def pipeline_keys(db: redis.Redis, layout: Layout) -> list[str]:
+    """Every key of the pipeline: those under its partitions' hash tags and its namespace's. A
+    stream given verbatim with --stream is the user's, outside the tags, and not listed."""
+    tags = dict.fromkeys([layout.keys.namespace_tag, *(partition.tag for partition in layout.partitions)])
+    return [_text(key) for tag in tags for key in db.scan_iter(match=f"{{{_glob_escape(tag)}}}:*", count=1000)]
+
+
+def _glob_escape(text: str) -> str:
+    """A tag from --stream may hold characters that SCAN MATCH reads as a pattern."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def delete_pipeline(db: redis.Redis, layout: Layout) -> int:
+    """Delete every key `pipeline_keys` finds; returns how many were deleted."""
+    found = pipeline_keys(db, layout)
+    return sum(db.delete(*found[start:start + 1000]) for start in range(0, len(found), 1000))

@@ -23,8 +23,9 @@ def layout_of(db, partitions: int = 4, keys: Keys | None = None) -> Layout:
     return open_layout(db, keys or Keys(), partitions)
 
 
-def add_readings(db, layout: Layout, readings: list[Reading], field_map: FieldMap = FieldMap()) -> list[str]:
+def add_readings(db, layout: Layout, readings: list[Reading], field_map: FieldMap | None = None) -> list[str]:
     """XADD each reading to its sensor's partition, in the order given."""
+    field_map = field_map or FieldMap()
     pipe = db.pipeline(transaction=False)
     for reading in readings:
         pipe.xadd(layout.partition_for(reading.sensor).readings, reading.encode(field_map))

@@ -124,7 +124,7 @@ def run_kill_loop(fleet: Fleet, producer: subprocess.Popen, rng: random.Random, 
         while len(fleet.workers) < size:
             fleet.start_worker(f"w{fleet.started}")
         while len(fleet.workers) > size:
-            fleet.workers.pop(sorted(fleet.workers)[0]).send_signal(signal.SIGTERM)
+            fleet.workers.pop(min(fleet.workers)).send_signal(signal.SIGTERM)
 
 
 def readings_of(db, layout: Layout) -> list[Reading]:

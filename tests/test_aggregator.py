@@ -4,12 +4,14 @@ idempotent commits, groups and streams of other producers."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from consumers.assignment import assign
+from consumers.batch import build_batch
 from consumers.checkpoint import commit_request
 from consumers.lease import LeaseClient
 from telemetry.errors import UsageError
@@ -49,8 +51,7 @@ def test_windows_equal_pandas_and_every_entry_is_acknowledged(db):
     worker = make_worker(db, layout, window_ms=10_000, grace_ms=1_000, batch=64)
     drain(worker, LATER)
     worker.step(LATER)  # caught up: the wall clock closes the last windows
-    frame = pd.DataFrame([r.__dict__ if hasattr(r, "__dict__") else {
-        "sensor": r.sensor, "ts_ms": r.ts_ms, "temperature_c": r.temperature_c} for r in readings])
+    frame = pd.DataFrame([asdict(reading) for reading in readings])
     frame["window_start"] = frame.ts_ms - frame.ts_ms % 10_000
     expected = frame.groupby(["sensor", "window_start"]).temperature_c.agg(["size", "mean", "std"])
     emitted = outputs(db, layout, "aggregates").astype({"window_start": int, "count": int})
@@ -136,7 +137,7 @@ def test_a_resent_commit_is_a_duplicate_and_a_bad_key_stops_it_before_any_write(
     worker = make_worker(db, layout, window_ms=2_000, grace_ms=0)
     worker.step(LATER)
     owned = worker.owned[0]
-    owned.processor.apply(__import__("consumers.batch", fromlist=["build_batch"]).build_batch(
+    owned.processor.apply(build_batch(
         [("9999999999999-0", [part for item in Reading("s", START + 20_000, 21.0, 50.0, 10).encode().items()
                                for part in item])], FieldMap(), LATER, 300_000))
     request = commit_request(owned.keys, worker.token, owned.lease.epoch, owned.commit + 1, owned.processor,
@@ -227,7 +228,7 @@ def test_handing_partitions_over_mid_stream_changes_no_output(db):
 
     layout = layout_of(db, 2)
     add_readings(db, layout, random_readings(per_sensor=200))
-    common = dict(window_ms=10_000, grace_ms=1_000, rolling_ms=30_000, rules=load_rules(None), batch=37)
+    common = {"window_ms": 10_000, "grace_ms": 1_000, "rolling_ms": 30_000, "rules": load_rules(None), "batch": 37}
     drain(make_worker(db, layout, group="whole", **common), LATER)
     first = make_worker(db, layout, group="split", consumer="first", **common)
     first.clock = lambda: LATER
@@ -244,5 +245,5 @@ def test_handing_partitions_over_mid_stream_changes_no_output(db):
         pd.testing.assert_frame_equal(whole, split)
     for partition in layout.partitions:
         whole, split = db.hgetall(partition.group("whole").rolling), db.hgetall(partition.group("split").rolling)
-        drop = lambda views: {s: {k: v for k, v in json.loads(t).items() if k != "updated_ms"} for s, t in views.items()}  # noqa: E731
+        drop = lambda views: {s: {k: v for k, v in json.loads(t).items() if k != "updated_ms"} for s, t in views.items()}
         assert drop(whole) == drop(split)

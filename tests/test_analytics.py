@@ -1,4 +1,5 @@
-"""Export, report and plot: round trips, filters, bad input and the picture."""
+"""Export, report and plot over every partition: round trips, merge order, filters, bad input and
+the picture."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import pytest
 
 from analytics.plot import alert_episodes, sensor_figure
 from analytics.report import seq_health
+from analytics.streams import RowFilter
 from telemetry.errors import UsageError
+from telemetry.keys import Keys
+from telemetry.partitions import open_layout, partition_of
 from telemetry.schema import Reading
-from telemetry.timeutil import parse_time_ms
-from tests.aggregation_helpers import START, add_readings, drain, make_worker, rules
+from telemetry.timeutil import parse_time_ms, stream_id_key
+from tests.aggregation_helpers import START, add_readings, drain, layout_of, make_worker, outputs, rules
 from tests.conftest import run_cli
 
 
@@ -22,16 +26,32 @@ def produce(redis_url, *args):
     assert result.returncode == 0, result.stderr
 
 
-def test_export_round_trip_is_exact(redis_url, db, keys, tmp_path):
-    produce(redis_url, "--fleet", "rt-", "5", "--count", "400", "--start", str(START), "--spike-rate", "0.05")
+def merged_source(db, streams: list[str]) -> list[tuple[str, dict]]:
+    """Every entry of `streams`, sorted as the readers merge them: by id, then by partition."""
+    entries = [(entry_id, fields) for stream in streams for entry_id, fields in db.xrange(stream)]
+    return sorted(entries, key=lambda entry: stream_id_key(entry[0]))
+
+
+def in_id_order(ids) -> bool:
+    keys = [stream_id_key(entry_id) for entry_id in ids]
+    return keys == sorted(keys)
+
+
+def test_export_round_trip_is_exact_and_merges_partitions_in_id_order(redis_url, db, tmp_path):
+    produce(redis_url, "--fleet", "rt-", "5", "--count", "400", "--start", str(START), "--spike-rate", "0.05",
+            "--batch", "70")
+    layout = open_layout(db, Keys())
     out = tmp_path / "readings.csv"
     result = run_cli("analytics", "export", "--out", str(out), "--redis-url", redis_url)
     assert result.returncode == 0, result.stderr
     assert "wrote 2000 readings rows" in result.stderr
     frame = pd.read_csv(out)
     assert list(frame.columns) == ["stream_id", "sensor", "time", "ts_ms", "temperature_c", "humidity_pct", "seq"]
-    source = [Reading.decode(fields, entry_id) for entry_id, fields in db.xrange(keys.readings)]
-    assert len(frame) == len(source) and not frame["stream_id"].duplicated().any()
+    streams = [partition.readings for partition in layout.partitions]
+    assert sum(db.exists(stream) for stream in streams) > 1  # the fleet spans partitions
+    source = [Reading.decode(fields, entry_id) for entry_id, fields in merged_source(db, streams)]
+    assert len(frame) == len(source) and in_id_order(frame["stream_id"])
+    assert not frame[["sensor", "stream_id"]].duplicated().any()  # an id is unique within a partition
     for row, reading in zip(frame.itertuples(), source):
         assert (row.sensor, row.ts_ms, row.temperature_c, row.humidity_pct, row.seq) == (
             reading.sensor, reading.ts_ms, reading.temperature_c, reading.humidity_pct, reading.seq)
@@ -52,19 +72,39 @@ def test_export_filters_gzip_and_stdout(redis_url, tmp_path):
     assert piped.returncode == 0 and len(piped.stdout.strip().splitlines()) == 121
 
 
-def test_export_other_streams_and_parquet(redis_url, db, keys, tmp_path):
-    add_readings(db, keys, [Reading("s", START + i * 1000, 20.0 + (i > 50) * 20, 50.0, i) for i in range(130)])
-    db.xadd(keys.readings, {"sensor": "s", "ts": "1", "temperature_c": "hot", "humidity_pct": "1"})
-    drain(make_worker(db, keys, rules=rules('[[rule]]\nname="hot"\nkind="threshold"\nabove=30.0')), START + 10**9)
+def hot_pipeline(db, sensors=("s", "t", "u")):
+    """Readings of several sensors in four partitions, one malformed entry, aggregated with a 'hot' rule."""
+    layout = layout_of(db, 4)
+    add_readings(db, layout, [Reading(sensor, START + i * 1000, 20.0 + (i > 50) * 20, 50.0, i)
+                              for i in range(130) for sensor in sensors])
+    db.xadd(layout.partition_for("s").readings, {"sensor": "s", "ts": "1", "temperature_c": "hot", "humidity_pct": "1"})
+    drain(make_worker(db, layout, rules=rules('[[rule]]\nname="hot"\nkind="threshold"\nabove=30.0')), START + 10**9)
+    return layout
+
+
+def test_export_other_streams_and_parquet(redis_url, db, tmp_path):
+    layout = hot_pipeline(db)
+    assert len({layout.partition_for(sensor).index for sensor in ("s", "t", "u")}) > 1
     for which, column in (("aggregates", "window_start"), ("alerts", "alert_id"), ("dead-letter", "reason")):
         out = tmp_path / f"{which}.csv"
-        assert run_cli("analytics", "export", "--stream", which, "--out", str(out), "--redis-url", redis_url
-                       ).returncode == 0
-        frame = pd.read_csv(out)
-        assert len(frame) >= 1 and column in frame.columns
+        result = run_cli("analytics", "export", "--stream", which, "--out", str(out), "--redis-url", redis_url)
+        assert result.returncode == 0, result.stderr
+        frame = pd.read_csv(out, dtype={"stream_id": str})
+        expected = outputs(db, layout, which)
+        assert len(frame) == len(expected) >= 1 and column in frame.columns
+        assert in_id_order(frame["stream_id"]) and set(frame["stream_id"]) == set(expected["id"])
+        assert {"partition", "epoch", "batch", "emitted_ms"} <= set(frame.columns)
+    dead = pd.read_csv(tmp_path / "dead-letter.csv")
+    assert dead["sensor"].tolist() == ["s"] and dead["time"].iloc[0].endswith("Z")
     parquet = tmp_path / "readings.parquet"
     assert run_cli("analytics", "export", "--out", str(parquet), "--redis-url", redis_url).returncode == 0
-    assert len(pd.read_parquet(parquet)) == 130  # the malformed entry is not a reading
+    assert len(pd.read_parquet(parquet)) == 390  # the malformed entry is not a reading
+
+
+def test_a_filter_of_plain_names_reads_only_their_partitions():
+    assert RowFilter(("a", "b")).partitions(8) == sorted({partition_of("a", 8), partition_of("b", 8)})
+    assert RowFilter(("green-*",)).partitions(8) == list(range(8))
+    assert RowFilter().partitions(3) == [0, 1, 2]
 
 
 def test_relative_and_iso_times():
@@ -102,33 +142,37 @@ def test_gap_and_duplicate_detection():
     assert seq_health(np.arange(10)) == {"missing": 0, "gaps": 0, "duplicates": 0}
 
 
-def test_report_finds_dropouts_and_counts_dead_letters_and_alerts(redis_url, db, keys):
-    produce(redis_url, "d", "--count", "600", "--start", str(START), "--dropout-rate", "0.01")
-    db.xadd(keys.readings, {"sensor": "d", "ts": "1", "temperature_c": "nan", "humidity_pct": "1"})
-    drain(make_worker(db, keys, rules=rules('[[rule]]\nname="cold"\nkind="threshold"\nbelow=100.0')), START + 10**9)
-    result = run_cli("analytics", "report", "--json", "--redis-url", redis_url)
+def test_report_finds_dropouts_and_counts_dead_letters_and_alerts(redis_url, db):
+    produce(redis_url, "d", "e", "--count", "600", "--start", str(START), "--dropout-rate", "0.01")
+    layout = open_layout(db, Keys())
+    stream = layout.partition_for("d").readings
+    db.xadd(stream, {"sensor": "d", "ts": "1", "temperature_c": "nan", "humidity_pct": "1"})
+    drain(make_worker(db, layout, rules=rules('[[rule]]\nname="cold"\nkind="threshold"\nbelow=100.0')),
+          START + 10**9)
+    result = run_cli("analytics", "report", "--json", "--sensor", "d", "--redis-url", redis_url)
     assert result.returncode == 0, result.stderr
-    row = json.loads(result.stdout)["sensors"][0]
-    produced = [int(f["seq"]) for _, f in db.xrange(keys.readings) if "seq" in f]
-    assert row["count"] == len(produced) < 600
+    [row] = json.loads(result.stdout)["sensors"]
+    produced = [int(f["seq"]) for _, f in db.xrange(stream) if f.get("sensor") == "d" and "seq" in f]
+    assert row["sensor"] == "d" and row["count"] == len(produced) < 600
     assert row["missing"] == 600 - len(produced) - (599 - max(produced)) and row["gaps"] >= 1
     assert row["dead_letters"] == 1 and row["alerts"] == 1
+    everyone = json.loads(run_cli("analytics", "report", "--json", "--redis-url", redis_url).stdout)["sensors"]
+    assert [row["sensor"] for row in everyone] == ["d", "e"] and everyone[1]["dead_letters"] == 0
 
 
-def test_plot_is_a_png_with_the_expected_series(redis_url, db, keys, tmp_path):
+def test_plot_is_a_png_with_the_expected_series(redis_url, db, tmp_path):
+    layout = layout_of(db, 4)
     temps = [20.0] * 100 + [45.0] * 60 + [20.0] * 100
-    add_readings(db, keys, [Reading("p", START + i * 1000, t, 50.0, i) for i, t in enumerate(temps)])
-    drain(make_worker(db, keys, rules=rules('[[rule]]\nname="hot"\nkind="threshold"\nabove=40.0\nseverity="critical"')),
-          START + 10**9)
+    add_readings(db, layout, [Reading("p", START + i * 1000, t, 50.0, i) for i, t in enumerate(temps)])
+    drain(make_worker(db, layout, rules=rules(
+        '[[rule]]\nname="hot"\nkind="threshold"\nabove=40.0\nseverity="critical"')), START + 10**9)
     out = tmp_path / "p.png"
     result = run_cli("analytics", "plot", "--sensor", "p", "--out", str(out), "--redis-url", redis_url)
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     readings = pd.DataFrame({"ts_ms": [START + i * 1000 for i in range(260)], "temperature_c": temps,
                              "humidity_pct": [50.0] * 260})
-    alerts = pd.DataFrame([fields for _, fields in db.xrange(keys.alerts)])
-    windows = pd.DataFrame([fields for _, fields in db.xrange(keys.aggregates)])
-    figure = sensor_figure("p", readings, windows, alert_episodes(alerts))
+    figure = sensor_figure("p", readings, outputs(db, layout, "aggregates"), alert_episodes(outputs(db, layout, "alerts")))
     labels = [line.get_label() for line in figure.axes[0].get_lines()]
     assert labels == ["temperature_c", "window mean"]
     assert [line.get_label() for line in figure.axes[1].get_lines()] == ["humidity_pct", "window mean"]

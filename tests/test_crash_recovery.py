@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.lossy_proxy import LossyProxy
 from tests.crash_harness import PARTITIONS, Fleet, assert_reconciles, run_kill_loop, spawn, wait_for, wait_until_settled
+from tests.lossy_proxy import LossyProxy
 
 PRODUCER_ARGS = ("--fleet", "k-", "8", "--rate", "40", "--duration", "15", "--partitions", str(PARTITIONS))
 
@@ -60,7 +60,7 @@ def test_redis_killed_and_restarted_under_load_reconciles(redis_server, redis_ur
         time.sleep(rng.uniform(0.15, 0.4))
         restart_redis()
         if ticks["n"] in (4, 14):
-            fleet.kill_worker(sorted(fleet.workers)[0])
+            fleet.kill_worker(min(fleet.workers))
             fleet.start_worker(f"w{fleet.started + 1}")
     assert producer.returncode == 0, producer.stderr.read()
     assert ticks["n"] >= 20, "the producer ended before the second restart"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import urllib.request
 
 from telemetry.embedded import free_port
+from telemetry.keys import Keys
+from telemetry.partitions import open_layout
 from tests.aggregation_helpers import START
 from tests.conftest import run_cli
 from tests.crash_harness import spawn, wait_for
@@ -18,23 +20,27 @@ def scrape(port: int) -> str:
         return ""
 
 
-def test_worker_exports_counters_gauges_and_histogram(redis_url, db, keys):
+def test_worker_exports_counters_gauges_and_histogram(redis_url, db):
     assert run_cli("producers", "m1", "m2", "--count", "300", "--start", str(START), "--spike-rate", "0.05",
-                   "--redis-url", redis_url).returncode == 0
-    db.xadd(keys.readings, {"sensor": "m1", "ts": "1", "temperature_c": "nan", "humidity_pct": "1"})
+                   "--partitions", "4", "--redis-url", redis_url).returncode == 0
+    layout = open_layout(db, Keys())
+    db.xadd(layout.partition_for("m1").readings, {"sensor": "m1", "ts": "1", "temperature_c": "nan",
+                                                  "humidity_pct": "1"})
     port = free_port()
     worker = spawn("consumers", "aggregate", "--start", "all", "--metrics-port", str(port), "--redis-url", redis_url)
     try:
         wait_for(lambda: "telemetry_readings_processed_total 600.0" in scrape(port), 30, "600 processed")
+        wait_for(lambda: 'telemetry_group_pending_entries{group="aggregators",partition="3"} 0.0' in scrape(port),
+                 30, "every partition read")
         text = scrape(port)
     finally:
         worker.terminate()
         worker.wait(timeout=30)
-    assert 'telemetry_readings_dead_lettered_total{reason="malformed"} 1.0' in text
     assert 'telemetry_alerts_total{rule="temperature-jump",severity="warning"}' in text
-    assert 'telemetry_group_lag_entries{group="aggregators"} 0.0' in text
-    assert 'telemetry_group_pending_entries{group="aggregators"} 0.0' in text
-    assert "telemetry_batch_processing_seconds_bucket" in text
+    for index in range(4):
+        assert f'telemetry_group_lag_entries{{group="aggregators",partition="{index}"}} 0.0' in text
+        assert f'telemetry_group_pending_entries{{group="aggregators",partition="{index}"}} 0.0' in text
+    assert "telemetry_commit_seconds_bucket" in text and "telemetry_commit_seconds_count" in text
 
 
 def test_producer_exports_produced_readings(redis_url):

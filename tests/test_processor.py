@@ -22,7 +22,8 @@ FAR_FUTURE = START + 10**9
 
 
 def settings(rules=(), **overrides) -> AggregatorSettings:
-    base = dict(consumer="test", window_ms=10_000, grace_ms=2_000, idle_ms=15_000, rolling_ms=30_000, rules=rules)
+    base = {"consumer": "test", "window_ms": 10_000, "grace_ms": 2_000, "idle_ms": 15_000, "rolling_ms": 30_000,
+            "rules": rules}
     return AggregatorSettings(**{**base, **overrides})
 
 

@@ -1,4 +1,4 @@
-"""The producer against a real redis-server: trimming, fleets, restarts and signals."""
+"""The producer against a real redis-server: partitions, trimming, fleets, restarts and signals."""
 
 from __future__ import annotations
 
@@ -11,24 +11,39 @@ import sys
 import time
 from collections import defaultdict
 
+import redis
 import walrus
 
 from producers.faults import FaultRates
 from producers.simulation import Simulation, SimulationSettings
 from producers.trim_guard import TrimGuard
 from producers.writer import StreamWriter
+from telemetry.keys import Keys
+from telemetry.partitions import Layout, open_layout
 from telemetry.schema import FieldMap, Reading
 from tests.conftest import ROOT, run_cli
 
 START = 1_700_000_000_000
 
 
-def readings_by_sensor(db, keys) -> dict[str, list[Reading]]:
+def readings_by_sensor(db) -> dict[str, list[Reading]]:
+    """Each sensor's readings, from the partition they must all be in."""
+    layout = open_layout(db, Keys())
     grouped = defaultdict(list)
-    for entry_id, fields in db.xrange(keys.readings):
-        reading = Reading.decode(fields, entry_id)
-        grouped[reading.sensor].append(reading)
+    for partition in layout.partitions:
+        for entry_id, fields in db.xrange(partition.readings):
+            reading = Reading.decode(fields, entry_id)
+            assert layout.partition_for(reading.sensor) == partition
+            grouped[reading.sensor].append(reading)
     return grouped
+
+
+def total_length(db, layout: Layout) -> int:
+    return sum(db.xlen(partition.readings) for partition in layout.partitions)
+
+
+def rows_of(readings: list[Reading]) -> list[str]:
+    return ["\t".join(reading.encode().values()) for reading in readings]
 
 
 def assert_no_seq_gap(grouped):
@@ -37,100 +52,130 @@ def assert_no_seq_gap(grouped):
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"{sensor} has a gap or duplicate"
 
 
-def test_backfill_writes_count_per_sensor_spaced_one_over_rate(redis_url, db, keys):
+def test_backfill_writes_count_per_sensor_spaced_one_over_rate(redis_url, db):
     result = run_cli("producers", "a", "b", "--count", "50", "--rate", "2", "--start", str(START),
                      "--redis-url", redis_url, "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["readings"] == {"a": 50, "b": 50}
-    grouped = readings_by_sensor(db, keys)
+    grouped = readings_by_sensor(db)
     assert [r.ts_ms for r in grouped["a"]] == [START + 500 * i for i in range(50)]
     assert_no_seq_gap(grouped)
 
 
-def test_same_name_and_seed_write_the_same_values(redis_url, db, keys):
+def test_same_name_and_seed_write_the_same_values(redis_url, db):
     args = ("kitchen", "--count", "20", "--start", str(START), "--seed", "9", "--redis-url", redis_url)
     assert run_cli("producers", *args).returncode == 0
-    first = [(r.temperature_c, r.humidity_pct) for r in readings_by_sensor(db, keys)["kitchen"]]
+    first = [(r.temperature_c, r.humidity_pct) for r in readings_by_sensor(db)["kitchen"]]
     db.flushall()
     assert run_cli("producers", *args).returncode == 0
-    second = [(r.temperature_c, r.humidity_pct) for r in readings_by_sensor(db, keys)["kitchen"]]
+    second = [(r.temperature_c, r.humidity_pct) for r in readings_by_sensor(db)["kitchen"]]
     assert first == second and len(first) == 20
 
 
-def test_maxlen_trims_approximately(redis_url, db, keys):
-    result = run_cli("producers", "--fleet", "t-", "10", "--count", "500", "--start", str(START),
-                     "--maxlen", "1000", "--redis-url", redis_url)
+def test_maxlen_is_the_pipelines_total_shared_by_its_partitions(redis_url, db):
+    result = run_cli("producers", "--fleet", "t-", "12", "--count", "500", "--start", str(START),
+                     "--maxlen", "1000", "--partitions", "4", "--redis-url", redis_url)
     assert result.returncode == 0, result.stderr
-    length = db.xlen(keys.readings)
-    assert 1000 <= length < 5000 - 1000
+    lengths = [db.xlen(partition.readings) for partition in open_layout(db, Keys()).partitions]
+    assert all(250 <= length < 250 + 200 for length in lengths), lengths  # MAXLEN ~ trims whole nodes
 
 
-def test_a_fleet_of_ten_thousand_sensors_runs_in_one_process(redis_url, db, keys):
+def test_a_fleet_of_ten_thousand_sensors_runs_in_one_process(redis_url, db):
     result = run_cli("producers", "--fleet", "greenhouse-", "10000", "--count", "3", "--start", str(START),
                      "--redis-url", redis_url, "--json")
     assert result.returncode == 0, result.stderr
     counts = json.loads(result.stdout)["readings"]
     assert len(counts) == 10_000 and set(counts.values()) == {3}
-    assert db.xlen(keys.readings) == 30_000
-    assert db.hget(keys.producer_seq, "greenhouse-10000") == "2"
+    layout = open_layout(db, Keys())
+    assert total_length(db, layout) == 30_000 and all(db.xlen(p.readings) for p in layout.partitions)
+    assert db.hget(layout.partition_for("greenhouse-10000").producer_seq, "greenhouse-10000") == "2"
 
 
-def test_restarted_producer_continues_seq(redis_url, db, keys):
+def test_restarted_producer_continues_seq(redis_url, db):
     for start in (START, START + 60_000):
         assert run_cli("producers", "s", "--count", "5", "--start", str(start), "--redis-url", redis_url).returncode == 0
-    seqs = [r.seq for r in readings_by_sensor(db, keys)["s"]]
+    seqs = [r.seq for r in readings_by_sensor(db)["s"]]
     assert seqs == list(range(10))
 
 
-def test_resend_after_lost_reply_writes_nothing_twice(db, keys):
-    writer = StreamWriter(db, keys, FieldMap(), maxlen=0)
-    rows = ["\t".join(Reading("s", START + i, 20.0, 50.0, i).encode().values()) for i in range(6)]
-    assert writer.write(rows[:5]).appended == 5
-    again = writer.write(rows)
-    assert (again.appended, again.skipped_as_already_written) == (1, 5)
-    assert db.xlen(keys.readings) == 6
+class LostReplies:
+    """A client whose pipelines run their commands but lose the reply, `times` times."""
+
+    def __init__(self, db, times: int) -> None:
+        self.db, self.times = db, times
+
+    def pipeline(self, **kwargs):
+        pipeline = self.db.pipeline(**kwargs)
+        execute = pipeline.execute
+
+        def execute_and_lose_reply(*args, **kw):
+            replies = execute(*args, **kw)
+            if self.times:
+                self.times -= 1
+                raise redis.ConnectionError("reply lost")
+            return replies
+
+        pipeline.execute = execute_and_lose_reply
+        return pipeline
 
 
-def test_redis_restart_mid_run_leaves_no_seq_gap(redis_server, redis_url, keys):
+def test_resend_after_lost_reply_writes_nothing_twice(db):
+    layout = open_layout(db, Keys(), 4)
+    rows = rows_of([Reading(f"s{i % 5}", START + i, 20.0, 50.0, i // 5) for i in range(40)])
+    assert len({layout.partition_for(f"s{i}") for i in range(5)}) > 1
+    writer = StreamWriter(db, layout, FieldMap(), maxlen=0, log=io.StringIO())
+    writer.db = LostReplies(db, times=1)
+    resent = writer.write(rows)
+    assert (resent.appended, resent.skipped_as_already_written) == (0, 40)  # the first send had written them all
+    assert total_length(db, layout) == 40 and "retrying 40 unconfirmed readings" in writer.log.getvalue()
+    assert writer.write(rows[:5]).appended == 5  # the same rows in a new batch are new readings
+    assert total_length(db, layout) == 45
+
+
+def test_redis_restart_mid_run_leaves_no_seq_gap(redis_server, redis_url):
     producer = subprocess.Popen(
         [sys.executable, "-m", "producers", "--fleet", "r-", "20", "--rate", "50", "--duration", "6",
          "--redis-url", redis_url], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = walrus.Database.from_url(redis_url, decode_responses=True)
+    layout = open_layout(client, Keys())
     deadline = time.monotonic() + 20
-    while client.xlen(keys.readings) < 500 and time.monotonic() < deadline:
+    while total_length(client, layout) < 500 and time.monotonic() < deadline:
         time.sleep(0.05)
     redis_server.restart()
     _, err = producer.communicate(timeout=60)
     assert producer.returncode == 0, err
     assert "retrying" in err  # the outage was seen, not dodged
-    grouped = readings_by_sensor(walrus.Database.from_url(redis_url, decode_responses=True), keys)
+    grouped = readings_by_sensor(walrus.Database.from_url(redis_url, decode_responses=True))
     assert len(grouped) == 20
     assert_no_seq_gap(grouped)
     assert all(r[0].seq == 0 for r in grouped.values())
 
 
-def test_sigterm_flushes_and_prints_counts(redis_url, keys):
+def test_sigterm_flushes_and_prints_counts(redis_url):
     producer = subprocess.Popen(
         [sys.executable, "-m", "producers", "x", "y", "--rate", "20", "--redis-url", redis_url, "--json"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     client = walrus.Database.from_url(redis_url, decode_responses=True)
+    layout = open_layout(client, Keys())
     deadline = time.monotonic() + 20
-    while client.xlen(keys.readings) < 20 and time.monotonic() < deadline:
+    while total_length(client, layout) < 20 and time.monotonic() < deadline:
         time.sleep(0.05)
     producer.send_signal(signal.SIGTERM)
     out, err = producer.communicate(timeout=20)
     assert producer.returncode == 0, err
     report = json.loads(out)
     assert report["stopped_by_signal"] is True
-    assert sum(report["readings"].values()) == client.xlen(keys.readings)
+    assert sum(report["readings"].values()) == total_length(client, layout)
 
 
-def test_trim_guard_warns_once_per_interval_naming_the_group(db, keys):
-    writer = StreamWriter(db, keys, FieldMap(), maxlen=0)
-    db.xgroup_create(keys.readings, "slow", id="0", mkstream=True)
-    guard = TrimGuard(db, keys.readings, maxlen=100, check_every_ms=0, warn_every_ms=60_000, log=io.StringIO())
+def test_trim_guard_warns_once_per_interval_naming_the_group(db):
+    layout = open_layout(db, Keys(), 4)
+    writer = StreamWriter(db, layout, FieldMap(), maxlen=0)
+    db.xgroup_create(layout.partition_for("s").readings, "slow", id="0", mkstream=True)
+    guard = TrimGuard(db, [partition.readings for partition in layout.partitions], maxlen=100, check_every_ms=0,
+                      warn_every_ms=60_000, log=io.StringIO())
     simulation = Simulation(SimulationSettings(("s",), count=80, backfill_start_ms=START, faults=FaultRates()),
                             writer, FieldMap(), START, [None])
     simulation.step(START + 10**9)
