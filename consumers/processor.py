@@ -24,6 +24,9 @@ from telemetry.records import AlertEvent, DeadLetterRecord, WindowAggregate
 # While caught up, the partition clock follows the wall clock this far behind, so a reading still
 # on its way (or stamped by a producer whose clock runs a little behind) is not judged silent.
 WALL_CLOCK_MARGIN_MS = 5_000
+# The most wall-clock time one read may vouch for: a worker reads at least every block interval
+# (0.1 s by default); a read that took longer was held up (Redis paused, the worker frozen).
+LONGEST_LOOK_MS = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,7 @@ class PartitionProcessor:
         self.clock_ms = clock_ms
         self.outputs = Outputs()
         self._due: list[tuple[int, str]] = []
+        self._watched_since: int | None = None  # wall time of the last read of this partition
         self._scheduled: dict[str, int] = {}
         for sensor in self.sensors:
             self._schedule(sensor)
@@ -147,9 +151,15 @@ class PartitionProcessor:
             del self._scheduled[sensor]
             self._visit(sensor, clock_ms)
 
-    def caught_up(self, wall_ms: int) -> None:
-        """The partition has nothing unread or pending: silence may now be judged on the wall clock."""
-        self.advance_clock(wall_ms - WALL_CLOCK_MARGIN_MS)
+    def observe(self, wall_ms: int, caught_up: bool) -> None:
+        """After each read. While the partition has nothing unread or pending, silence is judged on
+        the wall clock, but the clock moves only by the time this owner has watched it caught up:
+        a first look after a takeover, an outage or a backlog moves nothing, so readings that a
+        producer is still resending after Redis came back are not taken for silence."""
+        watched_since, self._watched_since = self._watched_since, wall_ms
+        if caught_up and watched_since is not None and self.clock_ms != NONE:
+            watched = min(wall_ms - watched_since, LONGEST_LOOK_MS)  # a read that hung through a pause saw nothing
+            self.advance_clock(min(wall_ms - WALL_CLOCK_MARGIN_MS, self.clock_ms + watched))
 
     def rolling_stats(self, state: SensorState) -> Summary:
         """As of the sensor's newest reading; computed once per change."""

@@ -371,8 +371,7 @@ class AggregatorWorker:
             self._apply(owned, entries)
             handled += len(entries)
             owned.caught_up = len(entries) < self.settings.batch
-            if owned.caught_up:
-                owned.processor.caught_up(now)
+            owned.processor.observe(now, owned.caught_up)
         self._commit_all([self.owned[index] for index in read if index in self.owned])
         self.last_progress = time.monotonic()
         return handled

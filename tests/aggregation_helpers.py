@@ -49,6 +49,13 @@ def drain(worker: AggregatorWorker, now: int, steps: int = 10_000) -> None:
     raise AssertionError("worker did not drain")
 
 
+def watch_idle(worker: AggregatorWorker, start_ms: int, seconds: int) -> None:
+    """Keep reading an idle pipeline for `seconds` of injected wall-clock time, a read a second:
+    the partition clock follows it, and windows of silent sensors close."""
+    for second in range(seconds + 1):
+        worker.step(start_ms + second * 1000)
+
+
 def outputs(db, layout: Layout, kind: str, group: str = "aggregators") -> pd.DataFrame:
     """Every partition's output stream of `kind`, merged in entry-id order."""
     rows = [{"id": entry_id, **fields} for keys in layout.groups(group)

@@ -17,7 +17,7 @@ import pandas as pd
 import redis
 import walrus
 
-from consumers.rules import load_rules
+from consumers.rules import DEFAULT_RULES_TOML, parse_rules
 from telemetry.keys import Keys
 from telemetry.partitions import Layout, open_layout
 from telemetry.schema import Reading
@@ -28,6 +28,9 @@ WINDOW_MS = 2_000
 PARTITIONS = 6
 WORKER_FLAGS = ("--start", "all", "--window", "2s", "--grace", "1s", "--idle", "3s", "--rolling", "10s",
                 "--batch", "20", "--lease", "1500ms", "--settle", "300ms", "--partitions", str(PARTITIONS))
+# The built-in rules, with a silence short enough that an outage longer than it would show a
+# false 'silent' alert if the pipeline judged silence on anything but the readings.
+HARNESS_RULES = DEFAULT_RULES_TOML.replace('after = "30s"', 'after = "2s"')
 ALERT_FIELDS = ["alert_id", "rule", "kind", "sensor", "severity", "state", "value", "threshold", "ts"]
 
 
@@ -48,6 +51,7 @@ def wait_for(condition, timeout_s: float, what: str) -> None:
 @dataclass
 class Fleet:
     redis_url: str
+    rules_path: str
     worker_url: str | None = None  # workers may reach Redis through a proxy
     workers: dict[str, subprocess.Popen] = field(default_factory=dict)
     kills: int = 0
@@ -65,7 +69,7 @@ class Fleet:
     def start_worker(self, name: str) -> None:
         self.started += 1
         self.workers[name] = spawn("consumers", "aggregate", "--consumer", name, *WORKER_FLAGS,
-                                   "--redis-url", self.worker_url or self.redis_url)
+                                   "--rules", self.rules_path, "--redis-url", self.worker_url or self.redis_url)
 
     def holds_uncommitted(self, name: str) -> bool:
         try:
@@ -143,7 +147,7 @@ def wait_until_settled(fleet: Fleet, timeout_s: float) -> None:
 def reference_alerts(db, layout: Layout) -> pd.DataFrame:
     """What one uninterrupted worker makes of the same readings, in a group of its own."""
     worker = make_worker(db, layout, group="reference", consumer="reference", window_ms=WINDOW_MS, grace_ms=1000,
-                         idle_ms=3000, rolling_ms=10_000, rules=load_rules(None))
+                         idle_ms=3000, rolling_ms=10_000, rules=parse_rules(HARNESS_RULES, "harness rules"))
     worker.log = io.StringIO()
     drain(worker, START + 10**12)
     return outputs(db, layout, "alerts", "reference")

@@ -27,6 +27,7 @@ from tests.aggregation_helpers import (
     make_worker,
     outputs,
     pending,
+    watch_idle,
 )
 from tests.conftest import run_cli
 
@@ -50,7 +51,7 @@ def test_windows_equal_pandas_and_every_entry_is_acknowledged(db):
     add_readings(db, layout, readings)
     worker = make_worker(db, layout, window_ms=10_000, grace_ms=1_000, batch=64)
     drain(worker, LATER)
-    worker.step(LATER)  # caught up: the wall clock closes the last windows
+    watch_idle(worker, LATER, 90)  # caught up: the wall clock closes the last windows
     frame = pd.DataFrame([asdict(reading) for reading in readings])
     frame["window_start"] = frame.ts_ms - frame.ts_ms % 10_000
     expected = frame.groupby(["sensor", "window_start"]).temperature_c.agg(["size", "mean", "std"])
@@ -100,6 +101,8 @@ def test_previous_owners_pending_entries_are_taken_over_in_order_and_poison_dead
     db.xreadgroup("aggregators", "crashed", {layout.partitions[0].readings: ">"}, count=10)  # read, never committed
     survivor = make_worker(db, layout, consumer="survivor", window_ms=5_000)
     drain(survivor, LATER)
+    watch_idle(survivor, LATER, 90)
+    survivor.release_all()
     assert counters(db, layout)["processed"] == 30 and pending(db, layout) == 0
     windows = outputs(db, layout, "aggregates")
     assert windows["count"].astype(int).tolist() == [5] * 6, "the taken-over entries were not applied in order"

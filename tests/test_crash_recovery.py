@@ -9,16 +9,27 @@ import time
 
 import pytest
 
-from tests.crash_harness import PARTITIONS, Fleet, assert_reconciles, run_kill_loop, spawn, wait_for, wait_until_settled
+from tests.crash_harness import (
+    HARNESS_RULES,
+    PARTITIONS,
+    Fleet,
+    assert_reconciles,
+    run_kill_loop,
+    spawn,
+    wait_for,
+    wait_until_settled,
+)
 from tests.lossy_proxy import LossyProxy
 
 PRODUCER_ARGS = ("--fleet", "k-", "8", "--rate", "40", "--duration", "15", "--partitions", str(PARTITIONS))
 
 
 @pytest.fixture()
-def fleet(redis_url):
+def fleet(redis_url, tmp_path):
     """Worker processes that are stopped whatever the test's outcome, so none outlives it."""
-    workers = Fleet(redis_url)
+    rules = tmp_path / "rules.toml"
+    rules.write_text(HARNESS_RULES)
+    workers = Fleet(redis_url, str(rules))
     yield workers
     workers.stop_all()
 
@@ -127,4 +138,26 @@ def test_lost_replies_to_commits_and_producer_batches_double_nothing(redis_serve
         proxy.stop()
     print(f"replies lost: {proxy.dropped}")
     assert proxy.dropped >= 20
+    assert_reconciles(fleet.db, fleet.layout)
+
+
+@pytest.mark.slow
+def test_redis_paused_and_workers_down_give_the_results_of_an_uninterrupted_run(redis_server, redis_url, fleet):
+    """Redis frozen (SIGSTOP) for longer than the silence rule, then every worker down for as
+    long, while the producer keeps its clock: no reading late, no false 'silent' alert."""
+    fleet.start_worker("w1")
+    producer = spawn("producers", *PRODUCER_ARGS[:-4], "--duration", "20", "--partitions", str(PARTITIONS),
+                     "--redis-url", redis_url)
+    time.sleep(3)
+    redis_server.process.send_signal(signal.SIGSTOP)
+    time.sleep(9)  # past the leases, and past the silence rule plus the wall-clock margin
+    redis_server.process.send_signal(signal.SIGCONT)
+    time.sleep(2)
+    fleet.stop_all()
+    fleet.workers.clear()
+    time.sleep(5)  # the producer goes on; nobody reads
+    fleet.start_worker("w2")
+    assert producer.wait(timeout=90) == 0, producer.stderr.read()
+    wait_until_settled(fleet, timeout_s=90)
+    fleet.stop_all()
     assert_reconciles(fleet.db, fleet.layout)

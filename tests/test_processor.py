@@ -74,7 +74,7 @@ def test_windows_equal_pandas_with_out_of_order_readings_within_grace():
     readings = fleet_readings(jitter_ms=1_500)
     processor = PartitionProcessor(settings().processing())
     outputs = run(processor, entries_of(readings), 37).aggregates
-    processor.caught_up(FAR_FUTURE)  # closes the last windows on the (wall) clock
+    watch(processor, processor.clock_ms + 60_000)  # closes the last windows on the (wall) clock
     outputs += processor.take_outputs().aggregates
     emitted = pd.DataFrame([asdict(o) for o in outputs])
     emitted = emitted.set_index(["sensor", "window_start"]).sort_index()
@@ -181,13 +181,19 @@ def test_silence_is_judged_on_the_partitions_event_clock_not_on_arrival():
     assert [(o.sensor, o.window_start) for o in idle] == [("b", START)]
 
 
+def watch(processor: PartitionProcessor, until_ms: int, step_ms: int = 500) -> None:
+    """Reads that find the partition caught up, every `step_ms`, from its clock until `until_ms`."""
+    for wall in range(processor.clock_ms, until_ms + step_ms, step_ms):
+        processor.observe(min(wall, until_ms), caught_up=True)
+
+
 def test_the_wall_clock_moves_silence_only_when_caught_up_and_gives_the_same_events():
     readings = [Reading("b", START + 2500, 21.0, 50.0, 0)]
     by_wall = PartitionProcessor(settings(SILENT_RULES).processing())
     run(by_wall, entries_of(readings), 10)
-    by_wall.caught_up(START + 2500 + 20_000 + WALL_CLOCK_MARGIN_MS - 1)
+    watch(by_wall, START + 2500 + 20_000 + WALL_CLOCK_MARGIN_MS - 1)
     assert not by_wall.outputs.alerts, "fired before the deadline plus the margin"
-    by_wall.caught_up(START + 60_000 + WALL_CLOCK_MARGIN_MS)
+    watch(by_wall, START + 60_000 + WALL_CLOCK_MARGIN_MS)
     by_data = PartitionProcessor(settings(SILENT_RULES).processing())
     data = run(by_data, entries_of(readings + [Reading("a", START + 60_000, 20.0, 50.0, 0)]), 10)
     wall_events = [(e.alert_id, e.state, e.ts, e.value) for e in by_wall.outputs.alerts]
@@ -215,3 +221,16 @@ def test_stuck_and_rate_of_change_rules():
     out = run(PartitionProcessor(settings(rules).processing()), entries_of(readings), 4)
     fired = {(o.rule, o.state) for o in out.alerts}
     assert fired == {("stuck", "firing"), ("jump", "firing")}
+
+
+def test_a_first_look_after_an_outage_moves_no_clock():
+    """Redis paused for minutes: the first reads after it find nothing yet (the producer is still
+    resending), which must not make every sensor look silent; watching for real does."""
+    processor = PartitionProcessor(settings(SILENT_RULES).processing())
+    run(processor, entries_of([Reading("b", START, 21.0, 50.0, 0)]), 10)
+    processor.observe(START + 1_000, caught_up=True)
+    processor.observe(START + 180_000, caught_up=True)  # the outage: no look in between
+    assert not processor.outputs.alerts and processor.clock_ms <= START + 2_000
+    processor.observe(START + 190_000, caught_up=False)  # a backlog arrives
+    watch(processor, START + 190_000 + 30_000)
+    assert [event.ts for event in processor.outputs.alerts] == [START + 20_000]
