@@ -93,7 +93,7 @@ def commit_request(keys: GroupKeys, token: str, epoch: int, commit: int, process
     sensors = processor.sensors
     state_args: list[str | bytes] = []
     rolling_args: list[str] = []
-    for sensor in sorted(outputs.changed_sensors):
+    for sensor in outputs.changed_sensors:
         state = sensors[sensor]
         state_args += [sensor, state.pack_core()]
         rolling_args += [sensor, rolling_view(processor, state, now_ms)]
