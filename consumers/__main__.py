@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import redis
@@ -13,8 +12,15 @@ from consumers.rules import load_rules
 from consumers.settings import AggregatorSettings
 from consumers.status import collect_status, render_status
 from consumers.worker import AggregatorWorker
-from telemetry.backoff import Backoff
-from telemetry.cli import CommandParser, PipelineConfig, StopSignal, add_redis_arguments, number_type, run_main
+from telemetry.cli import (
+    CommandParser,
+    PipelineConfig,
+    StopSignal,
+    add_redis_arguments,
+    connect_with_retry,
+    number_type,
+    run_main,
+)
 from telemetry.connection import connect
 from telemetry.errors import RedisUnavailable
 from telemetry.gc_tuning import tune_for_batches
@@ -83,23 +89,6 @@ def aggregator_settings(args) -> AggregatorSettings:
         count=args.count, drain=args.drain,
         duration_ms=parse_duration_ms(args.duration, field="--duration") if args.duration else None,
     )
-
-
-def connect_with_retry(config: PipelineConfig, stop: StopSignal):
-    """Long-running commands wait for Redis instead of failing: say so, back off, try again."""
-    target = config.target()
-    backoff = Backoff(max_s=10.0)
-    announce = True
-    while True:
-        try:
-            return connect(target, announce=announce)
-        except RedisUnavailable as error:
-            if stop.requested:
-                raise
-            delay = backoff.next_delay()
-            print(f"{error}; retrying in {delay:.1f}s", file=sys.stderr)
-            announce = False
-            time.sleep(delay)
 
 
 def run_aggregate(args, config: PipelineConfig, stop: StopSignal) -> int:

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from consumers.rules import AlertRule
-from consumers.sensor_state import AlertEpisode, SensorState, Window
+from consumers.sensor_state import AlertEpisode, SensorState
 from consumers.summary import MetricStats, Summary
+from consumers.windows import Window
 from telemetry.records import AlertEvent
 
 Emit = Callable[[AlertEvent], None]

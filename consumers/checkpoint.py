@@ -14,7 +14,8 @@ import redis
 
 from consumers.processor import Outputs, PartitionProcessor, ProcessingSettings
 from consumers.rolling import RollingSpec
-from consumers.sensor_state import NONE, SensorState, bucket_field, pack_bucket, unpack_bucket
+from consumers.sensor_state import SensorState, bucket_field, pack_bucket, unpack_bucket
+from consumers.windows import NONE
 from telemetry.keys import GroupKeys
 
 OUTPUT_STREAM_ARG = {"aggregates": "6", "alerts": "7", "dead-letter": "8"}  # KEYS positions in commit.lua

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from consumers.alerting import RuleSet, on_reading, on_rolling, on_silence, on_window, silence_deadline
 from consumers.batch import CommitBatch
 from consumers.rolling import RollingSpec
-from consumers.sensor_state import NONE, SensorState, Window
+from consumers.sensor_state import SensorState
 from consumers.summary import Summary
+from consumers.windows import NONE, Window
 from telemetry.records import AlertEvent, DeadLetterRecord, WindowAggregate
 
 # While caught up, the partition clock follows the wall clock this far behind, so a reading still
@@ -179,12 +180,8 @@ class PartitionProcessor:
 
     def _close(self, sensor: str, state: SensorState, window: Window, closed_by: str) -> None:
         settings = self.settings
-        summary = window.summary
         end = window.start_ms + settings.window_ms
-        self.outputs.aggregates.append(WindowAggregate(
-            sensor, window.start_ms, end, summary.n, summary.t_mean, summary.t_min, summary.t_max,
-            summary.std("temperature_c"), summary.h_mean, summary.h_min, summary.h_max, summary.std("humidity_pct"),
-            window.first_ts, window.last_ts, closed_by))
+        self.outputs.aggregates.append(window.aggregate(sensor, settings.window_ms, closed_by))
         self.outputs.counters["windows_emitted"] += 1
         del state.windows[window.start_ms]
         state.closed_through = max(state.closed_through, end)

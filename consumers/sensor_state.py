@@ -16,31 +16,10 @@ from dataclasses import dataclass, field
 import msgpack
 
 from consumers.summary import Summary
+from consumers.windows import NONE, Window
 
 STATE_VERSION = 1
 _packer = msgpack.Packer()  # reused: packb builds a Packer per call
-NONE = -1  # an int field with no value yet (msgpack is smaller without nil checks everywhere)
-
-
-@dataclass(slots=True)
-class Window:
-    start_ms: int
-    summary: Summary = field(default_factory=Summary)
-    first_ts: int = NONE
-    last_ts: int = NONE
-
-    def add(self, ts_ms: int, temperature_c: float, humidity_pct: float) -> None:
-        self.summary.add(temperature_c, humidity_pct)
-        if self.first_ts == NONE or ts_ms < self.first_ts:
-            self.first_ts = ts_ms
-        self.last_ts = max(self.last_ts, ts_ms)
-
-    def pack(self) -> list:
-        return [self.start_ms, *self.summary.values(), self.first_ts, self.last_ts]
-
-    @classmethod
-    def unpack(cls, values: list) -> Window:
-        return cls(values[0], Summary(*values[1:10]), values[10], values[11])
 
 
 @dataclass(slots=True)

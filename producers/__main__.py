@@ -12,12 +12,19 @@ from producers.faults import FaultRates
 from producers.simulation import Simulation, SimulationSettings
 from producers.trim_guard import TrimGuard
 from producers.writer import StreamWriter
-from telemetry.cli import CommandParser, PipelineConfig, StopSignal, add_redis_arguments, number_type, run_main
-from telemetry.connection import connect
+from telemetry.cli import (
+    CommandParser,
+    PipelineConfig,
+    StopSignal,
+    add_redis_arguments,
+    connect_with_retry,
+    number_type,
+    run_main,
+)
 from telemetry.errors import UsageError
 from telemetry.partitions import partition_maxlen
 from telemetry.schema import SchemaError, validate_sensor_name
-from telemetry.timeutil import now_ms, parse_time_ms
+from telemetry.timeutil import now_ms, parse_duration_ms, parse_time_ms
 
 MAX_FLEET = 100_000
 
@@ -31,7 +38,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--seed", type=number_type(int), default=0, help="profile seed (default 0)")
     parser.add_argument("--rate", type=number_type(float, above=0), default=1.0, help="readings per second per sensor")
     parser.add_argument("--count", type=number_type(int, minimum=1), help="readings per sensor, then exit")
-    parser.add_argument("--duration", type=number_type(float, above=0), help="seconds of event time, then exit")
+    parser.add_argument("--duration", help="event time to cover, then exit (e.g. 90, 90s, 5m, 250ms)")
     parser.add_argument("--start", metavar="TIME", help="backfill from TIME (ISO, epoch ms, or relative as --start=-1d) without waiting")
     parser.add_argument("--maxlen", type=number_type(int, minimum=0), default=1_000_000,
                         help="MAXLEN ~ trimming of the whole pipeline, shared by its partitions "
@@ -68,6 +75,16 @@ def sensor_names(names: list[str], fleets: list[list[str]]) -> tuple[str, ...]:
     return tuple(all_names)
 
 
+def duration_s(text: str | None) -> float | None:
+    """--duration takes the forms every duration flag takes (a bare number is seconds)."""
+    if text is None:
+        return None
+    milliseconds = parse_duration_ms(text, field="--duration")
+    if milliseconds <= 0:
+        raise UsageError(f"--duration {text}: must be positive")
+    return milliseconds / 1000
+
+
 def fault_rates(args) -> FaultRates:
     for fault in ("spike", "stuck", "dropout", "drift"):
         if getattr(args, f"{fault}_rate") > 1:
@@ -91,17 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopSignal().install()
     if args.from_csv is not None:
         frame = load_readings_csv(args.from_csv)
-        db = connect(config.target())
+        db = connect_with_retry(config, stop)
         layout = config.layout(db)
         writer = StreamWriter(db, layout, config.field_map, partition_maxlen(args.maxlen, layout.count))
         report(replay(frame, writer, config.field_map, args.batch), args.json, stop.requested)
         return 0
     settings = SimulationSettings(
         names=sensor_names(args.names, args.fleet), seed=args.seed, rate_hz=args.rate, count=args.count,
-        duration_s=args.duration, faults=fault_rates(args), batch_size=args.batch,
+        duration_s=duration_s(args.duration), faults=fault_rates(args), batch_size=args.batch,
         backfill_start_ms=parse_time_ms(args.start, field="--start") if args.start else None,
     )
-    db = connect(config.target())
+    db = connect_with_retry(config, stop)
     layout = config.layout(db)
     writer = StreamWriter(db, layout, config.field_map, partition_maxlen(args.maxlen, layout.count))
     start_ms = settings.backfill_start_ms if settings.backfill_start_ms is not None else now_ms()

@@ -24,6 +24,7 @@ import redis
 import walrus
 
 from telemetry.backoff import RETRYABLE, Backoff
+from telemetry.keys import PartitionKeys
 from telemetry.partitions import Layout
 from telemetry.schema import FieldMap, entry_layout
 from telemetry.scripts import load_script
@@ -50,6 +51,7 @@ class StreamWriter:
         self.append = load_script(db, "append_readings")
         self.producer_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.batch_number = 0
+        self._partition_of: dict[str, PartitionKeys] = {}
         self.log = log
         self._outbox: queue.Queue[list[str]] = queue.Queue(maxsize=2)
         self._sender: threading.Thread | None = None
@@ -97,38 +99,45 @@ class StreamWriter:
             return BatchResult(0, 0)
         self.batch_number += 1
         parts = self._by_partition(rows)
+        calls = [([partition.readings, partition.producer_batch(self.producer_id), partition.producer_seq],
+                  self._arguments(part_rows, last_rows)) for partition, (part_rows, last_rows) in parts.items()]
         backoff = Backoff()
         while True:
             try:
                 pipeline = self.db.pipeline(transaction=False)
-                for partition, part_rows in parts.items():
-                    self.append(keys=[partition.readings, partition.producer_batch(self.producer_id),
-                                      partition.producer_seq],
-                                args=self._arguments(part_rows), client=pipeline)
+                for keys, args in calls:
+                    self.append(keys=keys, args=args, client=pipeline)
                 replies = pipeline.execute()
                 return BatchResult(sum(int(appended) for appended, _ in replies),
-                                   sum(len(part) for (_, skipped), part in zip(replies, parts.values()) if skipped))
+                                   sum(len(part) for (_, skipped), (part, _) in zip(replies, parts.values()) if skipped))
             except (*RETRYABLE, redis.exceptions.NoScriptError) as error:
                 delay = backoff.next_delay()
                 print(f"producer: Redis unavailable ({error.__class__.__name__}: {error}); "
                       f"retrying {len(rows)} unconfirmed readings in {delay:.1f}s", file=self.log)
                 time.sleep(delay)
 
-    def _by_partition(self, rows: list[str]) -> dict:
-        parts: dict = defaultdict(list)
-        partition_for = self.layout.partition_for
+    def _by_partition(self, rows: list[str]) -> dict[PartitionKeys, tuple[list[str], dict[str, str]]]:
+        """Each partition's rows, and each sensor's last row among them (its seq is the one to keep)."""
+        parts: dict[PartitionKeys, tuple[list[str], dict[str, str]]] = {}
+        cache = self._partition_of
         for row in rows:
-            parts[partition_for(row[:row.index("\t")])].append(row)
+            sensor = row[:row.index("\t")]
+            partition = cache.get(sensor)
+            if partition is None:
+                partition = cache[sensor] = self.layout.partition_for(sensor)
+            part = parts.get(partition)
+            if part is None:
+                part = parts[partition] = ([], {})
+            part[0].append(row)
+            part[1][sensor] = row
         return parts
 
-    def _arguments(self, rows: list[str]) -> list:
-        last_seq: dict[str, str] = {}
+    def _arguments(self, rows: list[str], last_rows: dict[str, str]) -> list:
+        pairs: list[str] = []
         if self.seq_column is not None:
-            column = self.seq_column
-            for row in rows:
-                values = row.split("\t")
-                last_seq[values[0]] = values[column]
-        pairs = [part for item in last_seq.items() for part in item]
+            from_end = len(self.fields) - self.seq_column
+            for sensor, row in last_rows.items():
+                pairs += (sensor, row.rsplit("\t", from_end)[1])
         return [self.batch_number, BATCH_MARKER_TTL_MS, self.maxlen, len(self.fields), *self.fields, "\n".join(rows),
                 *pairs]
 

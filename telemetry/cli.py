@@ -6,11 +6,13 @@ import argparse
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import FrameType
 
-from telemetry.connection import RedisTarget, resolve_target
+from telemetry.backoff import Backoff
+from telemetry.connection import RedisTarget, connect, resolve_target
 from telemetry.errors import RedisUnavailable, UsageError
 from telemetry.keys import Keys, validate_name
 from telemetry.partitions import Layout, legacy_layout_note, open_layout
@@ -87,6 +89,24 @@ class PipelineConfig:
 
     def target(self, env: Mapping[str, str] = os.environ) -> RedisTarget:
         return resolve_target(self.redis_url, env)
+
+
+def connect_with_retry(config: PipelineConfig, stop: StopSignal):
+    """Long-running commands wait for Redis instead of failing: say so, back off, try again.
+    A refused password or a server that is not Redis will not change by waiting: those fail at once."""
+    target = config.target()
+    backoff = Backoff(max_s=10.0)
+    announce = True
+    while True:
+        try:
+            return connect(target, announce=announce)
+        except RedisUnavailable as error:
+            if stop.requested:
+                raise
+            delay = backoff.next_delay()
+            print(f"{error}; retrying in {delay:.1f}s", file=sys.stderr)
+            announce = False
+            time.sleep(delay)
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:

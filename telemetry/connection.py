@@ -21,24 +21,32 @@ from telemetry.errors import RedisUnavailable, UsageError
 LOCAL_DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
+def masked(url: str) -> str:
+    """The URL without its password: what every message prints."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
 @dataclass(frozen=True, slots=True)
 class RedisTarget:
     url: str
     origin: str
 
+    @property
+    def masked_url(self) -> str:
+        return masked(self.url)
+
     def describe(self) -> str:
-        parts = urlsplit(self.url)
-        netloc = parts.netloc
-        if parts.password:
-            netloc = netloc.replace(f":{parts.password}@", ":***@")
-        return f"redis: {urlunsplit(parts._replace(netloc=netloc))} ({self.origin})"
+        return f"redis: {self.masked_url} ({self.origin})"
 
 
 def resolve_target(flag_url: str | None, env: Mapping[str, str] = os.environ) -> RedisTarget:
     for url, origin in ((flag_url, "--redis-url"), (env.get("REDIS_URL"), "REDIS_URL")):
         if url:
             if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-                raise UsageError(f"{origin}: {url!r} is not a redis://, rediss:// or unix:// URL")
+                raise UsageError(f"{origin}: {masked(url)!r} is not a redis://, rediss:// or unix:// URL")
             return RedisTarget(url, origin)
     if answers(LOCAL_DEFAULT_URL):
         return RedisTarget(LOCAL_DEFAULT_URL, "server already on localhost:6379")
@@ -56,6 +64,8 @@ def connect(target: RedisTarget, *, announce: bool = True, timeout_s: float = 10
     )
     try:
         database.ping()
+    except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as error:
+        raise UsageError(f"Redis at {target.masked_url} refused the credentials: authentication failed ({error})") from None
     except (redis.ConnectionError, redis.TimeoutError) as error:
-        raise RedisUnavailable(f"cannot reach Redis at {target.url}: {error}") from None
+        raise RedisUnavailable(f"cannot reach Redis at {target.masked_url}: {error}") from None
     return database

@@ -1,0 +1,39 @@
+"""Tumbling event-time windows: one window's running statistics, its checkpoint form, and the
+aggregate it becomes when it closes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from consumers.summary import Summary
+from telemetry.records import WindowAggregate
+
+NONE = -1  # an int field with no value yet (msgpack is smaller without nil checks everywhere)
+
+
+@dataclass(slots=True)
+class Window:
+    start_ms: int
+    summary: Summary = field(default_factory=Summary)
+    first_ts: int = NONE
+    last_ts: int = NONE
+
+    def add(self, ts_ms: int, temperature_c: float, humidity_pct: float) -> None:
+        self.summary.add(temperature_c, humidity_pct)
+        if self.first_ts == NONE or ts_ms < self.first_ts:
+            self.first_ts = ts_ms
+        self.last_ts = max(self.last_ts, ts_ms)
+
+    def pack(self) -> list:
+        return [self.start_ms, *self.summary.values(), self.first_ts, self.last_ts]
+
+    @classmethod
+    def unpack(cls, values: list) -> Window:
+        return cls(values[0], Summary(*values[1:10]), values[10], values[11])
+
+    def aggregate(self, sensor: str, window_ms: int, closed_by: str) -> WindowAggregate:
+        summary = self.summary
+        return WindowAggregate(
+            sensor, self.start_ms, self.start_ms + window_ms, summary.n, summary.t_mean, summary.t_min,
+            summary.t_max, summary.std("temperature_c"), summary.h_mean, summary.h_min, summary.h_max,
+            summary.std("humidity_pct"), self.first_ts, self.last_ts, closed_by)
