@@ -23,6 +23,9 @@ from telemetry.timeutil import parse_time_ms
 CSV_CHUNK_ROWS = 200_000
 
 
+EXPORT_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
 def add_filters(parser) -> None:
     parser.add_argument("--sensor", action="append", default=[], metavar="GLOB",
                         help="only these sensors (repeatable; glob patterns like 'greenhouse-*')")
@@ -53,7 +56,7 @@ def build_parser() -> CommandParser:
     plot = commands.add_parser("plot", help="plot one sensor with window means and alert episodes",
                                description="Temperature and humidity over time, window means, alert episodes.")
     plot.add_argument("--sensor", required=True, help="sensor name")
-    plot.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    plot.add_argument("--out", required=True, type=Path, help="image to write (.png, .svg or .pdf)")
     plot.add_argument("--since", help="from this time")
     plot.add_argument("--until", help="before this time")
     plot.add_argument("--csv", type=Path, help="read readings from an exported CSV instead of Redis")
@@ -88,7 +91,22 @@ def csv_frames(path: Path, selection: RowFilter) -> Iterator[pd.DataFrame]:
         raise UsageError(f"--csv {path}: cannot read ({error.__class__.__name__})") from None
 
 
+def checked_out(text: str, suffixes: tuple[str, ...]) -> str:
+    """--out names a file this command can write: not empty, not a folder, a known extension."""
+    if not text.strip():
+        raise UsageError("--out: give a file name (or - for stdout)")
+    if text == "-":
+        return text
+    path = Path(text)
+    if path.is_dir():
+        raise UsageError(f"--out {text}: is a folder; give a file name in it")
+    if not text.lower().endswith(suffixes):
+        raise UsageError(f"--out {text}: the extension must be one of {', '.join(suffixes)}")
+    return text
+
+
 def run_export(args, config: PipelineConfig) -> int:
+    checked_out(args.out, EXPORT_SUFFIXES)
     file_format = args.format or ("parquet" if args.out.endswith(".parquet") else "csv")
     request = ExportRequest(STREAM_KINDS[args.which], args.out, row_filter(args, args.sensor), file_format)
     db = connect(config.target(), announce=args.out != "-")
@@ -117,6 +135,7 @@ def run_report(args, config: PipelineConfig) -> int:
 
 
 def run_plot(args, config: PipelineConfig) -> int:
+    checked_out(str(args.out), PLOT_SUFFIXES)
     selection = row_filter(args, [args.sensor])
     windows = alerts = pd.DataFrame()
     if args.csv:

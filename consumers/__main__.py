@@ -54,7 +54,7 @@ def build_parser() -> CommandParser:
     aggregate.add_argument("--count", type=number_type(int, minimum=1), help="stop after this many entries")
     aggregate.add_argument("--duration", help="stop after this long (e.g. 30s)")
     aggregate.add_argument("--drain", action="store_true", help="stop when nothing is left to read")
-    aggregate.add_argument("--metrics-port", type=number_type(int, minimum=1), help="serve Prometheus metrics here")
+    aggregate.add_argument("--metrics-port", type=number_type(int, minimum=1, maximum=65535), help="serve Prometheus metrics here")
     add_redis_arguments(aggregate)
 
     alerts = commands.add_parser("alerts", help="follow the alerts of every partition",

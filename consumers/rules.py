@@ -7,6 +7,7 @@ silent (no reading for `after`), stuck (zero variance over a closed window).
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -100,8 +101,8 @@ def _number(where: str, table: dict, key: str, default: float | None = None, min
     value = table.get(key, default)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UsageError(f"{where}: {key} = {value!r} is not a number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UsageError(f"{where}: {key} = {value!r} is not a finite number")
     if minimum is not None and value < minimum:
         raise UsageError(f"{where}: {key} = {value} is below {minimum:g}")
     return float(value)
@@ -166,7 +167,9 @@ def parse_rules(text: str, source: str) -> tuple[AlertRule, ...]:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"{source}: {error}") from None
-    tables = document.get("rule", [])
+    if "rule" not in document:
+        raise UsageError(f"{source}: defines no [[rule]] tables (write `rule = []` to run without alert rules)")
+    tables = document["rule"]
     if not isinstance(tables, list) or set(document) - {"rule"}:
         raise UsageError(f"{source}: expected only [[rule]] tables")
     seen: set[str] = set()

@@ -49,7 +49,7 @@ def build_parser() -> CommandParser:
         parser.add_argument(f"--{fault}-rate", type=number_type(float, minimum=0), default=0.0,
                             help=f"probability per reading that a {fault} fault starts")
     parser.add_argument("--json", action="store_true", help="print the final counts as JSON")
-    parser.add_argument("--metrics-port", type=number_type(int, minimum=1), help="serve Prometheus metrics here")
+    parser.add_argument("--metrics-port", type=number_type(int, minimum=1, maximum=65535), help="serve Prometheus metrics here")
     add_redis_arguments(parser)
     return parser
 

@@ -4,6 +4,7 @@ a live view for DEMO_SECONDS (default 60) or until Ctrl-C, then CSV exports and 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import subprocess
@@ -37,6 +38,8 @@ GROUP = "aggregators"
 WORKER_FLAGS = ("--window", "10s", "--grace", "2s", "--rolling", "60s", "--idle", "15s", "--lease", "10s",
                 "--settle", "2s", "--start", "all")
 
+
+MIN_SECONDS = 5  # time for the workers to take their partitions and a window to close
 
 def spawn(url: str, log: Path, module: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", module, *args, "--redis-url", url, "--prefix", PREFIX,
@@ -83,10 +86,13 @@ def write_outputs(db, layout: Layout) -> list[Path]:
 
 def main() -> int:
     argparse.ArgumentParser(description=__doc__).parse_args()
+    text = os.environ.get("DEMO_SECONDS", "60")
     try:
-        seconds = float(os.environ.get("DEMO_SECONDS", "60"))
+        seconds = float(text)
     except ValueError:
-        print(f"demo: DEMO_SECONDS={os.environ['DEMO_SECONDS']!r} is not a number", file=sys.stderr)
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < MIN_SECONDS:
+        print(f"demo: DEMO_SECONDS={text!r}: give a number of seconds, at least {MIN_SECONDS}", file=sys.stderr)
         return 2
     embedded = EmbeddedRedis(default_home())
     embedded_was_running = embedded.running_url() is not None
@@ -136,4 +142,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:  # Ctrl-C before the demo's own handler is installed
+        raise SystemExit(130) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -27,14 +28,20 @@ class CommandParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def number_type(kind: type, *, minimum: float | None = None, above: float | None = None) -> Callable[[str], float]:
-    """An argparse type that rejects values outside the allowed range with a clear message."""
+def number_type(kind: type, *, minimum: float | None = None, above: float | None = None,
+                maximum: float | None = None) -> Callable[[str], float]:
+    """An argparse type that rejects values outside the allowed range (NaN and infinity included)
+    with a clear message."""
 
     def convert(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{text} is above the maximum {maximum:g}")
         if minimum is not None and value < minimum:
             raise argparse.ArgumentTypeError(f"{text} is below the minimum {minimum:g}")
         if above is not None and value <= above:

@@ -45,8 +45,13 @@ class RedisTarget:
 def resolve_target(flag_url: str | None, env: Mapping[str, str] = os.environ) -> RedisTarget:
     for url, origin in ((flag_url, "--redis-url"), (env.get("REDIS_URL"), "REDIS_URL")):
         if url:
-            if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            parts = urlsplit(url)
+            if parts.scheme not in ("redis", "rediss", "unix"):
                 raise UsageError(f"{origin}: {masked(url)!r} is not a redis://, rediss:// or unix:// URL")
+            try:
+                parts.port  # noqa: B018 - raises on a port outside 0-65535
+            except ValueError:
+                raise UsageError(f"{origin}: {masked(url)!r} has a port outside 1-65535") from None
             return RedisTarget(url, origin)
     if answers(LOCAL_DEFAULT_URL):
         return RedisTarget(LOCAL_DEFAULT_URL, "server already on localhost:6379")
@@ -68,4 +73,8 @@ def connect(target: RedisTarget, *, announce: bool = True, timeout_s: float = 10
         raise UsageError(f"Redis at {target.masked_url} refused the credentials: authentication failed ({error})") from None
     except (redis.ConnectionError, redis.TimeoutError) as error:
         raise RedisUnavailable(f"cannot reach Redis at {target.masked_url}: {error}") from None
+    except redis.ResponseError as error:  # e.g. a database number the server does not have
+        raise UsageError(f"Redis at {target.masked_url} refused the connection: {error}") from None
+    except redis.RedisError as error:
+        raise UsageError(f"{target.masked_url} does not answer as a Redis server ({error.__class__.__name__})") from None
     return database

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from telemetry.errors import UsageError
 from telemetry.lag import partition_lags
 from telemetry.partitions import Layout
 
@@ -47,12 +48,19 @@ class GroupLagCollector(Collector):
         yield from (lag_entries, lag_seconds, pending)
 
 
+def serve(port: int, registry: CollectorRegistry) -> None:
+    try:
+        start_http_server(port, registry=registry)
+    except OSError as error:
+        raise UsageError(f"--metrics-port {port}: cannot listen ({error.strerror})") from None
+
+
 def start_producer_metrics(port: int) -> Counter:
     """Serve metrics on port; returns the produced-readings counter to increment."""
     registry = CollectorRegistry()
     produced = Counter("telemetry_readings_produced", "Readings confirmed written to the stream",
                        registry=registry)
-    start_http_server(port, registry=registry)
+    serve(port, registry)
     return produced
 
 
@@ -75,7 +83,7 @@ def start_worker_metrics(port: int, db: redis.Redis, layout: Layout, group: str
                                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
                                registry=registry)
     registry.register(GroupLagCollector(db, layout, group))
-    start_http_server(port, registry=registry)
+    serve(port, registry)
 
     def on_commit(owned: CommittedPartition, readings: int, seconds: float) -> None:
         processed.inc(readings)

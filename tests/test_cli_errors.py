@@ -3,14 +3,19 @@ producer that waits for Redis instead of giving up."""
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
 import redis
 
 from telemetry.embedded import free_port
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 from tests.crash_harness import spawn, wait_for
 
 
@@ -59,3 +64,95 @@ def test_a_producer_started_while_redis_is_down_waits_with_backoff():
     finally:
         if producer.poll() is None:
             producer.kill()
+
+
+BAD_INPUTS = [
+    (("producers", "x", "--rate", "nan"), "--rate"),
+    (("producers", "x", "--rate", "inf"), "--rate"),
+    (("producers", "x", "--spike-rate", "nan"), "--spike-rate"),
+    (("producers", "x", "--metrics-port", "99999"), "--metrics-port"),
+    (("analytics", "export", "--out", "."), "is a folder"),
+    (("analytics", "export", "--out="), "--out"),
+    (("analytics", "export", "--out", "rows.json"), "extension"),
+    (("analytics", "plot", "--sensor", "x", "--out", "x.xyz"), "extension"),
+    (("consumers", "aggregate", "--rules", "{rules}"), "no [[rule]]"),
+    (("consumers", "aggregate", "--rules", "{nan_rules}"), "not a finite number"),
+]
+
+
+@pytest.mark.parametrize(("args", "says"), BAD_INPUTS, ids=[" ".join(args) for args, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_and_exit_2(redis_url, tmp_path, args, says):
+    empty, nan_rules = tmp_path / "empty.toml", tmp_path / "nan.toml"
+    empty.write_text("# nothing here\n")
+    nan_rules.write_text('[[rule]]\nname = "x"\nkind = "threshold"\nabove = nan\n')
+    args = tuple(arg.format(rules=empty, nan_rules=nan_rules) for arg in args)
+    result = run_cli(*args, "--redis-url", redis_url, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if not line.startswith("redis:")]) == 1, result.stderr
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:99999/0", "redis://127.0.0.1:{port}/99", "redis://127.0.0.1:{fake}/0"])
+def test_a_redis_url_that_cannot_work_is_one_line_and_exit_2(redis_server, url):
+    with socket.create_server(("127.0.0.1", 0)) as fake:
+        threading.Thread(target=_greet_like_ssh, args=(fake,), daemon=True).start()
+        url = url.format(port=redis_server.port, fake=fake.getsockname()[1])
+        result = run_cli("consumers", "status", "--redis-url", url, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def _greet_like_ssh(server: socket.socket) -> None:
+    """A server that is not Redis: it answers anything with an SSH banner."""
+    try:
+        client, _ = server.accept()
+        with client:
+            client.recv(1024)
+            client.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+    except OSError:
+        pass
+
+
+def test_a_metrics_port_in_use_is_one_line_and_exit_2(redis_url):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        result = run_cli("producers", "x", "--count", "1", "--metrics-port", port, "--redis-url", redis_url)
+    assert result.returncode == 2 and "--metrics-port" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("seconds", ["1", "-5", "nan", "soon"])
+def test_the_demo_refuses_a_duration_it_cannot_show(seconds):
+    result = run_cli_script("demo.py", env_extra={"DEMO_SECONDS": seconds})
+    assert result.returncode == 2 and "DEMO_SECONDS" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def run_cli_script(name: str, env_extra: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name)], capture_output=True, text=True, check=False,
+                          timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env_extra})
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[[rule]]\nname="x"\nkind="threshold"\nabove="hot"', "rule #1 (x): above = 'hot' is not a finite number"),
+    ('[[rule]]\nname="x"\nkind="threshold"\nabove=inf', "is not a finite number"),
+    ('[[rule]]\nname="x"\nkind="zscore"\nz=nan', "z = nan is not a finite number"),
+    ('[[rule]]\nname="x"\nkind="bogus"', "kind = 'bogus'"),
+    ('[[rule]]\nname="x"\nkind="silent"', "after is required"),
+    ('[[rule]]\nname="x"\nkind="stuck"\ncolour=1', "unknown field(s) for kind stuck: colour"),
+    ('[[rule]\nname="x"', "line 1"),
+])
+def test_bad_rules_file_exits_2_naming_the_problem(tmp_path, redis_url, text, message):
+    path = tmp_path / "rules.toml"
+    path.write_text(text)
+    result = run_cli("consumers", "aggregate", "--rules", str(path), "--redis-url", redis_url, "--drain")
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_rule_list_written_empty_runs_without_alert_rules(tmp_path, redis_url):
+    path = tmp_path / "rules.toml"
+    path.write_text("rule = []\n")
+    result = run_cli("consumers", "aggregate", "--rules", str(path), "--redis-url", redis_url, "--drain")
+    assert result.returncode == 0, result.stderr
+    assert "0 alert rules" in result.stderr
