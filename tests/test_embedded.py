@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from telemetry import connection
 from telemetry.embedded import EmbeddedRedis
+from telemetry.errors import UsageError
 from tests.conftest import run_cli
 
 
@@ -66,3 +68,18 @@ def test_unreachable_redis_is_one_line_for_one_shot_commands_and_retried_by_work
     assert worker.wait(timeout=20) == 1
     stderr = worker.stderr.read()
     assert stderr.count("retrying in") >= 2 and "Traceback" not in stderr
+
+
+def test_the_binary_that_created_the_data_is_used_again_whatever_path_says(tmp_path, monkeypatch):
+    from telemetry import embedded as module
+
+    home = tmp_path / ".telemetry"
+    home.mkdir()
+    monkeypatch.delenv("TELEMETRY_REDIS_SERVER", raising=False)
+    first = module.redis_server_binary()
+    monkeypatch.setattr(module, "redis_server_binary", lambda: "/elsewhere/redis-server")
+    (home / "binary.json").write_text(f'{{"binary": "{first}"}}')
+    assert EmbeddedRedis(home).binary() == first
+    (home / "binary.json").write_text('{"binary": "/gone/redis-server"}')
+    with pytest.raises(UsageError, match="which is gone"):
+        EmbeddedRedis(home).binary()
