@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from producers.csv_replay import load_readings_csv, replay
 from producers.faults import FaultRates
@@ -92,6 +94,41 @@ def fault_rates(args) -> FaultRates:
     return FaultRates(args.spike_rate, args.stuck_rate, args.dropout_rate, args.drift_rate)
 
 
+def planned_readings(settings: SimulationSettings, start_ms: int, now: int) -> int | None:
+    """How many readings this run will write, where its end is known."""
+    if settings.count is not None:
+        ticks = settings.count
+    elif settings.duration_s is not None:
+        ticks = int(settings.duration_s * settings.rate_hz)
+    elif settings.backfill_start_ms is not None:
+        ticks = int(max(0, now - start_ms) / 1000 * settings.rate_hz)
+    else:
+        return None
+    return ticks * len(settings.names)
+
+
+@dataclass(slots=True)
+class Progress:
+    """A line every few seconds on long writes: how far, how fast."""
+
+    planned: int | None
+    out: TextIO
+    every_s: float = 5.0
+    written: int = 0
+    started: float = field(default_factory=time.monotonic)
+    next_line: float = field(default_factory=lambda: time.monotonic() + 5.0)
+
+    def add(self, written: int) -> None:
+        self.written += written
+        now = time.monotonic()
+        if now < self.next_line:
+            return
+        self.next_line = now + self.every_s
+        rate = self.written / max(now - self.started, 1e-9)
+        share = f" of {self.planned:,} ({self.written / self.planned:.0%})" if self.planned else ""
+        print(f"producer: {self.written:,}{share} readings written, {rate:,.0f}/s", file=self.out, flush=True)
+
+
 def report(counts: dict[str, int], as_json: bool, stopped: bool) -> None:
     if as_json:
         print(json.dumps({"stopped_by_signal": stopped, "readings": counts}))
@@ -128,12 +165,23 @@ def main(argv: list[str] | None = None) -> int:
                                       partition_maxlen(args.maxlen, layout.count)))
     print(f"producer: {len(settings.names)} sensors at {settings.rate_hz:g} Hz"
           + (" (backfill)" if simulation.backfilling else ""), file=sys.stderr)
-    on_progress = None
+    planned = planned_readings(settings, start_ms, now_ms())
+    if planned is not None and args.maxlen and planned > args.maxlen:
+        print(f"producer: WARNING this run writes about {planned:,} readings but the pipeline keeps {args.maxlen:,} "
+              f"(--maxlen): the oldest {planned - args.maxlen:,} will be trimmed as it runs; to keep them, pass "
+              f"--maxlen {planned} (or 0: no trimming)", file=sys.stderr)
+    progress = Progress(planned, sys.stderr) if simulation.backfilling else None
+    counters = [progress.add] if progress else []
     if args.metrics_port:
         from telemetry.metrics import start_producer_metrics
 
-        on_progress = start_producer_metrics(args.metrics_port).inc
-    simulation.run(now_ms, time.sleep, lambda: stop.requested, on_progress)
+        counters.append(start_producer_metrics(args.metrics_port).inc)
+
+    def on_progress(written: int) -> None:
+        for count in counters:
+            count(written)
+
+    simulation.run(now_ms, time.sleep, lambda: stop.requested, on_progress if counters else None)
     report(simulation.counts(), args.json, stop.requested)
     return 0
 

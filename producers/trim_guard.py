@@ -21,7 +21,7 @@ class TrimGuard:
     db: redis.Redis
     streams: list[str]
     maxlen: int  # per stream
-    check_every_ms: int = 5_000
+    check_every_ms: int = 1_000  # a backfill fills MAXLEN in seconds
     warn_every_ms: int = 60_000
     log: object = sys.stderr
     next_check_ms: int = 0

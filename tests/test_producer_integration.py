@@ -205,3 +205,10 @@ def test_bad_input_exits_2_with_one_line(redis_url, tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("redis:")]
         assert len(lines) == 1 and "Traceback" not in result.stderr, (args, result.stderr)
+
+
+def test_a_backfill_that_will_pass_maxlen_says_so_first_with_the_numbers(redis_url):
+    result = run_cli("producers", "--fleet", "b-", "10", "--start=-1h", "--maxlen", "1000", "--redis-url", redis_url)
+    assert result.returncode == 0, result.stderr
+    warning = next(line for line in result.stderr.splitlines() if "WARNING" in line)
+    assert "36,000 readings" in warning and "keeps 1,000" in warning and "--maxlen 36000" in warning
