@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -116,6 +117,16 @@ def run_export(args, config: PipelineConfig) -> int:
     return 0
 
 
+def missing_by_group(db, groups: list[GroupKeys]) -> dict[str, int]:
+    """Readings the group found missing per sensor (seq gaps, trimmed ones included), from the rolling
+    views its commits keep: the stream itself no longer holds what MAXLEN trimmed."""
+    missing: dict[str, int] = {}
+    for keys in groups:
+        for sensor, view in db.hgetall(keys.rolling).items():
+            missing[sensor] = json.loads(view).get("missing_seq", 0)
+    return missing
+
+
 def run_report(args, config: PipelineConfig) -> int:
     selection = row_filter(args, args.sensor)
     if args.csv:
@@ -129,7 +140,7 @@ def run_report(args, config: PipelineConfig) -> int:
                        for sensor in frame["sensor"])
         alerts = Counter(sensor for frame in redis_frames(db, groups, config, "alerts", sensors)
                          for sensor in frame.loc[frame["state"] == "firing", "sensor"])
-        report = build_report(summaries, dead, alerts)
+        report = build_report(summaries, dead, alerts, missing_by_group(db, groups))
     print(report.as_json() if args.json else report.as_table())
     return 0
 

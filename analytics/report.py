@@ -116,10 +116,16 @@ class Report:
         return "\n".join(out)
 
 
-def build_report(summaries: dict[str, SensorSummary], dead_letters: Counter | None, alerts: Counter | None) -> Report:
+def build_report(summaries: dict[str, SensorSummary], dead_letters: Counter | None, alerts: Counter | None,
+                 missing: dict[str, int] | None = None) -> Report:
+    """`missing`: the aggregator's per-sensor count of readings missing by seq, which also covers
+    readings trimmed from the stream; without it (a CSV) the gaps in the readings at hand count."""
     rows = [summary.as_row(None if dead_letters is None else dead_letters.get(sensor, 0),
                            None if alerts is None else alerts.get(sensor, 0))
             for sensor, summary in summaries.items()]
+    for row in rows:
+        if missing and row["sensor"] in missing:
+            row["missing"] = max(missing[row["sensor"]], row["missing"] or 0)
     return Report([_clean(row) for row in rows])
 
 

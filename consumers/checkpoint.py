@@ -60,7 +60,7 @@ def load_checkpoint(db: redis.Redis, keys: GroupKeys, rolling: RollingSpec) -> C
     return Checkpoint(int(meta.get("commit", 0)), meta.get("position"), int(meta.get("clock", NONE)), sensors)
 
 
-_VIEW = ('{"count":%d,"as_of_ts":%d,"window_s":%s,"updated_ms":%d,"temperature_c_mean":%.15g,'
+_VIEW = ('{"count":%d,"as_of_ts":%d,"window_s":%s,"updated_ms":%d,"missing_seq":%d,"temperature_c_mean":%.15g,'
          '"temperature_c_std":%s,"temperature_c_min":%.15g,"temperature_c_max":%.15g,"humidity_pct_mean":%.15g,'
          '"humidity_pct_std":%s,"humidity_pct_min":%.15g,"humidity_pct_max":%.15g}')
 
@@ -71,9 +71,10 @@ def rolling_view(processor: PartitionProcessor, state: SensorState, now_ms: int)
     stats = processor.rolling_stats(state)
     window_s = f"{processor.settings.rolling.rolling_ms / 1000:g}"
     if not stats.n:
-        return (f'{{"count":0,"as_of_ts":{state.max_ts},"window_s":{window_s},"updated_ms":{now_ms}}}')
+        return (f'{{"count":0,"as_of_ts":{state.max_ts},"window_s":{window_s},"updated_ms":{now_ms},'
+                f'"missing_seq":{state.missing_seq}}}')
     t_std, h_std = stats.std("temperature_c"), stats.std("humidity_pct")
-    return _VIEW % (stats.n, state.max_ts, window_s, now_ms, stats.t_mean,
+    return _VIEW % (stats.n, state.max_ts, window_s, now_ms, state.missing_seq, stats.t_mean,
                     "null" if t_std is None else f"{t_std:.15g}", stats.t_min, stats.t_max, stats.h_mean,
                     "null" if h_std is None else f"{h_std:.15g}", stats.h_min, stats.h_max)
 

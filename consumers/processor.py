@@ -100,6 +100,7 @@ class PartitionProcessor:
                 return
             if state.max_seq != NONE and seq > state.max_seq + 1:
                 out.counters["missing_seq"] += seq - state.max_seq - 1
+                state.missing_seq += seq - state.max_seq - 1
             state.max_seq = seq
             out.changed_sensors.add(sensor)
         if ts_ms > self.clock_ms:

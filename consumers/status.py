@@ -129,13 +129,18 @@ def _idle_warnings(lags: list[PartitionLag]) -> list[str]:
 
 
 def _counter_warnings(counters: dict[str, int]) -> list[str]:
+    """One line per loss, each lost reading counted once: readings with a seq are counted by the gaps
+    they leave (`missing_seq`, per sensor in `analytics report`), whether a sensor dropped them or
+    MAXLEN trimmed them before or after the group read them; entries trimmed while pending
+    (`lost_to_trim`) are named as the cause, not added again."""
     warnings = []
-    if counters.get("lost_to_trim"):
-        warnings.append(f"{counters['lost_to_trim']} readings were trimmed by MAXLEN while pending, before a group "
-                        "processed them")
-    if counters.get("missing_seq", 0) > 0:
-        warnings.append(f"{counters['missing_seq']} readings are missing by seq: dropped before Redis, or trimmed by "
-                        "MAXLEN before the group read them (analytics report shows which sensors)")
+    missing, trimmed = counters.get("missing_seq", 0), counters.get("lost_to_trim", 0)
+    if missing > 0:
+        cause = f"; {trimmed} entries were trimmed by MAXLEN while pending" if trimmed else ""
+        warnings.append(f"{missing} readings are missing by seq: dropped before Redis, or trimmed by MAXLEN before "
+                        f"the group processed them{cause} (analytics report shows which sensors)")
+    elif trimmed:
+        warnings.append(f"{trimmed} readings were trimmed by MAXLEN while pending, before the group processed them")
     return warnings
 
 

@@ -250,3 +250,21 @@ def test_handing_partitions_over_mid_stream_changes_no_output(db):
         whole, split = db.hgetall(partition.group("whole").rolling), db.hgetall(partition.group("split").rolling)
         drop = lambda views: {s: {k: v for k, v in json.loads(t).items() if k != "updated_ms"} for s, t in views.items()}
         assert drop(whole) == drop(split)
+
+
+def test_readings_trimmed_before_the_group_read_them_are_counted_once_where_status_and_report_show_them(
+        db, redis_url):
+    layout = layout_of(db, 1)
+    stream = layout.partitions[0].readings
+    add_readings(db, layout, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(50)])
+    drain(make_worker(db, layout), LATER)
+    add_readings(db, layout, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(50, 150)])
+    db.xtrim(stream, maxlen=20, approximate=False)  # 80 unread readings gone
+    drain(make_worker(db, layout), LATER)
+    totals = counters(db, layout)
+    assert totals["missing_seq"] == 80 and "lost_to_trim" not in totals
+    status = json.loads(run_cli("consumers", "status", "--json", "--redis-url", redis_url).stdout)
+    loss_lines = [warning for warning in status["warnings"] if "trimmed" in warning or "missing" in warning]
+    assert len(loss_lines) == 1 and "80 readings are missing by seq" in loss_lines[0]
+    report = json.loads(run_cli("analytics", "report", "--json", "--redis-url", redis_url).stdout)
+    assert [(row["sensor"], row["missing"]) for row in report["sensors"]] == [("s", 80)]
