@@ -24,28 +24,68 @@ def stats_fields(stats: MetricStats) -> dict[str, float | int | None]:
     return {"count": stats.count, "mean": stats.mean, "std": stats.std, "min": stats.min, "max": stats.max}
 
 
+# A per-reading rule, compiled once: (emit, sensor, state, ts, temperature, humidity, previous
+# reading as (ts, t, h) or None, rolling stats before this reading or None).
+ReadingCheck = Callable[[Emit, str, SensorState, int, float, float, "tuple[int, float, float] | None",
+                         "Summary | None"], None]
+
+
 @dataclass(frozen=True, slots=True)
 class RuleSet:
-    """Rules sorted by when they are evaluated."""
+    """Rules sorted by when they are evaluated; per-reading ones compiled into closures, so the
+    per-reading loop does no dispatch on kind (it runs for every reading)."""
 
     per_reading: tuple[AlertRule, ...]  # threshold on the reading, rate_of_change, zscore
     on_rolling: tuple[AlertRule, ...]  # threshold on a rolling mean | min | max | std
     on_window: tuple[AlertRule, ...]  # stuck
     silent: tuple[AlertRule, ...]
+    reading_checks: tuple[ReadingCheck, ...] = ()
 
     @classmethod
     def of(cls, rules: tuple[AlertRule, ...]) -> RuleSet:
+        per_reading = tuple(r for r in rules if r.kind in ("rate_of_change", "zscore")
+                            or (r.kind == "threshold" and r.source == "reading"))
         return cls(
-            tuple(r for r in rules if r.kind in ("rate_of_change", "zscore")
-                  or (r.kind == "threshold" and r.source == "reading")),
+            per_reading,
             tuple(r for r in rules if r.kind == "threshold" and r.source != "reading"),
             tuple(r for r in rules if r.kind == "stuck"),
-            tuple(r for r in rules if r.kind == "silent"))
+            tuple(r for r in rules if r.kind == "silent"),
+            tuple(_reading_check(rule) for rule in per_reading))
 
     @property
     def needs_rolling_before(self) -> bool:
         return any(rule.kind == "zscore" for rule in self.per_reading)
 
+
+def _reading_check(rule: AlertRule) -> ReadingCheck:
+    name, temperature, threshold = rule.name, rule.metric == "temperature_c", rule.threshold
+    if rule.kind == "threshold":
+        def check(emit, sensor, state, ts_ms, t, h, previous, before):
+            value = t if temperature else h
+            breach, clear = _compare(rule, value)
+            if breach or name in state.alerts:
+                step(emit, sensor, state, rule, breach, clear, ts_ms, value)
+    elif rule.kind == "rate_of_change":
+        def check(emit, sensor, state, ts_ms, t, h, previous, before):
+            if previous is not None and ts_ms > previous[0]:
+                value, last = (t, previous[1]) if temperature else (h, previous[2])
+                per_minute = abs(value - last) / (ts_ms - previous[0]) * 60_000
+                over = per_minute > threshold
+                if over or name in state.alerts:
+                    step(emit, sensor, state, rule, over, not over, ts_ms, per_minute)
+    else:  # zscore: the reading against the rolling statistics of the readings before it
+        min_count, clear_below = rule.min_count, rule.threshold - rule.hysteresis
+        def check(emit, sensor, state, ts_ms, t, h, previous, before):
+            if before is None or before.n < min_count:
+                return
+            std = before.std(rule.metric)
+            if not std:
+                return
+            z = abs((t - before.t_mean) if temperature else (h - before.h_mean)) / std
+            if z > threshold or name in state.alerts:
+                step(emit, sensor, state, rule, z > threshold, z <= clear_below, ts_ms, z,
+                     stats_fields(before.metric(rule.metric)))
+    return check
 
 
 def _compare(rule: AlertRule, value: float) -> tuple[bool, bool]:
@@ -86,26 +126,8 @@ def on_reading(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, ts_m
                humidity_pct: float, previous: tuple[int, float, float] | None, before: Summary | None) -> None:
     """Per-reading rules. `previous`: the sensor's newest reading before this one (ts, t, h);
     `before`: rolling statistics without this reading (zscore compares a reading with its past)."""
-    for rule in rules.per_reading:
-        value = temperature_c if rule.metric == "temperature_c" else humidity_pct
-        if rule.kind == "threshold":
-            breach, clear = _compare(rule, value)
-            if breach or rule.name in state.alerts:
-                step(emit, sensor, state, rule, breach, clear, ts_ms, value)
-        elif rule.kind == "rate_of_change":
-            if previous is not None and ts_ms > previous[0]:
-                last = previous[1] if rule.metric == "temperature_c" else previous[2]
-                per_minute = abs(value - last) / (ts_ms - previous[0]) * 60_000
-                over = per_minute > rule.threshold
-                if over or rule.name in state.alerts:
-                    step(emit, sensor, state, rule, over, not over, ts_ms, per_minute)
-        elif before is not None:  # zscore
-            stats = before.metric(rule.metric)
-            if stats.count >= rule.min_count and stats.std:
-                z = abs(value - stats.mean) / stats.std
-                if z > rule.threshold or rule.name in state.alerts:
-                    step(emit, sensor, state, rule, z > rule.threshold, z <= rule.threshold - rule.hysteresis,
-                         ts_ms, z, stats_fields(stats))
+    for check in rules.reading_checks:
+        check(emit, sensor, state, ts_ms, temperature_c, humidity_pct, previous, before)
     for rule in rules.silent:  # any reading ends a silence
         if rule.name in state.alerts:
             step(emit, sensor, state, rule, False, True, ts_ms, 0.0)
@@ -113,12 +135,11 @@ def on_reading(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, ts_m
 
 def on_rolling(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, ts_ms: int, after: Summary) -> None:
     for rule in rules.on_rolling:
-        stats = after.metric(rule.metric)
-        value = stats.get(rule.source)
+        value = after.source(rule.metric, rule.source)
         if value is not None:
             breach, clear = _compare(rule, value)
             if breach or rule.name in state.alerts:
-                step(emit, sensor, state, rule, breach, clear, ts_ms, value, stats_fields(stats))
+                step(emit, sensor, state, rule, breach, clear, ts_ms, value, stats_fields(after.metric(rule.metric)))
 
 
 def on_window(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, window: Window) -> None:

@@ -78,6 +78,19 @@ class Summary:
         m2 = self.t_m2 if metric == "temperature_c" else self.h_m2
         return math.sqrt(max(m2, 0.0) / (self.n - 1))
 
+    def source(self, metric: str, source: str) -> float | None:
+        """One statistic (mean, std, min or max) of one metric, None while empty."""
+        if not self.n:
+            return None
+        if source == "std":
+            return self.std(metric)
+        temperature = metric == "temperature_c"
+        if source == "mean":
+            return self.t_mean if temperature else self.h_mean
+        if source == "min":
+            return self.t_min if temperature else self.h_min
+        return self.t_max if temperature else self.h_max
+
     def metric(self, metric: str) -> MetricStats:
         if metric == "temperature_c":
             return MetricStats(self.n, self.t_mean if self.n else None, self.std(metric),
