@@ -111,12 +111,13 @@ class Fleet:
 
 
 def run_kill_loop(fleet: Fleet, producer: subprocess.Popen, rng: random.Random, sizes: tuple[int, ...],
-                  on_tick=None) -> None:
+                  on_tick=None, min_kills: int = 0) -> None:
     """Kill a random worker every few tenths of a second (every other one frozen between read and
     commit first, some right after they started: during a takeover), restart it under a new name,
-    and follow the fleet sizes given, one per second of producing."""
+    and follow the fleet sizes given, one per second of producing; on a slow machine, go on killing
+    while the workers catch up until `min_kills` is reached."""
     began = time.monotonic()
-    while producer.poll() is None:
+    while producer.poll() is None or fleet.kills < min_kills:
         time.sleep(rng.uniform(0.1, 0.3))
         if on_tick is not None:
             on_tick()

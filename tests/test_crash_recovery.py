@@ -38,7 +38,7 @@ def fleet(redis_url, tmp_path):
 def test_workers_killed_at_random_moments_and_rescaled_lose_and_double_nothing(redis_url, fleet):
     fleet.start_worker("w0")
     producer = spawn("producers", *PRODUCER_ARGS, "--redis-url", redis_url)
-    run_kill_loop(fleet, producer, random.Random(7), sizes=(1, 2, 3, 3, 3, 3, 3, 2, 1))
+    run_kill_loop(fleet, producer, random.Random(7), sizes=(1, 2, 3, 3, 3, 3, 3, 2, 1), min_kills=20)
     assert producer.returncode == 0, producer.stderr.read()
     if not fleet.workers:
         fleet.start_worker("last")
