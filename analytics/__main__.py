@@ -41,11 +41,11 @@ def build_parser() -> CommandParser:
                                    description="Export a stream of every partition, merged in stream-id order, "
                                                "in constant memory; atomic rename at the end.")
     exporter.add_argument("--out", required=True, help="target file (.csv, .csv.gz, .parquet) or - for stdout")
-    exporter.add_argument("--stream", dest="which", choices=sorted(STREAM_KINDS), default="readings",
-                          help="which stream (default readings)")
+    exporter.add_argument("--kind", dest="which", choices=sorted(STREAM_KINDS), default="readings",
+                          help="what to export (default readings); --stream is the readings key, as everywhere")
     exporter.add_argument("--format", choices=("csv", "parquet"), help="default: from the file name, else csv")
     add_filters(exporter)
-    add_redis_arguments(exporter, stream_flag="--readings-stream")
+    add_redis_arguments(exporter)
 
     report = commands.add_parser("report", help="per-sensor statistics, gaps, duplicates, dead letters, alerts",
                                  description="One row per sensor from the live stream or a CSV export.")

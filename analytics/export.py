@@ -51,6 +51,12 @@ class Progress:
             print(file=sys.stderr)
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def _writable_temp_beside(target: Path) -> tuple[int, str]:
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
@@ -146,6 +152,7 @@ def export(db: redis.Redis, groups: Sequence[GroupKeys], field_map: FieldMap, re
             binary = gzip.GzipFile(fileobj=raw, mode="wb") if target.name.endswith(".gz") else raw
             with raw, binary, io.TextIOWrapper(binary, encoding="utf-8", newline="") as text:
                 written = _write_csv(text, request, pages, field_map, progress)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it 0600; an export is the user's file
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

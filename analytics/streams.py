@@ -33,9 +33,10 @@ MIN_PARTITION_PAGE = 500  # XRANGE COUNT per partition: P of them are buffered w
 
 READING_COLUMNS = ("stream_id", "sensor", "time", "ts_ms", "temperature_c", "humidity_pct", "seq")
 # Outputs end with the commit that wrote them (partition, epoch, batch, emitted_ms).
-AGGREGATE_COLUMNS = ("stream_id", "sensor", "window_start_time", *WindowAggregate.__slots__[1:], *COMMIT_FIELDS)
+AGGREGATE_COLUMNS = ("stream_id", "sensor", "window_start_time", "window_end_time", *WindowAggregate.__slots__[1:],
+                     *COMMIT_FIELDS)
 ALERT_COLUMNS = ("stream_id", "time", "ts", "alert_id", "rule", "kind", "sensor", "severity", "state", "value",
-                 "threshold", *COMMIT_FIELDS)
+                 "threshold", "unit", *COMMIT_FIELDS)
 DEAD_LETTER_COLUMNS = ("stream_id", "time", "entry_id", "sensor", "reason", "fields", *COMMIT_FIELDS)
 
 
@@ -115,7 +116,8 @@ def readings_frame(page: Page, field_map: FieldMap) -> pd.DataFrame:
 
 def aggregates_frame(page: Page, _: FieldMap) -> pd.DataFrame:
     frame = _fields_frame(page, AGGREGATE_COLUMNS)
-    frame["window_start_time"] = iso_utc_column(pd.to_numeric(frame["window_start"]).fillna(0))
+    for edge in ("start", "end"):
+        frame[f"window_{edge}_time"] = iso_utc_column(pd.to_numeric(frame[f"window_{edge}"]).fillna(0))
     return frame[list(AGGREGATE_COLUMNS)]
 
 

@@ -119,7 +119,7 @@ def step(emit: Emit, sensor: str, state: SensorState, rule: AlertRule, breach: b
 def _event(rule: AlertRule, sensor: str, episode: AlertEpisode, state: str, ts_ms: int, value: float,
            stats: dict | None) -> AlertEvent:
     return AlertEvent(episode.alert_id(rule.name, sensor), rule.name, rule.kind, sensor, rule.severity, state,
-                      value, rule.threshold, ts_ms, stats or {})
+                      value, rule.threshold, ts_ms, rule.unit, stats or {})
 
 
 def on_reading(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, ts_ms: int, temperature_c: float,

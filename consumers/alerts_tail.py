@@ -20,8 +20,8 @@ def format_alert(entry_id: str, fields: dict[str, str]) -> str:
     when = iso_utc(int(fields.get("ts", "0") or 0))
     marker = "FIRING  " if fields.get("state") == "firing" else "resolved"
     return (f"{when} {marker} {fields.get('severity', ''):<8} {fields.get('rule', '')} "
-            f"sensor={fields.get('sensor', '')} value={fields.get('value', '')} "
-            f"threshold={fields.get('threshold', '')} id={fields.get('alert_id', '')}")
+            f"sensor={fields.get('sensor', '')} value={fields.get('value', '')}{fields.get('unit', '')} "
+            f"threshold={fields.get('threshold', '')}{fields.get('unit', '')} id={fields.get('alert_id', '')}")
 
 
 def start_ids(db: redis.Redis, streams: list[str], from_start: bool) -> dict[str, str]:

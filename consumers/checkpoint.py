@@ -60,9 +60,9 @@ def load_checkpoint(db: redis.Redis, keys: GroupKeys, rolling: RollingSpec) -> C
     return Checkpoint(int(meta.get("commit", 0)), meta.get("position"), int(meta.get("clock", NONE)), sensors)
 
 
-_VIEW = ('{"count":%d,"as_of_ts":%d,"window_s":%s,"updated_ms":%d,"missing_seq":%d,"temperature_c_mean":%.15g,'
-         '"temperature_c_std":%s,"temperature_c_min":%.15g,"temperature_c_max":%.15g,"humidity_pct_mean":%.15g,'
-         '"humidity_pct_std":%s,"humidity_pct_min":%.15g,"humidity_pct_max":%.15g}')
+_VIEW = ('{"count":%d,"as_of_ts":%d,"window_s":%s,"updated_ms":%d,"missing_seq":%d,"temperature_c_mean":%.12g,'
+         '"temperature_c_std":%s,"temperature_c_min":%.12g,"temperature_c_max":%.12g,"humidity_pct_mean":%.12g,'
+         '"humidity_pct_std":%s,"humidity_pct_min":%.12g,"humidity_pct_max":%.12g}')
 
 
 def rolling_view(processor: PartitionProcessor, state: SensorState, now_ms: int) -> str:
@@ -75,8 +75,8 @@ def rolling_view(processor: PartitionProcessor, state: SensorState, now_ms: int)
                 f'"missing_seq":{state.missing_seq}}}')
     t_std, h_std = stats.std("temperature_c"), stats.std("humidity_pct")
     return _VIEW % (stats.n, state.max_ts, window_s, now_ms, state.missing_seq, stats.t_mean,
-                    "null" if t_std is None else f"{t_std:.15g}", stats.t_min, stats.t_max, stats.h_mean,
-                    "null" if h_std is None else f"{h_std:.15g}", stats.h_min, stats.h_max)
+                    "null" if t_std is None else f"{t_std:.12g}", stats.t_min, stats.t_max, stats.h_mean,
+                    "null" if h_std is None else f"{h_std:.12g}", stats.h_min, stats.h_max)
 
 
 @dataclass(frozen=True, slots=True)

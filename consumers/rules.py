@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from telemetry.errors import UsageError
@@ -19,6 +19,7 @@ KINDS = ("threshold", "rate_of_change", "zscore", "silent", "stuck")
 METRICS = ("temperature_c", "humidity_pct")
 SOURCES = ("reading", "mean", "min", "max", "std")
 SEVERITIES = ("warning", "critical")
+METRIC_UNITS = {"temperature_c": "°C", "humidity_pct": "%RH"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +37,12 @@ class AlertRule:
     min_count: int = 10
     after_ms: int = 0
 
-    def to_lua(self) -> dict:
-        return {key: value for key, value in asdict(self).items() if value is not None}
+    @property
+    def unit(self) -> str:
+        """The unit of the value and threshold an alert event of this rule carries."""
+        metric_unit = METRIC_UNITS[self.metric]
+        return {"threshold": metric_unit, "rate_of_change": f"{metric_unit}/min", "zscore": "sigma",
+                "silent": "s", "stuck": metric_unit}[self.kind]
 
 
 DEFAULT_RULES_TOML = """

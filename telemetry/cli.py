@@ -51,14 +51,14 @@ def number_type(kind: type, *, minimum: float | None = None, above: float | None
     return convert
 
 
-def add_redis_arguments(parser: argparse.ArgumentParser, stream_flag: str = "--stream") -> None:
-    """stream_flag: where a command uses --stream for something else (export), the key gets another name."""
+def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every command shares; each means the same in every command."""
     group = parser.add_argument_group("redis")
     group.add_argument("--redis-url", help="redis://, rediss:// or unix:// URL (default: $REDIS_URL, "
                        "else localhost:6379 if it answers, else the embedded server)")
     group.add_argument("--prefix", default=os.environ.get("TELEMETRY_PREFIX", "telemetry"),
                        help="key prefix and hash tag (default: $TELEMETRY_PREFIX or 'telemetry')")
-    group.add_argument(stream_flag, dest="stream_key", help="readings stream key, verbatim (default: {PREFIX}:readings)")
+    group.add_argument("--stream", dest="stream_key", help="readings stream key, verbatim (default: {PREFIX}:readings)")
     group.add_argument("--partitions", type=number_type(int, minimum=1),
                        help="partition streams of a new pipeline (default 16); an existing one keeps its own")
     group.add_argument("--group", default=os.environ.get("TELEMETRY_GROUP", "aggregators"),

@@ -2,8 +2,8 @@
 
 Each output entry also carries `partition`, `epoch` and `batch` (the commit that wrote it), so a
 reader could drop a duplicate should a bug ever write outside the fenced commit, and
-`emitted_ms`, the wall-clock time of that commit. Numbers are written with 15 significant
-digits: exact for the readings' own precision, without float noise.
+`emitted_ms`, the wall-clock time of that commit. Numbers are written with 12 significant
+digits: far more than any sensor resolves, and no float noise (0.1, not 0.0999999999999996).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def number_text(value: float | None) -> str:
         return ""
     if isinstance(value, int):
         return str(value)
-    return f"{value:.15g}"
+    return f"{value:.12g}"
 
 
 def _float(text: str | None) -> float | None:
@@ -73,12 +73,13 @@ class AlertEvent:
     value: float
     threshold: float | None
     ts: int  # event time of the reading (or silence) that changed the state
+    unit: str = ""  # of value and threshold: °C, %RH, °C/min, %RH/min, sigma, s
     stats: dict[str, float | int | None] = field(default_factory=dict)  # the metric's rolling stats
 
     def fields(self) -> list[str]:
         out = ["alert_id", self.alert_id, "rule", self.rule, "kind", self.kind, "sensor", self.sensor,
                "severity", self.severity, "state", self.state, "value", number_text(self.value),
-               "threshold", number_text(self.threshold), "ts", str(self.ts)]
+               "threshold", number_text(self.threshold), "unit", self.unit, "ts", str(self.ts)]
         for name, value in self.stats.items():
             if value is not None:
                 out += [f"stats_{name}", number_text(value)]
@@ -89,7 +90,8 @@ class AlertEvent:
         stats = {name.removeprefix("stats_"): float(value) for name, value in entry.items()
                  if name.startswith("stats_") and value != ""}
         return cls(entry["alert_id"], entry["rule"], entry["kind"], entry["sensor"], entry["severity"],
-                   entry["state"], float(entry["value"]), _float(entry.get("threshold")), int(entry["ts"]), stats)
+                   entry["state"], float(entry["value"]), _float(entry.get("threshold")), int(entry["ts"]),
+                   entry.get("unit", ""), stats)
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,7 +87,7 @@ def test_export_other_streams_and_parquet(redis_url, db, tmp_path):
     assert len({layout.partition_for(sensor).index for sensor in ("s", "t", "u")}) > 1
     for which, column in (("aggregates", "window_start"), ("alerts", "alert_id"), ("dead-letter", "reason")):
         out = tmp_path / f"{which}.csv"
-        result = run_cli("analytics", "export", "--stream", which, "--out", str(out), "--redis-url", redis_url)
+        result = run_cli("analytics", "export", "--kind", which, "--out", str(out), "--redis-url", redis_url)
         assert result.returncode == 0, result.stderr
         frame = pd.read_csv(out, dtype={"stream_id": str})
         expected = outputs(db, layout, which)
@@ -118,7 +118,7 @@ def test_relative_and_iso_times():
 
 
 @pytest.mark.parametrize("args", [
-    ("--stream", "nonsense"),
+    ("--kind", "nonsense"),
     ("--since", "yesterday-ish"),
 ])
 def test_bad_input_exits_2_and_leaves_the_target_untouched(redis_url, tmp_path, args):
@@ -194,3 +194,22 @@ def test_fast_and_general_csv_paths_write_the_same_text():
     frame = selection.apply(readings_frame(page, FieldMap()), "ts_ms")
     assert fast_text == readings_csv_lines(frame)
     assert fast_rows == len(frame) == 19
+
+
+def test_exports_are_written_with_the_users_umask_and_iso_window_times(redis_url, tmp_path):
+    import os
+    import stat
+
+    assert run_cli("producers", "u", "--count", "200", "--start", str(START), "--redis-url", redis_url).returncode == 0
+    assert run_cli("consumers", "aggregate", "--start", "all", "--drain", "--window", "10s",
+                   "--redis-url", redis_url).returncode == 0
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path / "aggregates.csv"
+        result = run_cli("analytics", "export", "--kind", "aggregates", "--out", str(out), "--redis-url", redis_url)
+    finally:
+        os.umask(previous)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    frame = pd.read_csv(out)
+    assert frame.window_start_time.iloc[0].endswith("Z") and frame.window_end_time.iloc[0] > frame.window_start_time.iloc[0]

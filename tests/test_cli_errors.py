@@ -156,3 +156,9 @@ def test_rule_list_written_empty_runs_without_alert_rules(tmp_path, redis_url):
     result = run_cli("consumers", "aggregate", "--rules", str(path), "--redis-url", redis_url, "--drain")
     assert result.returncode == 0, result.stderr
     assert "0 alert rules" in result.stderr
+
+
+def test_the_sample_rules_file_is_the_built_in_rules():
+    from consumers.rules import load_rules
+
+    assert load_rules(ROOT / "rules.toml") == load_rules(None)

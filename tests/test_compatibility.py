@@ -33,7 +33,7 @@ def test_seed_tutorial_stream_feeds_the_pipeline_without_code_changes(redis_url,
     assert db.hget(keys.counters, "processed") == "300"
     assert db.xlen(keys.dead_letter) == 0
     assert json.loads(db.hget(keys.rolling, "sensor1"))["count"] == 100
-    export = run_cli("analytics", "export", "--fields", "seed", "--readings-stream", "app:event", "--out", "-",
+    export = run_cli("analytics", "export", "--fields", "seed", "--stream", "app:event", "--out", "-",
                      "--redis-url", redis_url)
     assert export.returncode == 0 and len(export.stdout.strip().splitlines()) == 301
     status = run_cli("consumers", "status", "--json", "--stream", "app:event", "--redis-url", redis_url)
@@ -71,7 +71,7 @@ def add_alerts(db, layout, sensors: list[str], first: int = 0) -> list[str]:
     for number, sensor in enumerate(sensors, start=first):
         partition = layout.partition_for(sensor)
         event = AlertEvent(f"hot:{sensor}:{number}", "hot", "threshold", sensor, "critical", "firing", 41.0 + number,
-                           40.0, START + number, {"mean": 39.5})
+                           40.0, START + number, "°C", {"mean": 39.5})
         meta = ["partition", str(partition.index), "epoch", "1", "batch", str(number + 1), "emitted_ms", str(START)]
         fields = event.fields() + meta
         ids.append(db.xadd(partition.group("aggregators").alerts, dict(zip(fields[::2], fields[1::2])),
