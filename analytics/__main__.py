@@ -173,5 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     return {"export": run_export, "report": run_report, "plot": run_plot}[args.command](args, config)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The installed console script."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    entry()

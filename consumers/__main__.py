@@ -140,5 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_aggregate(args, config, stop)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The installed console script."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import FrameType
 
+from telemetry import __version__
 from telemetry.backoff import Backoff
 from telemetry.connection import RedisTarget, connect, resolve_target
 from telemetry.errors import RedisUnavailable, UsageError
@@ -21,7 +22,11 @@ from telemetry.schema import FieldMap
 
 
 class CommandParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line (no usage dump) and exits 2."""
+    """argparse that reports a bad flag in one line (no usage dump) and exits 2, with --version."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
     def error(self, message: str) -> None:  # type: ignore[override]
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)

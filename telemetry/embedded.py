@@ -28,7 +28,10 @@ START_TIMEOUT_S = 15.0
 
 
 def default_home() -> Path:
-    return Path(os.environ.get("TELEMETRY_HOME", PROJECT_ROOT / ".telemetry"))
+    """$TELEMETRY_HOME, else .telemetry/ in the repository when run from a checkout, else in the
+    user's home (an installed copy lives in site-packages, no place for data)."""
+    checkout = (PROJECT_ROOT / "Makefile").exists()
+    return Path(os.environ.get("TELEMETRY_HOME", (PROJECT_ROOT if checkout else Path.home()) / ".telemetry"))
 
 
 def redis_server_binary() -> str:

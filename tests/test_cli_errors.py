@@ -162,3 +162,31 @@ def test_the_sample_rules_file_is_the_built_in_rules():
     from consumers.rules import load_rules
 
     assert load_rules(ROOT / "rules.toml") == load_rules(None)
+
+
+def test_every_command_says_its_version():
+    from telemetry import __version__
+
+    for module in ("producers", "consumers", "analytics"):
+        result = run_cli(module, "--version")
+        assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_the_package_builds_with_its_lua_scripts_and_console_scripts(tmp_path):
+    import shutil
+    import zipfile
+
+    source = tmp_path / "source"  # a copy: building writes build/ and egg-info beside the sources
+    for name in ("producers", "consumers", "analytics", "telemetry"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300,
+                           check=False)
+    assert built.returncode == 0, built.stderr
+    wheel = next(tmp_path.glob("*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "telemetry/lua/commit.lua" in names and "consumers/worker.py" in names
+    entry_points = next(name for name in names if name.endswith("entry_points.txt"))
+    assert "telemetry-consume = consumers.__main__:entry" in zipfile.ZipFile(wheel).read(entry_points).decode()
