@@ -24,10 +24,9 @@ def stats_fields(stats: MetricStats) -> dict[str, float | int | None]:
     return {"count": stats.count, "mean": stats.mean, "std": stats.std, "min": stats.min, "max": stats.max}
 
 
-# A per-reading rule, compiled once: (emit, sensor, state, ts, temperature, humidity, previous
-# reading as (ts, t, h) or None, rolling stats before this reading or None).
-ReadingCheck = Callable[[Emit, str, SensorState, int, float, float, "tuple[int, float, float] | None",
-                         "Summary | None"], None]
+# A per-reading rule, compiled once: (emit, sensor, state, ts, temperature, humidity, rolling stats
+# before this reading or None).
+ReadingCheck = Callable[[Emit, str, SensorState, int, float, float, "Summary | None"], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,22 +59,25 @@ class RuleSet:
 def _reading_check(rule: AlertRule) -> ReadingCheck:
     name, temperature, threshold = rule.name, rule.metric == "temperature_c", rule.threshold
     if rule.kind == "threshold":
-        def check(emit, sensor, state, ts_ms, t, h, previous, before):
+        def check(emit, sensor, state, ts_ms, t, h, before):
             value = t if temperature else h
             breach, clear = _compare(rule, value)
             if breach or name in state.alerts:
                 step(emit, sensor, state, rule, breach, clear, ts_ms, value)
     elif rule.kind == "rate_of_change":
-        def check(emit, sensor, state, ts_ms, t, h, previous, before):
-            if previous is not None and ts_ms > previous[0]:
-                value, last = (t, previous[1]) if temperature else (h, previous[2])
-                per_minute = abs(value - last) / (ts_ms - previous[0]) * 60_000
+        span = rule.over_ms
+
+        def check(emit, sensor, state, ts_ms, t, h, before):
+            reference = _rate_reference(state, name, span, ts_ms, t, h)
+            if reference is not None:
+                value, last = (t, reference[1]) if temperature else (h, reference[2])
+                per_minute = round(abs(value - last) / (ts_ms - reference[0]) * 60_000, 6)
                 over = per_minute > threshold
                 if over or name in state.alerts:
                     step(emit, sensor, state, rule, over, not over, ts_ms, per_minute)
     else:  # zscore: the reading against the rolling statistics of the readings before it
         min_count, clear_below = rule.min_count, rule.threshold - rule.hysteresis
-        def check(emit, sensor, state, ts_ms, t, h, previous, before):
+        def check(emit, sensor, state, ts_ms, t, h, before):
             if before is None or before.n < min_count:
                 return
             std = before.std(rule.metric)
@@ -86,6 +88,24 @@ def _reading_check(rule: AlertRule) -> ReadingCheck:
                 step(emit, sensor, state, rule, z > threshold, z <= clear_below, ts_ms, z,
                      stats_fields(before.metric(rule.metric)))
     return check
+
+
+def _rate_reference(state: SensorState, rule: str, span_ms: int, ts_ms: int, t: float, h: float
+                    ) -> list | None:
+    """The reading a change is measured from: at least `span_ms` and less than twice that before
+    this one. Two anchors per rule, a span apart at least, keep it bounded at any sample rate."""
+    anchors = state.rate_anchors.get(rule)
+    reading = [ts_ms, t, h]
+    if anchors is None:
+        state.rate_anchors[rule] = [None, reading]
+        return None
+    older, newer = anchors
+    if ts_ms - newer[0] >= span_ms:
+        anchors[0], anchors[1] = newer, reading
+        return newer
+    if older is None or ts_ms <= older[0]:
+        return None
+    return older
 
 
 def _compare(rule: AlertRule, value: float) -> tuple[bool, bool]:
@@ -123,11 +143,11 @@ def _event(rule: AlertRule, sensor: str, episode: AlertEpisode, state: str, ts_m
 
 
 def on_reading(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, ts_ms: int, temperature_c: float,
-               humidity_pct: float, previous: tuple[int, float, float] | None, before: Summary | None) -> None:
-    """Per-reading rules. `previous`: the sensor's newest reading before this one (ts, t, h);
-    `before`: rolling statistics without this reading (zscore compares a reading with its past)."""
+               humidity_pct: float, before: Summary | None) -> None:
+    """Per-reading rules. `before`: rolling statistics without this reading (zscore compares a
+    reading with its past)."""
     for check in rules.reading_checks:
-        check(emit, sensor, state, ts_ms, temperature_c, humidity_pct, previous, before)
+        check(emit, sensor, state, ts_ms, temperature_c, humidity_pct, before)
     for rule in rules.silent:  # any reading ends a silence
         if rule.name in state.alerts:
             step(emit, sensor, state, rule, False, True, ts_ms, 0.0)

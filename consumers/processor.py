@@ -117,20 +117,18 @@ class PartitionProcessor:
             return
         rules = settings.rules
         before = self.rolling_stats(state) if settings.zscore_rules and state.buckets else None
-        previous = (state.max_ts, state.last_t, state.last_h) if state.max_ts != NONE else None
         window = state.windows.get(start)
         if window is None:
             window = state.windows[start] = Window(start)
         window.add(ts_ms, temperature_c, humidity_pct)
-        if ts_ms >= state.max_ts:
-            state.max_ts, state.last_t, state.last_h = ts_ms, temperature_c, humidity_pct
+        state.max_ts = max(state.max_ts, ts_ms)
         older = settings.rolling.add(state, ts_ms, temperature_c, humidity_pct)
         if older is not None:
             out.changed_buckets.add((sensor, older))
         out.counters["processed"] += 1
         out.changed_sensors.add(sensor)
         emit = self._emit_alert
-        on_reading(emit, rules, sensor, state, ts_ms, temperature_c, humidity_pct, previous, before)
+        on_reading(emit, rules, sensor, state, ts_ms, temperature_c, humidity_pct, before)
         if rules.on_rolling:
             on_rolling(emit, rules, sensor, state, state.max_ts, self.rolling_stats(state))
         self._close_by_watermark(sensor, state)

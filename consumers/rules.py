@@ -1,7 +1,8 @@
 """Alert rules: loaded from TOML, validated with messages that name the rule and field.
 
 Rule kinds: threshold (on a reading or a rolling aggregate, with `for` and hysteresis),
-rate_of_change (per minute between consecutive readings), zscore (against the rolling window),
+rate_of_change (per minute, over at least `over` of event time, so the sample rate does not matter),
+zscore (against the rolling window),
 silent (no reading for `after`), stuck (zero variance over a closed window).
 """
 
@@ -36,6 +37,7 @@ class AlertRule:
     hysteresis: float = 0.0
     min_count: int = 10
     after_ms: int = 0
+    over_ms: int = 0  # rate_of_change: the shortest span a change is measured over
 
     @property
     def unit(self) -> str:
@@ -68,14 +70,15 @@ severity = "warning"
 name = "temperature-jump"
 kind = "rate_of_change"
 metric = "temperature_c"
-per_minute = 120.0
+per_minute = 3.0
+over = "60s"
 severity = "warning"
 
 [[rule]]
 name = "temperature-anomaly"
 kind = "zscore"
 metric = "temperature_c"
-z = 4.0
+z = 6.0
 hysteresis = 1.0
 min_count = 30
 severity = "warning"
@@ -95,7 +98,7 @@ severity = "warning"
 
 _ALLOWED = {
     "threshold": {"metric", "source", "above", "below", "for", "hysteresis"},
-    "rate_of_change": {"metric", "per_minute", "for"},
+    "rate_of_change": {"metric", "per_minute", "over", "for"},
     "zscore": {"metric", "z", "hysteresis", "min_count", "for"},
     "silent": {"after"},
     "stuck": {"min_count"},
@@ -154,7 +157,10 @@ def _rule(index: int, table: dict, seen: set[str]) -> AlertRule:
         limit = _number(where, table, "per_minute", minimum=0)
         if limit is None:
             raise UsageError(f"{where}: per_minute is required")
-        return AlertRule(**common, threshold=limit)
+        over_ms = parse_duration_ms(str(table.get("over", "60s")), field=f"{where}: over")
+        if over_ms <= 0:
+            raise UsageError(f"{where}: over must be positive (e.g. \"60s\")")
+        return AlertRule(**common, threshold=limit, over_ms=over_ms)
     if kind == "zscore":
         return AlertRule(**common, threshold=_number(where, table, "z", 3.0, minimum=0),
                          hysteresis=_number(where, table, "hysteresis", 0.0, minimum=0),

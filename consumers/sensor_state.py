@@ -38,12 +38,11 @@ class AlertEpisode:
 class SensorState:
     max_ts: int = NONE  # the sensor's watermark: newest event time applied
     closed_through: int = NONE  # end of the newest window emitted
-    last_t: float = 0.0  # the reading at max_ts, for rate of change
-    last_h: float = 0.0
     max_seq: int = NONE
     missing_seq: int = 0  # seq numbers skipped so far: readings lost before this group applied them
     windows: dict[int, Window] = field(default_factory=dict)
     alerts: dict[str, AlertEpisode] = field(default_factory=dict)
+    rate_anchors: dict[str, list] = field(default_factory=dict)  # rate_of_change rule -> [older, newer] readings
     buckets: dict[int, Summary] = field(default_factory=dict)  # rolling: bucket start -> summary
     # Not checkpointed: the merge of every rolling bucket but the newest (consumers/rolling.py).
     older_buckets: tuple[tuple[int, ...], Summary] | None = None
@@ -51,21 +50,23 @@ class SensorState:
 
     def pack_core(self) -> bytes:
         newest = max(self.buckets) if self.buckets else None
-        return _packer.pack([STATE_VERSION, self.max_ts, self.closed_through, self.last_t, self.last_h,
-                              self.max_seq, self.missing_seq, [window.pack() for window in self.windows.values()],
-                              [[rule, episode.state, episode.since_ms] for rule, episode in self.alerts.items()],
-                              None if newest is None else [newest, *self.buckets[newest].values()]])
+        return _packer.pack([STATE_VERSION, self.max_ts, self.closed_through, self.max_seq, self.missing_seq,
+                             [window.pack() for window in self.windows.values()],
+                             [[rule, episode.state, episode.since_ms] for rule, episode in self.alerts.items()],
+                             None if newest is None else [newest, *self.buckets[newest].values()],
+                             self.rate_anchors])
 
     @classmethod
     def unpack_core(cls, packed: bytes) -> SensorState:
-        (version, max_ts, closed_through, last_t, last_h, max_seq, missing_seq, windows, alerts,
-         newest) = msgpack.unpackb(packed)
+        (version, max_ts, closed_through, max_seq, missing_seq, windows, alerts, newest,
+         rate_anchors) = msgpack.unpackb(packed)
         if version != STATE_VERSION:
             raise ValueError(f"sensor state version {version}, this build reads {STATE_VERSION}")
-        return cls(max_ts, closed_through, last_t, last_h, max_seq, missing_seq,
-                   {values[0]: Window.unpack(values) for values in windows},
-                   {rule: AlertEpisode(state, since) for rule, state, since in alerts},
-                   {} if newest is None else {newest[0]: Summary(*newest[1:])})
+        return cls(max_ts, closed_through, max_seq, missing_seq,
+                   windows={values[0]: Window.unpack(values) for values in windows},
+                   alerts={rule: AlertEpisode(state, since) for rule, state, since in alerts},
+                   rate_anchors=rate_anchors,
+                   buckets={} if newest is None else {newest[0]: Summary(*newest[1:])})
 
 
 def pack_bucket(start_ms: int, summary: Summary) -> bytes:

@@ -21,7 +21,9 @@ from tests.crash_harness import (
 )
 from tests.lossy_proxy import LossyProxy
 
-PRODUCER_ARGS = ("--fleet", "k-", "8", "--rate", "40", "--duration", "15", "--partitions", str(PARTITIONS))
+# Spikes, so that alert rules fire and their events can be compared with an uninterrupted run.
+PRODUCER_ARGS = ("--fleet", "k-", "8", "--rate", "40", "--spike-rate", "0.003", "--duration", "15",
+                 "--partitions", str(PARTITIONS))
 
 
 @pytest.fixture()
@@ -83,7 +85,7 @@ def test_redis_killed_and_restarted_under_load_reconciles(redis_server, redis_ur
 def test_a_frozen_owner_is_fenced_when_it_wakes_and_changes_nothing(redis_url, fleet):
     """The zombie: SIGSTOP an owner past its lease, another takes over and commits, SIGCONT."""
     fleet.start_worker("zombie")
-    producer = spawn("producers", "--fleet", "z-", "8", "--rate", "40", "--duration", "6",
+    producer = spawn("producers", "--fleet", "z-", "8", "--rate", "40", "--spike-rate", "0.003", "--duration", "6",
                      "--partitions", str(PARTITIONS), "--redis-url", redis_url)
     db = fleet.db
     wait_for(lambda: fleet.holds_uncommitted("zombie") or False, 20, "the zombie to hold a batch")

@@ -215,7 +215,7 @@ def test_threshold_episode_fires_after_for_and_resolves_past_hysteresis_once():
 
 def test_stuck_and_rate_of_change_rules():
     rules = parse_rules('[[rule]]\nname = "stuck"\nkind = "stuck"\nmin_count = 5\n\n'
-                        '[[rule]]\nname = "jump"\nkind = "rate_of_change"\nper_minute = 60.0\n', "test")
+                        '[[rule]]\nname = "jump"\nkind = "rate_of_change"\nper_minute = 30.0\nover = "5s"\n', "test")
     readings = [Reading("a", START + i * 1000, 25.0, 50.0, i) for i in range(12)]
     readings.append(Reading("a", START + 12_000, 30.0, 50.0, 12))  # 5 degrees in a second: 300/min
     out = run(PartitionProcessor(settings(rules).processing()), entries_of(readings), 4)
@@ -234,3 +234,39 @@ def test_a_first_look_after_an_outage_moves_no_clock():
     processor.observe(START + 190_000, caught_up=False)  # a backlog arrives
     watch(processor, START + 190_000 + 30_000)
     assert [event.ts for event in processor.outputs.alerts] == [START + 20_000]
+
+
+def simulated(names: list[str], rate_hz: float, seconds: int, spike_rate: float = 0.0) -> list:
+    """What `python -m producers` would write: the simulator's series, rounded as it rounds them."""
+    from producers.faults import FaultInjector, FaultRates
+    from producers.profile import FleetModel, FleetProfile
+
+    profile = FleetProfile.build(names, 0)
+    model = FleetModel(profile, START)
+    injector = FaultInjector(FaultRates(spike=spike_rate), profile.keys) if spike_rate else None
+    readings = []
+    for tick in range(int(seconds * rate_hz)):
+        seq = np.full(len(names), tick, dtype=np.uint64)
+        ts = START + round(tick * 1000 / rate_hz)
+        temperature, humidity = model.step(seq, np.full(len(names), ts))
+        if injector:
+            temperature, humidity, _ = injector.apply(seq, temperature, humidity)
+        readings += [Reading(name, ts, round(float(t), 1), round(float(h), 1), tick)
+                     for name, t, h in zip(names, temperature, humidity)]
+    return readings
+
+
+@pytest.mark.parametrize("rate_hz", [0.1, 1, 10, 100])
+def test_no_built_in_rule_fires_on_healthy_sensors_at_any_sample_rate(rate_hz):
+    readings = simulated(["h1", "h2"], rate_hz, seconds=900)
+    out = run(PartitionProcessor(settings(load_rules(None), window_ms=60_000, rolling_ms=300_000).processing()),
+              entries_of(readings), 5000)
+    assert [(event.rule, event.sensor, event.value) for event in out.alerts] == []
+
+
+@pytest.mark.parametrize("rate_hz", [1, 10])
+def test_spikes_fire_the_jump_rule(rate_hz):
+    readings = simulated(["s1", "s2"], rate_hz, seconds=900, spike_rate=0.02 / rate_hz)
+    out = run(PartitionProcessor(settings(load_rules(None), window_ms=60_000, rolling_ms=300_000).processing()),
+              entries_of(readings), 5000)
+    assert {event.rule for event in out.alerts if event.state == "firing"} >= {"temperature-jump"}
