@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import redis
 
-from consumers import alerts_tail
+from consumers import alerts_tail, groups
 from consumers.rules import load_rules
 from consumers.settings import AggregatorSettings
 from consumers.status import collect_status, render_status
@@ -72,6 +74,18 @@ def build_parser() -> CommandParser:
                         help="the producers' --maxlen, the pipeline's total (each partition keeps its share), "
                              "to warn when a partition's lag approaches it (default 1,000,000)")
     add_redis_arguments(status)
+
+    group = commands.add_parser("group", help="list, reset, delete or prune consumer groups",
+                                description="Manage the pipeline's consumer groups (the group is --group).")
+    actions = group.add_subparsers(dest="action", required=True, parser_class=CommandParser)
+    listing = actions.add_parser("list", help="every group on the partition streams, with lag and pending")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    reset = actions.add_parser("reset", help="start --group over from a position: its state and outputs go")
+    reset.add_argument("--to", required=True, metavar="POSITION", help="start, end, or a stream id")
+    actions.add_parser("delete", help="delete --group: the consumer group, its state and outputs")
+    actions.add_parser("prune", help="delete --group's consumers that hold nothing pending")
+    for action in actions.choices.values():
+        add_redis_arguments(action)
     return parser
 
 
@@ -129,11 +143,36 @@ def run_status(args, config: PipelineConfig) -> int:
     return 0
 
 
+def run_group(args, config: PipelineConfig) -> int:
+    db = connect(config.target(), announce=not getattr(args, "json", False))
+    layout = config.layout(db, create=False)
+    if args.action == "list":
+        rows = groups.list_groups(db, layout)
+        if args.json:
+            print(json.dumps([asdict(row) for row in rows], indent=2))
+        for row in [] if args.json else rows:
+            lag = "?" if row.lag is None else row.lag
+            print(f"{row.name}: {row.partitions} partitions, {row.workers} workers, {row.consumers} consumers, "
+                  f"lag {lag}, pending {row.pending}")
+        return 0
+    if args.action == "reset":
+        count = groups.reset_group(db, layout, config.group, args.to)
+        print(f"group {config.group}: starts over from {args.to} on {count} partitions (state and outputs deleted)")
+    elif args.action == "delete":
+        count = groups.delete_group(db, layout, config.group)
+        print(f"group {config.group}: deleted from {count} partitions")
+    else:
+        print(f"group {config.group}: {groups.prune_consumers(db, layout, config.group)} idle consumers deleted")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = PipelineConfig.from_args(args)
     if args.command == "status":
         return run_status(args, config)
+    if args.command == "group":
+        return run_group(args, config)
     stop = StopSignal().install()
     if args.command == "alerts":
         return run_alerts(args, config, stop)

@@ -30,6 +30,7 @@ from consumers.settings import AggregatorSettings
 from telemetry.backoff import RETRYABLE, Backoff
 from telemetry.keys import GroupKeys
 from telemetry.partitions import Layout
+from telemetry.progress import ProgressLine
 from telemetry.schema import FieldMap
 from telemetry.scripts import load_script
 from telemetry.timeutil import now_ms, stream_id_key
@@ -110,6 +111,7 @@ class AggregatorWorker:
         self.stats = WorkerStats()
         self.on_commit: Callable[[OwnedPartition, int, float], None] | None = None
         self._groups_ready: set[int] = set()
+        self._said_start_ignored = False
 
     def _progressing(self) -> bool:
         """Leases are renewed only while the loop finishes steps well within a lease."""
@@ -125,6 +127,10 @@ class AggregatorWorker:
         except redis.ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
+            if self.settings.start == "all" and not self._said_start_ignored:
+                self._said_start_ignored = True
+                print(f"aggregator: group {self.settings.group} exists: --start all is ignored, it goes on from its "
+                      "own position (`consumers group reset --to start` starts it over)", file=self.log)
 
     def rebalance(self, now: int) -> None:
         members = self.membership.beat(now)
@@ -416,6 +422,10 @@ class AggregatorWorker:
         settings = self.settings
         started = self.clock()
         backoff = Backoff()
+        progress = ProgressLine("aggregator", "entries processed", settings.count, self.log, every_s=30.0,
+                                details=lambda: f"{len(self.owned)} of {self.layout.count} partitions owned, "
+                                                f"{self.stats.windows_emitted:,} windows, "
+                                                f"{self.stats.alerts_emitted:,} alerts")
         while not stop_requested():
             if settings.count is not None and self.stats.entries >= settings.count:
                 break
@@ -423,6 +433,7 @@ class AggregatorWorker:
                 break
             try:
                 handled = self.step(self.clock())
+                progress.add(handled)
                 backoff.reset()
                 if handled == 0:
                     if settings.drain and self.owned and self.drained():

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
 
 from producers.csv_replay import load_readings_csv, replay
 from producers.faults import FaultRates
@@ -25,6 +23,7 @@ from telemetry.cli import (
 )
 from telemetry.errors import UsageError
 from telemetry.partitions import partition_maxlen
+from telemetry.progress import ProgressLine
 from telemetry.schema import SchemaError, validate_sensor_name
 from telemetry.timeutil import now_ms, parse_duration_ms, parse_time_ms
 
@@ -107,28 +106,6 @@ def planned_readings(settings: SimulationSettings, start_ms: int, now: int) -> i
     return ticks * len(settings.names)
 
 
-@dataclass(slots=True)
-class Progress:
-    """A line every few seconds on long writes: how far, how fast."""
-
-    planned: int | None
-    out: TextIO
-    every_s: float = 5.0
-    written: int = 0
-    started: float = field(default_factory=time.monotonic)
-    next_line: float = field(default_factory=lambda: time.monotonic() + 5.0)
-
-    def add(self, written: int) -> None:
-        self.written += written
-        now = time.monotonic()
-        if now < self.next_line:
-            return
-        self.next_line = now + self.every_s
-        rate = self.written / max(now - self.started, 1e-9)
-        share = f" of {self.planned:,} ({self.written / self.planned:.0%})" if self.planned else ""
-        print(f"producer: {self.written:,}{share} readings written, {rate:,.0f}/s", file=self.out, flush=True)
-
-
 def report(counts: dict[str, int], as_json: bool, stopped: bool) -> None:
     if as_json:
         print(json.dumps({"stopped_by_signal": stopped, "readings": counts}))
@@ -170,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"producer: WARNING this run writes about {planned:,} readings but the pipeline keeps {args.maxlen:,} "
               f"(--maxlen): the oldest {planned - args.maxlen:,} will be trimmed as it runs; to keep them, pass "
               f"--maxlen {planned} (or 0: no trimming)", file=sys.stderr)
-    progress = Progress(planned, sys.stderr) if simulation.backfilling else None
-    counters = [progress.add] if progress else []
+    progress = ProgressLine("producer", "readings written", planned, sys.stderr,
+                            every_s=5.0 if simulation.backfilling else 30.0)
+    counters = [progress.add]
     if args.metrics_port:
         from telemetry.metrics import start_producer_metrics
 
@@ -181,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         for count in counters:
             count(written)
 
-    simulation.run(now_ms, time.sleep, lambda: stop.requested, on_progress if counters else None)
+    simulation.run(now_ms, time.sleep, lambda: stop.requested, on_progress)
     report(simulation.counts(), args.json, stop.requested)
     return 0
 
