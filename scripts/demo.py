@@ -1,5 +1,6 @@
-"""make demo: five named sensors (one faulty) and two aggregator workers, each its own process,
-a live view for DEMO_SECONDS (default 60) or until Ctrl-C, then CSV exports and a plot in out/."""
+"""make demo: five named sensors (one faulty), their last hour backfilled first, and two aggregator
+workers, each its own process; a live view for DEMO_SECONDS (default 60) or until Ctrl-C, then CSV
+exports and a plot in out/."""
 
 from __future__ import annotations
 
@@ -37,9 +38,9 @@ PARTITIONS = 4  # two workers own two each; the live view shows one row per part
 GROUP = "aggregators"
 WORKER_FLAGS = ("--window", "10s", "--grace", "2s", "--rolling", "60s", "--idle", "15s", "--lease", "10s",
                 "--settle", "2s", "--start", "all")
-
-
 MIN_SECONDS = 5  # time for the workers to take their partitions and a window to close
+HISTORY = "-1h"  # backfilled first, so windows, rolling stats, alerts and the plot exist at once
+
 
 def spawn(url: str, log: Path, module: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", module, *args, "--redis-url", url, "--prefix", PREFIX,
@@ -103,6 +104,11 @@ def main() -> int:
     logs = OUT / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     stop = StopSignal().install()
+    print(f"demo: backfilling the last hour of {len(SENSORS)} sensors ...", flush=True)
+    backfill = [spawn(target.url, logs / f"backfill-{sensor}.log", "producers", sensor, "--rate", "2",
+                      f"--start={HISTORY}", *(FAULT_FLAGS if sensor == FAULTY else ())) for sensor in SENSORS]
+    for process in backfill:
+        process.wait()
     processes = [spawn(target.url, logs / f"worker-{n}.log", "consumers", "aggregate", "--consumer", f"demo-worker-{n}",
                        *WORKER_FLAGS) for n in (1, 2)]
     for sensor in SENSORS:
