@@ -91,6 +91,10 @@ def _lags_of(db: redis.Redis, stream: str, info: StreamInfo, reference: int) -> 
     for group in db.xinfo_groups(stream):
         last_delivered = group["last-delivered-id"]
         reported = group.get("lag")
+        if info.last_id is None or stream_id_key(last_delivered) >= stream_id_key(info.last_id):
+            reported = 0  # caught up: Redis counts entries trimmed unread as lag for ever after
+        elif reported is not None and int(reported) > info.length:
+            reported = None  # more lag than entries: trimmed ones are counted in it; count instead
         estimated = reported is None
         lag_entries = int(reported) if reported is not None else _estimate_lag(info, last_delivered)
         if estimated and lag_entries <= EXACT_COUNT_LIMIT:

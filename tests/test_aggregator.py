@@ -267,6 +267,7 @@ def test_readings_trimmed_before_the_group_read_them_are_counted_once_where_stat
     status = json.loads(run_cli("consumers", "status", "--json", "--redis-url", redis_url).stdout)
     loss_lines = [warning for warning in status["warnings"] if "trimmed" in warning or "missing" in warning]
     assert len(loss_lines) == 1 and "80 readings are missing by seq" in loss_lines[0]
+    assert status["totals"]["lag_entries"] == 0, "a group that caught up after trimming still shows lag"
     report = json.loads(run_cli("analytics", "report", "--json", "--redis-url", redis_url).stdout)
     assert [(row["sensor"], row["missing"]) for row in report["sensors"]] == [("s", 80)]
 
