@@ -213,3 +213,16 @@ def test_exports_are_written_with_the_users_umask_and_iso_window_times(redis_url
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
     frame = pd.read_csv(out)
     assert frame.window_start_time.iloc[0].endswith("Z") and frame.window_end_time.iloc[0] > frame.window_start_time.iloc[0]
+
+
+def test_plot_draws_dropouts_as_gaps_and_every_window_to_its_end():
+    from analytics.plot import window_segments, with_gaps
+
+    ts = pd.Series([0, 1000, 2000, 60_000, 61_000])  # a dropout between 2 s and 60 s
+    _, values = with_gaps(ts, pd.Series([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert values.isna().sum() == 1 and values.isna().tolist().index(True) == 3
+    windows = pd.DataFrame({"window_start": [0, 20_000], "window_end": [10_000, 30_000],
+                            "temperature_c_mean": [1.5, 2.5]})
+    xs, ys = window_segments(windows, "temperature_c_mean")
+    assert xs.iloc[4] == pd.Timestamp(30_000, unit="ms") and ys.iloc[4] == 2.5  # the last window reaches its end
+    assert ys.isna().tolist() == [False, False, True, False, False, True]  # no line across the empty window
