@@ -24,7 +24,8 @@ from telemetry.timeutil import parse_time_ms
 CSV_CHUNK_ROWS = 200_000
 
 
-EXPORT_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+EXPORT_SUFFIXES = (".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".parquet")
+FORMAT_BY_SUFFIX = {".parquet": "parquet", ".jsonl": "jsonl", ".jsonl.gz": "jsonl"}
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 def add_filters(parser) -> None:
@@ -40,10 +41,10 @@ def build_parser() -> CommandParser:
     exporter = commands.add_parser("export", help="stream a stream to CSV or Parquet",
                                    description="Export a stream of every partition, merged in stream-id order, "
                                                "in constant memory; atomic rename at the end.")
-    exporter.add_argument("--out", required=True, help="target file (.csv, .csv.gz, .parquet) or - for stdout")
+    exporter.add_argument("--out", required=True, help="target file (.csv, .csv.gz, .jsonl, .jsonl.gz, .parquet) or - for stdout")
     exporter.add_argument("--kind", dest="which", choices=sorted(STREAM_KINDS), default="readings",
                           help="what to export (default readings); --stream is the readings key, as everywhere")
-    exporter.add_argument("--format", choices=("csv", "parquet"), help="default: from the file name, else csv")
+    exporter.add_argument("--format", choices=("csv", "jsonl", "parquet"), help="default: from the file name, else csv")
     add_filters(exporter)
     add_redis_arguments(exporter)
 
@@ -108,7 +109,8 @@ def checked_out(text: str, suffixes: tuple[str, ...]) -> str:
 
 def run_export(args, config: PipelineConfig) -> int:
     checked_out(args.out, EXPORT_SUFFIXES)
-    file_format = args.format or ("parquet" if args.out.endswith(".parquet") else "csv")
+    file_format = args.format or next((kind for suffix, kind in FORMAT_BY_SUFFIX.items() if args.out.endswith(suffix)),
+                                      "csv")
     request = ExportRequest(STREAM_KINDS[args.which], args.out, row_filter(args, args.sensor), file_format)
     db = connect(config.target(), announce=args.out != "-")
     written = export(db, partition_groups(db, config), config.field_map, request)

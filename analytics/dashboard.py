@@ -42,6 +42,7 @@ class Snapshot:
     sensors: tuple[SensorView, ...]
     alerts: tuple[AlertEvent, ...]  # firing now
     alert_events: int
+    recent: tuple[AlertEvent, ...]  # the latest events, fired and resolved, newest last
     status: PipelineStatus
 
     @property
@@ -82,9 +83,14 @@ def _sensor_view(sensor: str, fields: dict[str, str], seq: str | None, rolling: 
                       json.loads(rolling) if rolling else {}, int(seq) + 1 if seq is not None else 0)
 
 
-def _alerts(db: redis.Redis, layout: Layout, group: str) -> tuple[list[AlertEvent], int]:
-    """The firing alerts (each alert id's latest event) and how many alert events there are."""
+RECENT_EVENTS = 6
+
+
+def _alerts(db: redis.Redis, layout: Layout, group: str) -> tuple[list[AlertEvent], int, list[AlertEvent]]:
+    """The firing alerts (each alert id's latest event), how many alert events there are, and the
+    latest few events in the order Redis took them."""
     latest: dict[str, AlertEvent] = {}
+    recent: list[AlertEvent] = []
     events = 0
     streams = [iter_entries(db, keys.alerts) for keys in layout.groups(group)]
     for page in merged_pages(streams, 1):
@@ -92,12 +98,13 @@ def _alerts(db: redis.Redis, layout: Layout, group: str) -> tuple[list[AlertEven
         for _, fields in page:
             event = AlertEvent.decode(as_dict(fields))
             latest[event.alert_id] = event
-    return [event for event in latest.values() if event.state == "firing"], events
+            recent = [*recent[-(RECENT_EVENTS - 1):], event]
+    return [event for event in latest.values() if event.state == "firing"], events, recent
 
 
 def collect_snapshot(db: redis.Redis, layout: Layout, group: str, sensors: list[str]) -> Snapshot:
-    alerts, events = _alerts(db, layout, group)
-    return Snapshot(now_ms(), tuple(_sensor_views(db, layout, group, sensors)), tuple(alerts), events,
+    alerts, events, recent = _alerts(db, layout, group)
+    return Snapshot(now_ms(), tuple(_sensor_views(db, layout, group, sensors)), tuple(alerts), events, tuple(recent),
                     collect_status(db, layout, group, maxlen=0))
 
 
@@ -107,18 +114,26 @@ def _number(value: str | float | None, digits: int = 1) -> str:
     return f"{float(value):.{digits}f}"
 
 
-def render(snapshot: Snapshot, rates: dict[str, float]) -> Group:
-    sensors = Table(title="sensors: latest reading | rolling window", expand=True)
-    sensors.add_column("sensor", no_wrap=True)
-    for column in ("time", "°C", "%RH", "n", "°C mean", "std", "min", "max", "%RH mean", "sent"):
+def render(snapshot: Snapshot, rates: dict[str, float], heading: str = "") -> Group:
+    """Narrow columns, so that the view stays readable in an 80-column terminal."""
+    sensors = Table(title="sensors: latest reading | rolling window", expand=True, pad_edge=False)
+    sensors.add_column("sensor", no_wrap=True, overflow="ellipsis", max_width=16)
+    for column in ("time", "°C", "%RH", "n", "mean", "std", "min", "max"):
         sensors.add_column(column, justify="right", no_wrap=True)
     for view in snapshot.sensors:
         rolling = view.rolling
         sensors.add_row(
             view.sensor, iso_utc(view.latest_ts)[11:19] if view.latest_ts else "-", _number(view.temperature_c),
-            _number(view.humidity_pct), str(rolling.get("count", "-")), _number(rolling.get("temperature_c_mean"), 2),
+            _number(view.humidity_pct), str(rolling.get("count", "-")), _number(rolling.get("temperature_c_mean")),
             _number(rolling.get("temperature_c_std"), 2), _number(rolling.get("temperature_c_min")),
-            _number(rolling.get("temperature_c_max")), _number(rolling.get("humidity_pct_mean")), str(view.produced))
+            _number(rolling.get("temperature_c_max")))
+    recent = Table(title="latest alert events", expand=True, pad_edge=False)
+    for column in ("time", "event", "rule", "sensor", "value"):
+        recent.add_column(column, no_wrap=True, overflow="ellipsis")
+    for event in snapshot.recent:
+        style = ("bold red" if event.severity == "critical" else "yellow") if event.state == "firing" else "green"
+        recent.add_row(iso_utc(event.ts)[11:19], Text(event.state, style=style), event.rule, event.sensor,
+                       f"{event.value:.3g} {event.unit}")
     alerts = Table(title=f"active alerts ({snapshot.alert_events} alert events so far)", expand=True)
     for column in ("severity", "rule", "sensor", "since", "value"):
         alerts.add_column(column)
@@ -139,7 +154,7 @@ def render(snapshot: Snapshot, rates: dict[str, float]) -> Group:
                       f"dead letters {counters.get('dead_lettered', 0)}   "
                       f"late {counters.get('late', 0)}   lost to trim {counters.get('lost_to_trim', 0)}   "
                       f"missing by seq {counters.get('missing_seq', 0)}")
-    return Group(sensors, alerts, partitions, throughput)
+    return Group(*([Text(heading, style="bold")] if heading else []), sensors, recent, alerts, partitions, throughput)
 
 
 def plain_summary(snapshot: Snapshot, rates: dict[str, float]) -> str:

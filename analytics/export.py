@@ -31,7 +31,7 @@ class ExportRequest:
     kind: StreamKind
     out: str  # a path, or "-" for stdout
     row_filter: RowFilter = field(default_factory=RowFilter)
-    file_format: str = "csv"  # csv or parquet
+    file_format: str = "csv"  # csv, jsonl (one JSON object per line) or parquet
 
 
 class Progress:
@@ -101,6 +101,20 @@ def _write_csv(stream: IO[str], request: ExportRequest, pages: Iterator, field_m
     return written
 
 
+def _write_jsonl(stream: IO[str], request: ExportRequest, pages: Iterator, field_map: FieldMap,
+                 progress: Progress) -> int:
+    written = 0
+    for page in pages:
+        progress.advance(len(page))
+        frame = request.row_filter.apply(request.kind.to_frame(page, field_map), request.kind.time_column)
+        if frame.empty:
+            continue
+        text = frame.to_json(orient="records", lines=True, force_ascii=False)
+        stream.write(text if text.endswith("\n") else text + "\n")
+        written += len(frame)
+    return written
+
+
 def _write_parquet(path: str, request: ExportRequest, pages: Iterator, field_map: FieldMap,
                    progress: Progress) -> int:
     import pyarrow as pa
@@ -135,10 +149,11 @@ def export(db: redis.Redis, groups: Sequence[GroupKeys], field_map: FieldMap, re
     pages = merged_entries(db, keys)
     progress = Progress(sum(db.xlen(key) for key in keys), enabled=sys.stderr.isatty())
     if request.out == "-":
-        if request.file_format != "csv":
-            raise UsageError("--out -: only CSV can go to stdout")
+        if request.file_format == "parquet":
+            raise UsageError("--out -: Parquet cannot go to stdout (CSV or JSON Lines can)")
+        write_text = _write_jsonl if request.file_format == "jsonl" else _write_csv
         try:
-            return _write_csv(sys.stdout, request, pages, field_map, progress)
+            return write_text(sys.stdout, request, pages, field_map, progress)
         finally:
             progress.close()
     target = Path(request.out)
@@ -150,8 +165,9 @@ def export(db: redis.Redis, groups: Sequence[GroupKeys], field_map: FieldMap, re
         else:
             raw = os.fdopen(descriptor, "wb")
             binary = gzip.GzipFile(fileobj=raw, mode="wb") if target.name.endswith(".gz") else raw
+            write_text = _write_jsonl if request.file_format == "jsonl" else _write_csv
             with raw, binary, io.TextIOWrapper(binary, encoding="utf-8", newline="") as text:
-                written = _write_csv(text, request, pages, field_map, progress)
+                written = write_text(text, request, pages, field_map, progress)
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it 0600; an export is the user's file
         os.replace(temporary, target)
     except BaseException:

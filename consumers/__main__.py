@@ -14,6 +14,7 @@ from consumers.rules import load_rules
 from consumers.settings import AggregatorSettings
 from consumers.status import collect_status, render_status
 from consumers.worker import AggregatorWorker
+from telemetry import logstream
 from telemetry.cli import (
     CommandParser,
     PipelineConfig,
@@ -56,6 +57,7 @@ def build_parser() -> CommandParser:
     aggregate.add_argument("--count", type=number_type(int, minimum=1), help="stop after this many entries")
     aggregate.add_argument("--duration", help="stop after this long (e.g. 30s)")
     aggregate.add_argument("--drain", action="store_true", help="stop when nothing is left to read")
+    aggregate.add_argument("--log-json", action="store_true", help="log one JSON object per line (else timestamped text)")
     aggregate.add_argument("--metrics-port", type=number_type(int, minimum=1, maximum=65535), help="serve Prometheus metrics here")
     add_redis_arguments(aggregate)
 
@@ -106,6 +108,7 @@ def aggregator_settings(args) -> AggregatorSettings:
 
 
 def run_aggregate(args, config: PipelineConfig, stop: StopSignal) -> int:
+    logstream.install(args.log_json)
     settings = aggregator_settings(args)
     db = connect_with_retry(config, stop)
     layout = config.layout(db)

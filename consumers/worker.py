@@ -86,12 +86,12 @@ class PartitionLost(Exception):
 
 class AggregatorWorker:
     def __init__(self, db: walrus.Database, layout: Layout, field_map: FieldMap, settings: AggregatorSettings,
-                 *, log=sys.stderr, clock: Callable[[], int] = now_ms) -> None:
+                 *, log=None, clock: Callable[[], int] = now_ms) -> None:
         self.db = db
         self.layout = layout
         self.field_map = field_map
         self.settings = settings
-        self.log = log
+        self.log = log or sys.stderr  # looked up now: a command may have replaced stderr (telemetry/logstream.py)
         self.clock = clock
         # Entries and state are bytes: decoding every field to str costs more than the rest of a batch.
         self.raw = client_like(db, decode_responses=False)

@@ -12,6 +12,7 @@ from producers.faults import FaultRates
 from producers.simulation import Simulation, SimulationSettings
 from producers.trim_guard import TrimGuard
 from producers.writer import StreamWriter
+from telemetry import logstream
 from telemetry.cli import (
     CommandParser,
     PipelineConfig,
@@ -50,6 +51,7 @@ def build_parser() -> CommandParser:
         parser.add_argument(f"--{fault}-rate", type=number_type(float, minimum=0), default=0.0,
                             help=f"probability per reading that a {fault} fault starts")
     parser.add_argument("--json", action="store_true", help="print the final counts as JSON")
+    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line (else timestamped text)")
     parser.add_argument("--metrics-port", type=number_type(int, minimum=1, maximum=65535), help="serve Prometheus metrics here")
     add_redis_arguments(parser)
     return parser
@@ -119,6 +121,7 @@ def report(counts: dict[str, int], as_json: bool, stopped: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = PipelineConfig.from_args(args)
+    logstream.install(args.log_json)
     stop = StopSignal().install()
     if args.from_csv is not None:
         frame = load_readings_csv(args.from_csv)

@@ -23,7 +23,7 @@ class TrimGuard:
     maxlen: int  # per stream
     check_every_ms: int = 1_000  # a backfill fills MAXLEN in seconds
     warn_every_ms: int = 60_000
-    log: object = sys.stderr
+    log: object = field(default_factory=lambda: sys.stderr)  # looked up when built: stderr may be replaced
     next_check_ms: int = 0
     last_warning_ms: int = field(default=-(10**15))
     warnings: int = 0

@@ -40,7 +40,7 @@ class BatchResult:
 
 class StreamWriter:
     def __init__(self, db: walrus.Database, layout: Layout, field_map: FieldMap, maxlen: int,
-                 *, log=sys.stderr) -> None:
+                 *, log=None) -> None:
         self.db = db
         self.layout = layout
         self.maxlen = maxlen
@@ -52,7 +52,7 @@ class StreamWriter:
         self.producer_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.batch_number = 0
         self._partition_of: dict[str, PartitionKeys] = {}
-        self.log = log
+        self.log = log or sys.stderr
         self._outbox: queue.Queue[list[str]] = queue.Queue(maxsize=2)
         self._sender: threading.Thread | None = None
         self._sender_error: Exception | None = None

@@ -128,7 +128,9 @@ def main() -> int:
                 rates = rates_between(previous, snapshot)
                 previous = snapshot
                 if interactive:
-                    live.update(render(snapshot, rates))
+                    elapsed = seconds - max(0.0, deadline - time.monotonic())
+                    live.update(render(snapshot, rates, f"demo: {elapsed:.0f}s of {seconds:g}s, "
+                                                        f"{target.describe()}; Ctrl-C stops"))
                 elif time.monotonic() >= next_plain:
                     print(f"demo: {plain_summary(snapshot, rates)}", flush=True)
                     next_plain += 10

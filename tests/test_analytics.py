@@ -226,3 +226,12 @@ def test_plot_draws_dropouts_as_gaps_and_every_window_to_its_end():
     xs, ys = window_segments(windows, "temperature_c_mean")
     assert xs.iloc[4] == pd.Timestamp(30_000, unit="ms") and ys.iloc[4] == 2.5  # the last window reaches its end
     assert ys.isna().tolist() == [False, False, True, False, False, True]  # no line across the empty window
+
+
+def test_export_writes_json_lines_for_jsonl(redis_url, tmp_path):
+    assert run_cli("producers", "j", "--count", "50", "--start", str(START), "--redis-url", redis_url).returncode == 0
+    out = tmp_path / "readings.jsonl"
+    result = run_cli("analytics", "export", "--out", str(out), "--redis-url", redis_url)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 50 and rows[0]["sensor"] == "j" and rows[-1]["seq"] == 49

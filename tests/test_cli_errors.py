@@ -190,3 +190,14 @@ def test_the_package_builds_with_its_lua_scripts_and_console_scripts(tmp_path):
     assert "telemetry/lua/commit.lua" in names and "consumers/worker.py" in names
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))
     assert "telemetry-consume = consumers.__main__:entry" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_long_running_commands_stamp_their_log_lines_or_write_json(redis_url):
+    import json
+
+    text = run_cli("producers", "t", "--count", "3", "--start=-1m", "--redis-url", redis_url)
+    assert text.returncode == 0 and all(line[:4].isdigit() and "Z " in line for line in text.stderr.splitlines())
+    as_json = run_cli("producers", "t", "--count", "3", "--start=-1m", "--log-json", "--redis-url", redis_url)
+    records = [json.loads(line) for line in as_json.stderr.splitlines()]
+    assert records and all(record["ts"].endswith("Z") for record in records)
+    assert {"redis", "producer"} <= {record["component"] for record in records}

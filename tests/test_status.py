@@ -87,8 +87,10 @@ def test_live_view_reads_each_sensor_in_its_partition(db):
     assert [(alert.rule, alert.sensor) for alert in snapshot.alerts] == [("hot", "attic")]
     assert snapshot.alert_events == 1 and snapshot.counters["processed"] == 120
     assert len(snapshot.status.partitions) == 4
-    console = Console(record=True, width=160, file=io.StringIO())
-    console.print(render(snapshot, rates_between(None, snapshot)))
+    console = Console(record=True, width=80, file=io.StringIO())
+    console.print(render(snapshot, rates_between(None, snapshot), "demo: 12s of 60s"))
     shown = console.export_text()
     assert "attic" in shown and "partitions of group aggregators" in shown and "hot" in shown
+    assert "latest alert events" in shown and "firing" in shown and "demo: 12s of 60s" in shown
+    assert max(len(line) for line in shown.splitlines()) <= 80
     assert plain_summary(snapshot, {}).startswith("produced 120 (0/s), processed 120")
