@@ -50,6 +50,8 @@ def build_parser() -> CommandParser:
     for fault in ("spike", "stuck", "dropout", "drift"):
         parser.add_argument(f"--{fault}-rate", type=number_type(float, minimum=0), default=0.0,
                             help=f"probability per reading that a {fault} fault starts")
+    parser.add_argument("--faulty", action="append", default=[], metavar="NAME",
+                        help="apply the fault rates to this sensor only (repeatable; default: every sensor)")
     parser.add_argument("--json", action="store_true", help="print the final counts as JSON")
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line (else timestamped text)")
     parser.add_argument("--metrics-port", type=number_type(int, minimum=1, maximum=65535), help="serve Prometheus metrics here")
@@ -95,6 +97,13 @@ def fault_rates(args) -> FaultRates:
     return FaultRates(args.spike_rate, args.stuck_rate, args.dropout_rate, args.drift_rate)
 
 
+def faulty(args) -> tuple[str, ...]:
+    unknown = set(args.faulty) - set(sensor_names(args.names, args.fleet))
+    if unknown:
+        raise UsageError(f"--faulty {', '.join(sorted(unknown))}: not among the sensors this producer runs")
+    return tuple(args.faulty)
+
+
 def planned_readings(settings: SimulationSettings, start_ms: int, now: int) -> int | None:
     """How many readings this run will write, where its end is known."""
     if settings.count is not None:
@@ -132,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings = SimulationSettings(
         names=sensor_names(args.names, args.fleet), seed=args.seed, rate_hz=args.rate, count=args.count,
-        duration_s=duration_s(args.duration), faults=fault_rates(args), batch_size=args.batch,
+        duration_s=duration_s(args.duration), faults=fault_rates(args), faulty=faulty(args), batch_size=args.batch,
         backfill_start_ms=parse_time_ms(args.start, field="--start") if args.start else None,
     )
     db = connect_with_retry(config, stop)

@@ -28,6 +28,7 @@ class SimulationSettings:
     duration_s: float | None = None  # event-time span, then stop
     backfill_start_ms: int | None = None  # write history from here as fast as Redis takes it
     faults: FaultRates = field(default_factory=FaultRates)
+    faulty: tuple[str, ...] = ()  # the sensors faults apply to; empty: all
     batch_size: int = 1000
 
 
@@ -41,6 +42,7 @@ class Simulation:
         profile = FleetProfile.build(self.names, settings.seed)
         self.model = FleetModel(profile, epoch_ms=start_ms)
         self.faults = FaultInjector(settings.faults, profile.keys) if settings.faults.any() else None
+        self.faulty = np.isin(self.names, settings.faulty) if settings.faulty else None
         self.scheduler = RateScheduler(settings.rate_hz, start_ms)
         self.seq = np.array([0 if s is None else s + 1 for s in first_seq], dtype=np.int64)
         self.sent = np.zeros(len(self.names), dtype=np.int64)
@@ -65,7 +67,13 @@ class Simulation:
         temperature, humidity = self.model.step(seq.astype(np.uint64), np.full(len(seq), ts_ms, dtype=np.int64))
         sent = np.ones(len(seq), dtype=bool)
         if self.faults is not None:
-            temperature, humidity, sent = self.faults.apply(seq.astype(np.uint64), temperature, humidity)
+            faulty_t, faulty_h, faulty_sent = self.faults.apply(seq.astype(np.uint64), temperature, humidity)
+            if self.faulty is None:
+                temperature, humidity, sent = faulty_t, faulty_h, faulty_sent
+            else:  # the others stay healthy
+                temperature = np.where(self.faulty, faulty_t, temperature)
+                humidity = np.where(self.faulty, faulty_h, humidity)
+                sent = np.where(self.faulty, faulty_sent, sent)
         temperatures = np.round(temperature, 1).tolist()
         humidities = np.round(humidity, 1).tolist()
         seqs = seq.tolist()

@@ -105,16 +105,13 @@ def main() -> int:
     logs.mkdir(parents=True, exist_ok=True)
     stop = StopSignal().install()
     print(f"demo: backfilling the last hour of {len(SENSORS)} sensors ...", flush=True)
-    backfill = [spawn(target.url, logs / f"backfill-{sensor}.log", "producers", sensor, "--rate", "2",
-                      f"--start={HISTORY}", *(FAULT_FLAGS if sensor == FAULTY else ())) for sensor in SENSORS]
-    for process in backfill:
-        process.wait()
+    # One producer for all sensors, so that their readings move through event time together, as a
+    # fleet's do: a partition judges silence on the newest event time among its sensors.
+    producer_args = (*SENSORS, "--rate", "2", *FAULT_FLAGS, "--faulty", FAULTY)
+    spawn(target.url, logs / "backfill.log", "producers", *producer_args, f"--start={HISTORY}").wait()
     processes = [spawn(target.url, logs / f"worker-{n}.log", "consumers", "aggregate", "--consumer", f"demo-worker-{n}",
                        *WORKER_FLAGS) for n in (1, 2)]
-    for sensor in SENSORS:
-        faults = FAULT_FLAGS if sensor == FAULTY else ()
-        processes.append(spawn(target.url, logs / f"producer-{sensor}.log", "producers", sensor, "--rate", "2",
-                               *faults))
+    processes.append(spawn(target.url, logs / "producer.log", "producers", *producer_args))
     console = Console(stderr=False)
     interactive = console.is_terminal
     print(f"demo: {len(SENSORS)} sensors ({FAULTY} with faults) and 2 workers for {seconds:g}s; Ctrl-C stops early")

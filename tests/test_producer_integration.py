@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from itertools import pairwise
 
 import redis
 import walrus
@@ -212,3 +213,16 @@ def test_a_backfill_that_will_pass_maxlen_says_so_first_with_the_numbers(redis_u
     assert result.returncode == 0, result.stderr
     warning = next(line for line in result.stderr.splitlines() if "WARNING" in line)
     assert "36,000 readings" in warning and "keeps 1,000" in warning and "--maxlen 36000" in warning
+
+
+def test_faults_apply_only_to_the_sensors_named_faulty(redis_url, db):
+    result = run_cli("producers", "calm", "wild", "--count", "300", "--start", str(START), "--spike-rate", "0.2",
+                     "--dropout-rate", "0.05", "--faulty", "wild", "--redis-url", redis_url)
+    assert result.returncode == 0, result.stderr
+    by_sensor = readings_by_sensor(db)
+    calm = [reading.temperature_c for reading in by_sensor["calm"]]
+    wild = [reading.temperature_c for reading in by_sensor["wild"]]
+    assert len(calm) == 300 and max(abs(b - a) for a, b in pairwise(calm)) < 2.0
+    assert len(wild) < 300 and max(abs(b - a) for a, b in pairwise(wild)) > 5.0
+    bad = run_cli("producers", "calm", "--faulty", "nobody", "--redis-url", redis_url)
+    assert bad.returncode == 2 and "--faulty nobody" in bad.stderr
