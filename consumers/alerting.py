@@ -39,6 +39,7 @@ class RuleSet:
     on_window: tuple[AlertRule, ...]  # stuck
     silent: tuple[AlertRule, ...]
     reading_checks: tuple[ReadingCheck, ...] = ()
+    needs_rolling_before: bool = False  # a zscore rule compares each reading with the statistics before it
 
     @classmethod
     def of(cls, rules: tuple[AlertRule, ...]) -> RuleSet:
@@ -49,11 +50,8 @@ class RuleSet:
             tuple(r for r in rules if r.kind == "threshold" and r.source != "reading"),
             tuple(r for r in rules if r.kind == "stuck"),
             tuple(r for r in rules if r.kind == "silent"),
-            tuple(_reading_check(rule) for rule in per_reading))
-
-    @property
-    def needs_rolling_before(self) -> bool:
-        return any(rule.kind == "zscore" for rule in self.per_reading)
+            tuple(_reading_check(rule) for rule in per_reading),
+            any(rule.kind == "zscore" for rule in per_reading))
 
 
 def _reading_check(rule: AlertRule) -> ReadingCheck:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import redis
 
+from telemetry.connection import as_text
+
 
 def _score(member: str, index: int) -> int:
     return zlib.crc32(f"{member}/{index}".encode())
@@ -69,7 +71,7 @@ class Membership:
         pipeline.zadd(self.key, {self.member: now_ms + self.ttl_ms})
         pipeline.zremrangebyscore(self.key, "-inf", now_ms)
         pipeline.zrange(self.key, 0, -1)
-        members = tuple(sorted(_text(member) for member in pipeline.execute()[2]))
+        members = tuple(sorted(as_text(member) for member in pipeline.execute()[2]))
         if members != self.seen:
             self.seen, self.seen_since_ms = members, now_ms
         if members != self.settled and now_ms - self.seen_since_ms >= self.settle_ms:
@@ -79,6 +81,3 @@ class Membership:
     def leave(self) -> None:
         self.db.zrem(self.key, self.member)
 
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -65,9 +65,6 @@ class ReadingColumns:
     temperature_c: np.ndarray = field(default_factory=lambda: np.empty(0))
     humidity_pct: np.ndarray = field(default_factory=lambda: np.empty(0))
     seq: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    # 'ts:seq:temperature:humidity' as the entry spelled them: the reading's member in its sensor's
-    # recent set, identical for a resent copy, and read back when it slides out of the rolling window.
-    members: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -75,13 +72,12 @@ class ReadingColumns:
     def take(self, rows: np.ndarray) -> ReadingColumns:
         index = rows.tolist()
         return ReadingColumns([self.ids[i] for i in index], [self.sensors[i] for i in index], self.ts_ms[rows],
-                              self.temperature_c[rows], self.humidity_pct[rows], self.seq[rows],
-                              [self.members[i] for i in index])
+                              self.temperature_c[rows], self.humidity_pct[rows], self.seq[rows])
 
 
 @dataclass(slots=True)
 class CommitBatch:
-    """One batch as the aggregate script's commit mode takes it; entry ids keep stream order."""
+    """One batch of entries sorted for the partition processor; entry ids keep stream order."""
 
     entry_ids: list[str] = field(default_factory=list)
     readings: ReadingColumns = field(default_factory=ReadingColumns)
@@ -121,7 +117,7 @@ def _columns(ids: list[str], rows: list[list[str]] | list[list[bytes]], trusted:
     """Typed columns and a mask of untrusted rows that fail a check (decoded one by one for the reason).
 
     Rows are all str or all bytes; numbers parse from either, and bytes become text only where
-    text is kept (sensor names, members). Raises ValueError when a value is not a number at all."""
+    text is kept (sensor names). Raises ValueError when a value is not a number at all."""
     n = len(rows)
     raw = _is_raw(rows[0])
     sensor_values = [row[at["sensor"]] for row in rows]
@@ -132,13 +128,13 @@ def _columns(ids: list[str], rows: list[list[str]] | list[list[bytes]], trusted:
                      for entry_id in ids])
     t_text = [row[at["temperature_c"]] for row in rows]
     h_text = [row[at["humidity_pct"]] for row in rows]
-    seq_text = [row[at["seq"]] for row in rows] if "seq" in at else [b"-" if raw else "-"] * n
-    numbers = (ts_text, t_text, h_text, seq_text) if "seq" in at else (ts_text, t_text, h_text)
+    seq_text = [row[at["seq"]] for row in rows] if "seq" in at else None
+    numbers = (ts_text, t_text, h_text) if seq_text is None else (ts_text, t_text, h_text, seq_text)
     unusual = _unusual_rows(numbers, raw)
     ts = np.fromiter(map(int, ts_text), np.int64, n)
     temperature = np.fromiter(map(float, t_text), np.float64, n)
     humidity = np.fromiter(map(float, h_text), np.float64, n)
-    seq = np.fromiter(map(int, seq_text), np.int64, n) if "seq" in at else np.full(n, NO_SEQ, np.int64)
+    seq = np.full(n, NO_SEQ, np.int64) if seq_text is None else np.fromiter(map(int, seq_text), np.int64, n)
     with np.errstate(invalid="ignore"):  # NaN fails every comparison, which is what is wanted
         ok = ((temperature >= TEMPERATURE_RANGE_C[0]) & (temperature <= TEMPERATURE_RANGE_C[1])
               & (humidity >= HUMIDITY_RANGE_PCT[0]) & (humidity <= HUMIDITY_RANGE_PCT[1])
@@ -155,11 +151,7 @@ def _columns(ids: list[str], rows: list[list[str]] | list[list[bytes]], trusted:
         current = str(SCHEMA_VERSION).encode() if raw else str(SCHEMA_VERSION)
         if set(versions) != {current}:
             ok &= np.array([version == current for version in versions])
-    if raw:
-        members = texts([b"%b:%b:%b:%b" % parts for parts in zip(ts_text, seq_text, t_text, h_text)])
-    else:
-        members = [f"{a}:{b}:{c}:{d}" for a, b, c, d in zip(ts_text, seq_text, t_text, h_text)]
-    return ReadingColumns(ids, sensors, ts, temperature, humidity, seq, members), ~ok & ~trusted
+    return ReadingColumns(ids, sensors, ts, temperature, humidity, seq), ~ok & ~trusted
 
 
 _UNUSUAL = re.compile(r"[^0-9.eE+\-]")

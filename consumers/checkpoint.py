@@ -16,6 +16,7 @@ from consumers.processor import Outputs, PartitionProcessor, ProcessingSettings
 from consumers.rolling import RollingSpec
 from consumers.sensor_state import SensorState, bucket_field, pack_bucket, unpack_bucket
 from consumers.windows import NONE
+from telemetry.connection import as_text
 from telemetry.keys import GroupKeys
 
 OUTPUT_STREAM_ARG = {"aggregates": "6", "alerts": "7", "dead-letter": "8"}  # KEYS positions in commit.lua
@@ -29,9 +30,6 @@ class Checkpoint:
     sensors: dict[str, SensorState]
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
 
 def load_checkpoint(db: redis.Redis, keys: GroupKeys, rolling: RollingSpec) -> Checkpoint:
     """Read with a bytes client (the state hash holds msgpack)."""
@@ -39,11 +37,11 @@ def load_checkpoint(db: redis.Redis, keys: GroupKeys, rolling: RollingSpec) -> C
     pipeline.hgetall(keys.checkpoint)
     pipeline.hgetall(keys.state)
     meta_raw, state_raw = pipeline.execute()
-    meta = {_text(name): _text(value) for name, value in meta_raw.items()}
+    meta = {as_text(name): as_text(value) for name, value in meta_raw.items()}
     sensors: dict[str, SensorState] = {}
     buckets: list[tuple[str, bytes]] = []
     for name, packed in state_raw.items():
-        field = _text(name)
+        field = as_text(name)
         sensor, hash_mark, _ = field.partition("#")
         if hash_mark:
             buckets.append((sensor, packed))

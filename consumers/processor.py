@@ -37,10 +37,6 @@ class ProcessingSettings:
     idle_ms: int
     rolling: RollingSpec
     rules: RuleSet
-    zscore_rules: bool = field(init=False)  # whether readings need the rolling stats before them
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "zscore_rules", self.rules.needs_rolling_before)
 
 
 @dataclass(slots=True)
@@ -116,7 +112,7 @@ class PartitionProcessor:
                  "humidity_pct": repr(humidity_pct), **({"seq": str(seq)} if seq >= 0 else {})}))
             return
         rules = settings.rules
-        before = self.rolling_stats(state) if settings.zscore_rules and state.buckets else None
+        before = self.rolling_stats(state) if rules.needs_rolling_before and state.buckets else None
         window = state.windows.get(start)
         if window is None:
             window = state.windows[start] = Window(start)

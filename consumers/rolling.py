@@ -9,12 +9,15 @@ statistics exact: they equal pandas over the same buckets (tests/test_rolling.py
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from consumers.sensor_state import SensorState
 from consumers.summary import Summary
 
 BUCKETS_PER_WINDOW = 10
 
 
+@dataclass(frozen=True, slots=True)
 class RollingSpec:
     """The rolling window's geometry, and its statistics for one sensor.
 
@@ -24,23 +27,16 @@ class RollingSpec:
     that set of buckets changes: a reading then costs one merge, not ten.
     """
 
-    __slots__ = ("bucket_ms", "rolling_ms", "slots")
+    rolling_ms: int
+    bucket_ms: int = field(init=False)
+    # Checkpoint slots per sensor: more than the buckets a window can overlap, so a bucket entering
+    # the window never reuses the slot of one still in it.
+    slots: int = field(init=False)
 
-    def __init__(self, rolling_ms: int) -> None:
-        self.rolling_ms = rolling_ms
-        self.bucket_ms = max(1, rolling_ms // BUCKETS_PER_WINDOW)
-        # Checkpoint slots per sensor: more than the buckets a window can overlap, so a bucket
-        # entering the window never reuses the slot of one still in it.
-        self.slots = -(-rolling_ms // self.bucket_ms) + 2
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RollingSpec) and other.rolling_ms == self.rolling_ms
-
-    def __hash__(self) -> int:
-        return hash(self.rolling_ms)
-
-    def __repr__(self) -> str:
-        return f"RollingSpec(rolling_ms={self.rolling_ms})"
+    def __post_init__(self) -> None:
+        bucket_ms = max(1, self.rolling_ms // BUCKETS_PER_WINDOW)
+        object.__setattr__(self, "bucket_ms", bucket_ms)
+        object.__setattr__(self, "slots", -(-self.rolling_ms // bucket_ms) + 2)
 
     def bucket_start(self, ts_ms: int) -> int:
         return ts_ms - ts_ms % self.bucket_ms

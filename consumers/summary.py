@@ -108,6 +108,3 @@ class MetricStats:
     std: float | None
     min: float | None
     max: float | None
-
-    def get(self, source: str) -> float | None:
-        return {"mean": self.mean, "std": self.std, "min": self.min, "max": self.max}[source]

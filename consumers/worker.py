@@ -28,6 +28,7 @@ from consumers.lease import Lease, LeaseClient, LeaseRenewer
 from consumers.processor import Outputs, PartitionProcessor
 from consumers.settings import AggregatorSettings
 from telemetry.backoff import RETRYABLE, Backoff
+from telemetry.connection import as_text
 from telemetry.keys import GroupKeys
 from telemetry.partitions import Layout
 from telemetry.progress import ProgressLine
@@ -59,7 +60,6 @@ class OwnedPartition:
     processor: PartitionProcessor
     commit: int  # last commit applied
     position: str | None  # last entry id read
-    caught_up: bool = False
     fired: list[tuple[str, str]] = field(default_factory=list)  # (rule, severity) fired by the last commit
     committed_ids: list[str] = field(default_factory=list)  # entries the last commit acknowledged
 
@@ -321,12 +321,12 @@ class AggregatorWorker:
 
     def _finish(self, prepared: PreparedCommit, reply: list) -> None:
         owned = prepared.owned
-        outcome = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        outcome = as_text(reply[0])
         if outcome == "FENCED":
             self._fenced(owned.index)
             raise PartitionLost(owned.index)
         if outcome not in ("OK", "DUPLICATE"):
-            detail = reply[1].decode() if isinstance(reply[1], bytes) else reply[1]
+            detail = as_text(reply[1])
             print(f"aggregator: commit of partition {owned.index} refused ({outcome} {detail}); "
                   "dropping the partition to reload it from its checkpoint", file=self.log)
             self._drop(owned.index)
@@ -376,8 +376,7 @@ class AggregatorWorker:
             owned = self.owned[index]
             self._apply(owned, entries)
             handled += len(entries)
-            owned.caught_up = len(entries) < self.settings.batch
-            owned.processor.observe(now, owned.caught_up)
+            owned.processor.observe(now, caught_up=len(entries) < self.settings.batch)
         self._commit_all([self.owned[index] for index in read if index in self.owned])
         self.last_progress = time.monotonic()
         return handled

@@ -21,6 +21,11 @@ from telemetry.errors import RedisUnavailable, UsageError
 LOCAL_DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
+def as_text(value: str | bytes) -> str:
+    """A reply value as text, whichever client (decoding or raw) fetched it."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def masked(url: str) -> str:
     """The URL without its password: what every message prints."""
     parts = urlsplit(url)

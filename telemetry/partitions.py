@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import redis
 
+from telemetry.connection import as_text
 from telemetry.errors import UsageError
 from telemetry.keys import GroupKeys, Keys, PartitionKeys
 
@@ -113,9 +114,9 @@ def open_layout(db: redis.Redis, keys: Keys, requested: int | None = None, *, cr
         record = ["partitions", str(layout.count), "hash", HASH_NAME,
                   "tags", ",".join(partition.tag for partition in layout.partitions)]
         flat = db.eval(_CREATE_IF_ABSENT, 1, keys.pipeline, *record)
-        stored = {_text(name): _text(value) for name, value in zip(flat[::2], flat[1::2])}
+        stored = {as_text(name): as_text(value) for name, value in zip(flat[::2], flat[1::2])}
     else:
-        stored = {_text(name): _text(value) for name, value in db.hgetall(keys.pipeline).items()}
+        stored = {as_text(name): as_text(value) for name, value in db.hgetall(keys.pipeline).items()}
         if not stored:
             return layout
     existing = _layout_from_record(keys, stored)
@@ -124,9 +125,6 @@ def open_layout(db: redis.Redis, keys: Keys, requested: int | None = None, *, cr
                          "changing it is an offline migration (use another --prefix for a new pipeline)")
     return existing
 
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def legacy_layout_note(db: redis.Redis, keys: Keys) -> str | None:
@@ -146,7 +144,7 @@ def pipeline_keys(db: redis.Redis, layout: Layout) -> list[str]:
     """Every key of the pipeline: those under its partitions' hash tags and its namespace's. A
     stream given verbatim with --stream is the user's, outside the tags, and not listed."""
     tags = dict.fromkeys([layout.keys.namespace_tag, *(partition.tag for partition in layout.partitions)])
-    return [_text(key) for tag in tags for key in db.scan_iter(match=f"{{{_glob_escape(tag)}}}:*", count=1000)]
+    return [as_text(key) for tag in tags for key in db.scan_iter(match=f"{{{_glob_escape(tag)}}}:*", count=1000)]
 
 
 def _glob_escape(text: str) -> str:
