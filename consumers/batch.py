@@ -24,6 +24,7 @@ from telemetry.schema import (
     Reading,
     SchemaError,
     entry_layout,
+    sensor_and_seq,
 )
 
 # (id, flat field list as XREADGROUP returns it, as str or, off the worker's raw reads, as bytes;
@@ -53,6 +54,7 @@ class DeadLetter:
     entry_id: str
     reason: str
     fields: dict[str, str]
+    sensor_seq: tuple[str, int] | None = None  # where it sits in its sensor's sequence, when readable
 
 
 @dataclass(slots=True)
@@ -185,8 +187,9 @@ def build_batch(entries: list[Entry], field_map: FieldMap, now_ms: int, max_skew
         if not fields:
             batch.lost_ids.append(entry_id)
         elif delivery_counts and max_deliveries and delivery_counts.get(entry_id, 1) > max_deliveries:
-            batch.dead_letters.append(DeadLetter(
-                entry_id, f"max-deliveries: delivered {delivery_counts[entry_id]} times", as_dict(_as_text(fields))))
+            entry = as_dict(_as_text(fields))
+            batch.dead_letters.append(DeadLetter(entry_id, f"max-deliveries: delivered {delivery_counts[entry_id]} times",
+                                                 entry, sensor_and_seq(entry, field_map)))
         elif fields[::2] == layout:
             ids.append(entry_id)
             rows.append(fields)
@@ -217,10 +220,11 @@ def build_batch(entries: list[Entry], field_map: FieldMap, now_ms: int, max_skew
         keep[row] = _decode_one(batch, ids[row], _as_text(rows[row]), field_map) is not None
     future = keep & (readings.ts_ms > now_ms + max_skew_ms)
     for row in np.flatnonzero(future).tolist():
-        ts_ms = int(readings.ts_ms[row])
+        ts_ms, seq = int(readings.ts_ms[row]), int(readings.seq[row])
         batch.dead_letters.append(DeadLetter(
             ids[row], f"future: ts={ts_ms} is {(ts_ms - now_ms) / 1000:.0f}s ahead of the worker clock "
-                      f"(max skew {max_skew_ms / 1000:.0f}s)", as_dict(_as_text(rows[row]))))
+                      f"(max skew {max_skew_ms / 1000:.0f}s)", as_dict(_as_text(rows[row])),
+            None if seq == NO_SEQ else (readings.sensors[row], seq)))
     keep &= ~future
     batch.readings = readings if keep.all() else readings.take(np.flatnonzero(keep))
     return batch
@@ -232,5 +236,5 @@ def _decode_one(batch: CommitBatch, entry_id: str, fields: list[str], field_map:
     try:
         return Reading.decode(entry, entry_id, field_map)
     except SchemaError as error:
-        batch.dead_letters.append(DeadLetter(entry_id, f"malformed: {error}", entry))
+        batch.dead_letters.append(DeadLetter(entry_id, f"malformed: {error}", entry, sensor_and_seq(entry, field_map)))
         return None

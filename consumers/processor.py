@@ -21,6 +21,7 @@ from consumers.sensor_state import SensorState
 from consumers.summary import Summary
 from consumers.windows import NONE, Window
 from telemetry.records import AlertEvent, DeadLetterRecord, WindowAggregate
+from telemetry.timeutil import stream_id_key
 
 # While caught up, the partition clock follows the wall clock this far behind, so a reading still
 # on its way (or stamped by a producer whose clock runs a little behind) is not judged silent.
@@ -78,11 +79,36 @@ class PartitionProcessor:
             out.counters["dead_lettered"] += len(batch.dead_letters)
         if batch.lost_ids:
             out.counters["lost_to_trim"] += len(batch.lost_ids)
+        # A dead-lettered reading whose sensor and seq are known takes its place in the sequence,
+        # in stream order, so the gap it leaves is not counted again as missing.
+        placed = sorted((stream_id_key(d.entry_id), *d.sensor_seq) for d in batch.dead_letters if d.sensor_seq)
         columns = batch.readings
         for entry_id, sensor, ts_ms, temperature_c, humidity_pct, seq in zip(
                 columns.ids, columns.sensors, columns.ts_ms.tolist(), columns.temperature_c.tolist(),
                 columns.humidity_pct.tolist(), columns.seq.tolist()):
+            if placed and placed[0][0] < stream_id_key(entry_id):
+                self._place_before(placed, stream_id_key(entry_id))
             self.apply_reading(entry_id, sensor, ts_ms, temperature_c, humidity_pct, seq)
+        self._place_before(placed, None)
+
+    def _place_before(self, placed: list[tuple[tuple[int, int], str, int]], until: tuple[int, int] | None) -> None:
+        while placed and (until is None or placed[0][0] < until):
+            _, sensor, seq = placed.pop(0)
+            state = self.sensors.get(sensor)
+            if state is None:
+                state = self.sensors[sensor] = SensorState()
+            if self._take_seq(state, seq):
+                self.outputs.changed_sensors.add(sensor)
+
+    def _take_seq(self, state: SensorState, seq: int) -> bool:
+        """Move the sensor's seq to `seq`, counting a gap as missing; False if seen before."""
+        if state.max_seq != NONE and seq <= state.max_seq:
+            return False
+        if state.max_seq != NONE and seq > state.max_seq + 1:
+            self.outputs.counters["missing_seq"] += seq - state.max_seq - 1
+            state.missing_seq += seq - state.max_seq - 1
+        state.max_seq = seq
+        return True
 
     def apply_reading(self, entry_id: str, sensor: str, ts_ms: int, temperature_c: float, humidity_pct: float,
                       seq: int) -> None:
@@ -91,13 +117,9 @@ class PartitionProcessor:
         if state is None:
             state = self.sensors[sensor] = SensorState()
         if seq >= 0:
-            if state.max_seq != NONE and seq <= state.max_seq:
+            if not self._take_seq(state, seq):
                 out.counters["duplicates"] += 1
                 return
-            if state.max_seq != NONE and seq > state.max_seq + 1:
-                out.counters["missing_seq"] += seq - state.max_seq - 1
-                state.missing_seq += seq - state.max_seq - 1
-            state.max_seq = seq
             out.changed_sensors.add(sensor)
         if ts_ms > self.clock_ms:
             self.advance_clock(ts_ms)

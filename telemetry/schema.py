@@ -179,6 +179,20 @@ class Reading:
 
 
 
+def sensor_and_seq(entry: dict[str, str], field_map: FieldMap) -> tuple[str, int] | None:
+    """The sensor and seq of an entry that is dead-lettered for another reason, when both read
+    cleanly: its place in the sensor's sequence is then known, and the gap it leaves is not
+    counted again as missing."""
+    sensor = entry.get(field_map.sensor)
+    seq = entry.get(field_map.seq) if field_map.seq else None
+    if sensor is None or seq is None or not SENSOR_NAME.fullmatch(sensor):
+        return None
+    try:
+        return sensor, _integer(field_map.seq, seq)
+    except SchemaError:
+        return None
+
+
 def entry_layout(field_map: FieldMap) -> tuple[str, ...]:
     """Field names in the order `row_template` fills them; parts mapped to None are left out."""
     names = (field_map.sensor, field_map.ts, field_map.temperature_c, field_map.humidity_pct,

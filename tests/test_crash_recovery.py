@@ -31,7 +31,7 @@ def fleet(redis_url, tmp_path):
     """Worker processes that are stopped whatever the test's outcome, so none outlives it."""
     rules = tmp_path / "rules.toml"
     rules.write_text(HARNESS_RULES)
-    workers = Fleet(redis_url, str(rules))
+    workers = Fleet(redis_url, str(rules), tmp_path)
     yield workers
     workers.stop_all()
 

@@ -165,6 +165,23 @@ def test_late_duplicate_and_missing_readings_are_told_apart():
     assert [letter.reason.split(":")[0] for letter in out.dead_letters] == ["late"]
 
 
+def test_a_dead_lettered_reading_is_counted_once_not_again_as_missing():
+    """Each lost reading once: dead-lettered readings whose sensor and seq are readable take their
+    place in the sequence; only seq numbers that never came count as missing."""
+    readings = [Reading("a", START + i * 1000, 20.0, 50.0, i) for i in range(12) if i != 10]
+    entries = entries_of(readings)
+    entries[5] = (entries[5][0], [value.replace("20.0", "2_0.0") for value in entries[5][1]])
+    entries[7] = (entries[7][0], [value.replace(str(START + 7000), str(FAR_FUTURE + 10**9)) for value in entries[7][1]])
+    deliveries = {entry_id: 1 for entry_id, _ in entries} | {entries[3][0]: 6}
+    processor = PartitionProcessor(settings().processing())
+    processor.apply(build_batch(entries, FieldMap(), FAR_FUTURE, 300_000, deliveries, max_deliveries=5))
+    out = processor.take_outputs()
+    assert sorted(letter.reason.split(":")[0] for letter in out.dead_letters) == ["future", "malformed",
+                                                                                 "max-deliveries"]
+    assert (out.counters["dead_lettered"], out.counters["missing_seq"], out.counters["processed"]) == (3, 1, 8)
+    assert processor.sensors["a"].max_seq == 11 and processor.sensors["a"].missing_seq == 1
+
+
 SILENT_RULES = parse_rules('[[rule]]\nname = "quiet"\nkind = "silent"\nafter = "20s"\n', "test")
 
 
