@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from consumers.rules import AlertRule
 from consumers.sensor_state import AlertEpisode, SensorState
 from consumers.summary import MetricStats, Summary
-from consumers.windows import Window
 from telemetry.records import AlertEvent
 
 Emit = Callable[[AlertEvent], None]
@@ -34,21 +33,19 @@ class RuleSet:
     """Rules sorted by when they are evaluated; per-reading ones compiled into closures, so the
     per-reading loop does no dispatch on kind (it runs for every reading)."""
 
-    per_reading: tuple[AlertRule, ...]  # threshold on the reading, rate_of_change, zscore
+    per_reading: tuple[AlertRule, ...]  # threshold on the reading, rate_of_change, zscore, stuck
     on_rolling: tuple[AlertRule, ...]  # threshold on a rolling mean | min | max | std
-    on_window: tuple[AlertRule, ...]  # stuck
     silent: tuple[AlertRule, ...]
     reading_checks: tuple[ReadingCheck, ...] = ()
     needs_rolling_before: bool = False  # a zscore rule compares each reading with the statistics before it
 
     @classmethod
     def of(cls, rules: tuple[AlertRule, ...]) -> RuleSet:
-        per_reading = tuple(r for r in rules if r.kind in ("rate_of_change", "zscore")
+        per_reading = tuple(r for r in rules if r.kind in ("rate_of_change", "zscore", "stuck")
                             or (r.kind == "threshold" and r.source == "reading"))
         return cls(
             per_reading,
             tuple(r for r in rules if r.kind == "threshold" and r.source != "reading"),
-            tuple(r for r in rules if r.kind == "stuck"),
             tuple(r for r in rules if r.kind == "silent"),
             tuple(_reading_check(rule) for rule in per_reading),
             any(rule.kind == "zscore" for rule in per_reading))
@@ -73,6 +70,20 @@ def _reading_check(rule: AlertRule) -> ReadingCheck:
                 over = per_minute > threshold
                 if over or name in state.alerts:
                     step(emit, sensor, state, rule, over, not over, ts_ms, per_minute)
+    elif rule.kind == "stuck":
+        span, min_count = rule.over_ms, rule.min_count
+
+        def check(emit, sensor, state, ts_ms, t, h, before):
+            run = state.rule_memory.get(name)  # [since, count, temperature, humidity] of the unchanged run
+            if run is None or run[2] != t or run[3] != h:
+                state.rule_memory[name] = [ts_ms, 1, t, h]
+                if name in state.alerts:
+                    step(emit, sensor, state, rule, False, True, ts_ms, 0.0 if run is None else (ts_ms - run[0]) / 1000)
+                return
+            run[1] += 1
+            stuck = run[1] >= min_count and ts_ms - run[0] >= span
+            if stuck or name in state.alerts:
+                step(emit, sensor, state, rule, stuck, not stuck, ts_ms, (ts_ms - run[0]) / 1000)
     else:  # zscore: the reading against the rolling statistics of the readings before it
         min_count, clear_below = rule.min_count, rule.threshold - rule.hysteresis
         def check(emit, sensor, state, ts_ms, t, h, before):
@@ -92,10 +103,10 @@ def _rate_reference(state: SensorState, rule: str, span_ms: int, ts_ms: int, t: 
                     ) -> list | None:
     """The reading a change is measured from: at least `span_ms` and less than twice that before
     this one. Two anchors per rule, a span apart at least, keep it bounded at any sample rate."""
-    anchors = state.rate_anchors.get(rule)
+    anchors = state.rule_memory.get(rule)
     reading = [ts_ms, t, h]
     if anchors is None:
-        state.rate_anchors[rule] = [None, reading]
+        state.rule_memory[rule] = [None, reading]
         return None
     older, newer = anchors
     if ts_ms - newer[0] >= span_ms:
@@ -158,14 +169,6 @@ def on_rolling(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, ts_m
             breach, clear = _compare(rule, value)
             if breach or rule.name in state.alerts:
                 step(emit, sensor, state, rule, breach, clear, ts_ms, value, stats_fields(after.metric(rule.metric)))
-
-
-def on_window(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, window: Window) -> None:
-    summary = window.summary
-    for rule in rules.on_window:
-        stuck = (summary.n >= rule.min_count and summary.t_min == summary.t_max and summary.h_min == summary.h_max)
-        step(emit, sensor, state, rule, stuck, not stuck, window.last_ts, summary.t_max - summary.t_min,
-             {"count": summary.n, "temperature_c_mean": summary.t_mean, "humidity_pct_mean": summary.h_mean})
 
 
 def on_silence(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, clock_ms: int) -> None:

@@ -10,22 +10,24 @@ decisions of an uninterrupted run: no false silence, no window closed early.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import Counter
 from dataclasses import dataclass, field
 
-from consumers.alerting import RuleSet, on_reading, on_rolling, on_silence, on_window, silence_deadline
+from consumers.alerting import RuleSet, on_reading, on_rolling, on_silence, silence_deadline
 from consumers.batch import CommitBatch
 from consumers.rolling import RollingSpec
 from consumers.sensor_state import SensorState
 from consumers.summary import Summary
 from consumers.windows import NONE, Window
 from telemetry.records import AlertEvent, DeadLetterRecord, WindowAggregate
-from telemetry.timeutil import stream_id_key
 
 # While caught up, the partition clock follows the wall clock this far behind, so a reading still
 # on its way (or stamped by a producer whose clock runs a little behind) is not judged silent.
 WALL_CLOCK_MARGIN_MS = 5_000
+# Dead-lettered seqs a sensor keeps until readings pass them; beyond this the oldest are forgotten.
+SET_ASIDE_LIMIT = 1_000
 # The most wall-clock time one read may vouch for: a worker reads at least every block interval
 # (0.1 s by default); a read that took longer was held up (Redis paused, the worker frozen).
 LONGEST_LOOK_MS = 1_000
@@ -79,34 +81,37 @@ class PartitionProcessor:
             out.counters["dead_lettered"] += len(batch.dead_letters)
         if batch.lost_ids:
             out.counters["lost_to_trim"] += len(batch.lost_ids)
-        # A dead-lettered reading whose sensor and seq are known takes its place in the sequence,
-        # in stream order, so the gap it leaves is not counted again as missing.
-        placed = sorted((stream_id_key(d.entry_id), *d.sensor_seq) for d in batch.dead_letters if d.sensor_seq)
+        for letter in batch.dead_letters:
+            if letter.sensor_seq is not None:
+                self._set_aside(*letter.sensor_seq)
         columns = batch.readings
         for entry_id, sensor, ts_ms, temperature_c, humidity_pct, seq in zip(
                 columns.ids, columns.sensors, columns.ts_ms.tolist(), columns.temperature_c.tolist(),
                 columns.humidity_pct.tolist(), columns.seq.tolist()):
-            if placed and placed[0][0] < stream_id_key(entry_id):
-                self._place_before(placed, stream_id_key(entry_id))
             self.apply_reading(entry_id, sensor, ts_ms, temperature_c, humidity_pct, seq)
-        self._place_before(placed, None)
 
-    def _place_before(self, placed: list[tuple[tuple[int, int], str, int]], until: tuple[int, int] | None) -> None:
-        while placed and (until is None or placed[0][0] < until):
-            _, sensor, seq = placed.pop(0)
-            state = self.sensors.get(sensor)
-            if state is None:
-                state = self.sensors[sensor] = SensorState()
-            if self._take_seq(state, seq):
-                self.outputs.changed_sensors.add(sensor)
+    def _set_aside(self, sensor: str, seq: int) -> None:
+        """A dead-lettered reading's seq, so the gap it leaves is not counted again as missing. It
+        does not count as seen: a corrected resend with that seq is still applied."""
+        state = self.sensors.get(sensor)
+        if state is None:
+            state = self.sensors[sensor] = SensorState()
+        if (state.max_seq == NONE or seq > state.max_seq) and seq not in state.set_aside:
+            bisect.insort(state.set_aside, seq)
+            del state.set_aside[:-SET_ASIDE_LIMIT]
+            self.outputs.changed_sensors.add(sensor)
 
     def _take_seq(self, state: SensorState, seq: int) -> bool:
         """Move the sensor's seq to `seq`, counting a gap as missing; False if seen before."""
         if state.max_seq != NONE and seq <= state.max_seq:
             return False
+        passed = bisect.bisect_right(state.set_aside, seq) if state.set_aside else 0
         if state.max_seq != NONE and seq > state.max_seq + 1:
-            self.outputs.counters["missing_seq"] += seq - state.max_seq - 1
-            state.missing_seq += seq - state.max_seq - 1
+            gap = seq - state.max_seq - 1 - sum(1 for s in state.set_aside[:passed] if s != seq)
+            self.outputs.counters["missing_seq"] += gap
+            state.missing_seq += gap
+        if passed:
+            del state.set_aside[:passed]
         state.max_seq = seq
         return True
 
@@ -203,7 +208,6 @@ class PartitionProcessor:
         del state.windows[window.start_ms]
         state.closed_through = max(state.closed_through, end)
         self.outputs.changed_sensors.add(sensor)
-        on_window(self._emit_alert, settings.rules, sensor, state, window)
 
     def _close_by_watermark(self, sensor: str, state: SensorState) -> None:
         lag = self.settings.window_ms + self.settings.grace_ms

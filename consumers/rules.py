@@ -3,7 +3,7 @@
 Rule kinds: threshold (on a reading or a rolling aggregate, with `for` and hysteresis),
 rate_of_change (per minute, over at least `over` of event time, so the sample rate does not matter),
 zscore (against the rolling window),
-silent (no reading for `after`), stuck (zero variance over a closed window).
+silent (no reading for `after`), stuck (the same values for at least `over` and `min_count` readings).
 """
 
 from __future__ import annotations
@@ -32,19 +32,19 @@ class AlertRule:
     source: str = "reading"  # threshold only: the reading itself or a rolling aggregate
     above: float | None = None
     below: float | None = None
-    threshold: float | None = None  # rate_of_change: per minute; zscore: z; silent: seconds; threshold: above/below
+    threshold: float | None = None  # rate_of_change: per minute; zscore: z; silent, stuck: seconds; threshold: above/below
     for_ms: int = 0
     hysteresis: float = 0.0
     min_count: int = 10
     after_ms: int = 0
-    over_ms: int = 0  # rate_of_change: the shortest span a change is measured over
+    over_ms: int = 0  # rate_of_change: the shortest span a change is measured over; stuck: unchanged for
 
     @property
     def unit(self) -> str:
         """The unit of the value and threshold an alert event of this rule carries."""
         metric_unit = METRIC_UNITS[self.metric]
         return {"threshold": metric_unit, "rate_of_change": f"{metric_unit}/min", "zscore": "sigma",
-                "silent": "s", "stuck": metric_unit}[self.kind]
+                "silent": "s", "stuck": "s"}[self.kind]
 
 
 DEFAULT_RULES_TOML = """
@@ -92,7 +92,8 @@ severity = "critical"
 [[rule]]
 name = "sensor-stuck"
 kind = "stuck"
-min_count = 10
+over = "5m"
+min_count = 5
 severity = "warning"
 """
 
@@ -101,7 +102,7 @@ _ALLOWED = {
     "rate_of_change": {"metric", "per_minute", "over", "for"},
     "zscore": {"metric", "z", "hysteresis", "min_count", "for"},
     "silent": {"after"},
-    "stuck": {"min_count"},
+    "stuck": {"min_count", "over"},
 }
 
 
@@ -170,7 +171,11 @@ def _rule(index: int, table: dict, seen: set[str]) -> AlertRule:
         if after_ms <= 0:
             raise UsageError(f"{where}: after is required and positive (e.g. \"30s\")")
         return AlertRule(**common, after_ms=after_ms, threshold=after_ms / 1000)
-    return AlertRule(**common, min_count=int(_number(where, table, "min_count", 10, minimum=2)), threshold=0.0)
+    over_ms = parse_duration_ms(str(table.get("over", "5m")), field=f"{where}: over")
+    if over_ms <= 0:
+        raise UsageError(f"{where}: over must be positive (e.g. \"5m\")")
+    return AlertRule(**common, min_count=int(_number(where, table, "min_count", 5, minimum=2)), over_ms=over_ms,
+                     threshold=over_ms / 1000)
 
 
 def parse_rules(text: str, source: str) -> tuple[AlertRule, ...]:

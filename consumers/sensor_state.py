@@ -42,7 +42,8 @@ class SensorState:
     missing_seq: int = 0  # seq numbers skipped so far: readings lost before this group applied them
     windows: dict[int, Window] = field(default_factory=dict)
     alerts: dict[str, AlertEpisode] = field(default_factory=dict)
-    rate_anchors: dict[str, list] = field(default_factory=dict)  # rate_of_change rule -> [older, newer] readings
+    rule_memory: dict[str, list] = field(default_factory=dict)  # rule -> past readings it measures from
+    set_aside: list[int] = field(default_factory=list)  # dead-lettered seqs above max_seq, sorted
     buckets: dict[int, Summary] = field(default_factory=dict)  # rolling: bucket start -> summary
     # Not checkpointed: the merge of every rolling bucket but the newest (consumers/rolling.py).
     older_buckets: tuple[tuple[int, ...], Summary] | None = None
@@ -54,18 +55,18 @@ class SensorState:
                              [window.pack() for window in self.windows.values()],
                              [[rule, episode.state, episode.since_ms] for rule, episode in self.alerts.items()],
                              None if newest is None else [newest, *self.buckets[newest].values()],
-                             self.rate_anchors])
+                             self.rule_memory, self.set_aside])
 
     @classmethod
     def unpack_core(cls, packed: bytes) -> SensorState:
         (version, max_ts, closed_through, max_seq, missing_seq, windows, alerts, newest,
-         rate_anchors) = msgpack.unpackb(packed)
+         rule_memory, *later) = msgpack.unpackb(packed)  # later: fields added since version 1
         if version != STATE_VERSION:
             raise ValueError(f"sensor state version {version}, this build reads {STATE_VERSION}")
         return cls(max_ts, closed_through, max_seq, missing_seq,
                    windows={values[0]: Window.unpack(values) for values in windows},
                    alerts={rule: AlertEpisode(state, since) for rule, state, since in alerts},
-                   rate_anchors=rate_anchors,
+                   rule_memory=rule_memory, set_aside=later[0] if later else [],
                    buckets={} if newest is None else {newest[0]: Summary(*newest[1:])})
 
 

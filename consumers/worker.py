@@ -408,23 +408,24 @@ class AggregatorWorker:
         """Loop until stopped or a bound is reached, riding out Redis outages with backoff. On stop,
         the batch in hand is committed and every lease released."""
         self.renewer.start()
+        progress = ProgressLine("aggregator", "entries processed", self.settings.count, self.log, every_s=30.0,
+                                details=lambda: f"{len(self.owned)} of {self.layout.count} partitions owned, "
+                                                f"{self.stats.windows_emitted:,} windows, "
+                                                f"{self.stats.alerts_emitted:,} alerts")
         try:
-            return self._run(stop_requested)
+            return self._run(stop_requested, progress)
         finally:
+            progress.close()
             self.renewer.stop()
             try:
                 self.release_all()
             except RETRYABLE:
                 pass  # leases lapse by themselves
 
-    def _run(self, stop_requested: Callable[[], bool]) -> WorkerStats:
+    def _run(self, stop_requested: Callable[[], bool], progress: ProgressLine) -> WorkerStats:
         settings = self.settings
         started = self.clock()
         backoff = Backoff()
-        progress = ProgressLine("aggregator", "entries processed", settings.count, self.log, every_s=30.0,
-                                details=lambda: f"{len(self.owned)} of {self.layout.count} partitions owned, "
-                                                f"{self.stats.windows_emitted:,} windows, "
-                                                f"{self.stats.alerts_emitted:,} alerts")
         while not stop_requested():
             if settings.count is not None and self.stats.entries >= settings.count:
                 break

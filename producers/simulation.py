@@ -41,7 +41,7 @@ class Simulation:
         self.names = list(settings.names)
         profile = FleetProfile.build(self.names, settings.seed)
         self.model = FleetModel(profile, epoch_ms=start_ms)
-        self.faults = FaultInjector(settings.faults, profile.keys) if settings.faults.any() else None
+        self.faults = FaultInjector(settings.faults, profile.keys, 1000 / settings.rate_hz) if settings.faults.any() else None
         self.faulty = np.isin(self.names, settings.faulty) if settings.faulty else None
         self.scheduler = RateScheduler(settings.rate_hz, start_ms)
         self.seq = np.array([0 if s is None else s + 1 for s in first_seq], dtype=np.int64)

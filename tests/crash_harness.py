@@ -79,6 +79,9 @@ class Fleet:
                                        "--rules", self.rules_path, "--redis-url", self.worker_url or self.redis_url,
                                        stderr=log)
 
+    def log_of(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text()
+
     def holds_uncommitted(self, name: str) -> bool:
         try:
             db = self.db

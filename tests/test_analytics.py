@@ -38,7 +38,7 @@ def in_id_order(ids) -> bool:
 
 
 def test_export_round_trip_is_exact_and_merges_partitions_in_id_order(redis_url, db, tmp_path):
-    produce(redis_url, "--fleet", "rt-", "5", "--count", "400", "--start", str(START), "--spike-rate", "0.05",
+    produce(redis_url, "--fleet", "rt-", "5", "--count", "400", "--start", str(START), "--spike-rate", "180",
             "--batch", "70")
     layout = open_layout(db, Keys())
     out = tmp_path / "readings.csv"
@@ -143,7 +143,7 @@ def test_gap_and_duplicate_detection():
 
 
 def test_report_finds_dropouts_and_counts_dead_letters_and_alerts(redis_url, db):
-    produce(redis_url, "d", "e", "--count", "600", "--start", str(START), "--dropout-rate", "0.01")
+    produce(redis_url, "d", "e", "--count", "600", "--start", str(START), "--dropout-rate", "36")
     layout = open_layout(db, Keys())
     stream = layout.partition_for("d").readings
     db.xadd(stream, {"sensor": "d", "ts": "1", "temperature_c": "nan", "humidity_pct": "1"})

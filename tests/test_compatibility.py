@@ -44,7 +44,7 @@ def test_seed_tutorial_stream_feeds_the_pipeline_without_code_changes(redis_url,
 
 
 def test_exported_csv_replays_into_another_prefix_identically(redis_url, db, tmp_path):
-    assert run_cli("producers", "r1", "r2", "--count", "200", "--start", str(START), "--dropout-rate", "0.01",
+    assert run_cli("producers", "r1", "r2", "--count", "200", "--start", str(START), "--dropout-rate", "36",
                    "--redis-url", redis_url).returncode == 0
     exported = tmp_path / "readings.csv"
     assert run_cli("analytics", "export", "--out", str(exported), "--redis-url", redis_url).returncode == 0

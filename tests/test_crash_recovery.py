@@ -22,7 +22,7 @@ from tests.crash_harness import (
 from tests.lossy_proxy import LossyProxy
 
 # Spikes, so that alert rules fire and their events can be compared with an uninterrupted run.
-PRODUCER_ARGS = ("--fleet", "k-", "8", "--rate", "40", "--spike-rate", "0.003", "--duration", "15",
+PRODUCER_ARGS = ("--fleet", "k-", "8", "--rate", "40", "--spike-rate", "432", "--duration", "15",
                  "--partitions", str(PARTITIONS))
 
 
@@ -85,7 +85,7 @@ def test_redis_killed_and_restarted_under_load_reconciles(redis_server, redis_ur
 def test_a_frozen_owner_is_fenced_when_it_wakes_and_changes_nothing(redis_url, fleet):
     """The zombie: SIGSTOP an owner past its lease, another takes over and commits, SIGCONT."""
     fleet.start_worker("zombie")
-    producer = spawn("producers", "--fleet", "z-", "8", "--rate", "40", "--spike-rate", "0.003", "--duration", "6",
+    producer = spawn("producers", "--fleet", "z-", "8", "--rate", "40", "--spike-rate", "432", "--duration", "6",
                      "--partitions", str(PARTITIONS), "--redis-url", redis_url)
     db = fleet.db
     wait_for(lambda: fleet.holds_uncommitted("zombie") or False, 20, "the zombie to hold a batch")
@@ -100,7 +100,7 @@ def test_a_frozen_owner_is_fenced_when_it_wakes_and_changes_nothing(redis_url, f
     producer.wait(timeout=60)
     wait_until_settled(fleet, timeout_s=60)
     fleet.stop_all()
-    said = zombie.stderr.read()
+    said = fleet.log_of("zombie")
     assert "lapsed" in said or "taken over by another worker" in said, "the zombie did not give its partitions up"
     assert_reconciles(db, layout)
 
@@ -117,7 +117,7 @@ def test_sigterm_commits_the_batch_in_hand_releases_leases_and_exits_0(redis_url
     process = fleet.workers["graceful"]
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
-    assert "aggregator:" in process.stderr.read()
+    assert "aggregator:" in fleet.log_of("graceful")
     assert not fleet.holds_uncommitted("graceful")
     assert not any(db.exists(keys.lease) for keys in layout.groups("aggregators")), "a lease was not released"
 

@@ -21,7 +21,7 @@ def scrape(port: int) -> str:
 
 
 def test_worker_exports_counters_gauges_and_histogram(redis_url, db):
-    assert run_cli("producers", "m1", "m2", "--count", "300", "--start", str(START), "--spike-rate", "0.05",
+    assert run_cli("producers", "m1", "m2", "--count", "300", "--start", str(START), "--spike-rate", "180",
                    "--partitions", "4", "--redis-url", redis_url).returncode == 0
     layout = open_layout(db, Keys())
     db.xadd(layout.partition_for("m1").readings, {"sensor": "m1", "ts": "1", "temperature_c": "nan",

@@ -15,6 +15,8 @@ from consumers.processor import WALL_CLOCK_MARGIN_MS, Outputs, PartitionProcesso
 from consumers.rules import load_rules, parse_rules
 from consumers.sensor_state import SensorState, pack_bucket, unpack_bucket
 from consumers.settings import AggregatorSettings
+from producers.faults import FaultInjector, FaultRates
+from producers.profile import FleetModel, FleetProfile
 from telemetry.schema import FieldMap, Reading
 
 START = 1_700_000_000_000
@@ -231,13 +233,13 @@ def test_threshold_episode_fires_after_for_and_resolves_past_hysteresis_once():
 
 
 def test_stuck_and_rate_of_change_rules():
-    rules = parse_rules('[[rule]]\nname = "stuck"\nkind = "stuck"\nmin_count = 5\n\n'
+    rules = parse_rules('[[rule]]\nname = "stuck"\nkind = "stuck"\nmin_count = 5\nover = "5s"\n\n'
                         '[[rule]]\nname = "jump"\nkind = "rate_of_change"\nper_minute = 30.0\nover = "5s"\n', "test")
     readings = [Reading("a", START + i * 1000, 25.0, 50.0, i) for i in range(12)]
     readings.append(Reading("a", START + 12_000, 30.0, 50.0, 12))  # 5 degrees in a second: 300/min
     out = run(PartitionProcessor(settings(rules).processing()), entries_of(readings), 4)
     fired = {(o.rule, o.state) for o in out.alerts}
-    assert fired == {("stuck", "firing"), ("jump", "firing")}
+    assert fired == {("stuck", "firing"), ("stuck", "resolved"), ("jump", "firing")}  # the change ends it
 
 
 def test_a_first_look_after_an_outage_moves_no_clock():
@@ -253,23 +255,21 @@ def test_a_first_look_after_an_outage_moves_no_clock():
     assert [event.ts for event in processor.outputs.alerts] == [START + 20_000]
 
 
-def simulated(names: list[str], rate_hz: float, seconds: int, spike_rate: float = 0.0) -> list:
+def simulated(names: list[str], rate_hz: float, seconds: int, faults: FaultRates | None = None) -> list:
     """What `python -m producers` would write: the simulator's series, rounded as it rounds them."""
-    from producers.faults import FaultInjector, FaultRates
-    from producers.profile import FleetModel, FleetProfile
-
     profile = FleetProfile.build(names, 0)
     model = FleetModel(profile, START)
-    injector = FaultInjector(FaultRates(spike=spike_rate), profile.keys) if spike_rate else None
+    injector = FaultInjector(faults, profile.keys, 1000 / rate_hz) if faults else None
     readings = []
     for tick in range(int(seconds * rate_hz)):
         seq = np.full(len(names), tick, dtype=np.uint64)
         ts = START + round(tick * 1000 / rate_hz)
         temperature, humidity = model.step(seq, np.full(len(names), ts))
+        sent = [True] * len(names)
         if injector:
-            temperature, humidity, _ = injector.apply(seq, temperature, humidity)
+            temperature, humidity, sent = injector.apply(seq, temperature, humidity)
         readings += [Reading(name, ts, round(float(t), 1), round(float(h), 1), tick)
-                     for name, t, h in zip(names, temperature, humidity)]
+                     for name, t, h, was_sent in zip(names, temperature, humidity, sent) if was_sent]
     return readings
 
 
@@ -281,9 +281,16 @@ def test_no_built_in_rule_fires_on_healthy_sensors_at_any_sample_rate(rate_hz):
     assert [(event.rule, event.sensor, event.value) for event in out.alerts] == []
 
 
-@pytest.mark.parametrize("rate_hz", [1, 10])
-def test_spikes_fire_the_jump_rule(rate_hz):
-    readings = simulated(["s1", "s2"], rate_hz, seconds=900, spike_rate=0.02 / rate_hz)
+FAULT_RULES = {"spike": "temperature-jump", "stuck": "sensor-stuck", "dropout": "sensor-silent",
+               "drift": "temperature-high"}
+
+
+@pytest.mark.parametrize("rate_hz", [0.1, 1, 10])  # 100 Hz too, but the simulator takes minutes to write it
+@pytest.mark.parametrize("fault", sorted(FAULT_RULES))
+def test_each_injected_fault_kind_fires_its_rule_at_any_sample_rate(fault, rate_hz):
+    """Faults last minutes, not readings, so the built-in rule meant for each notices it at every rate."""
+    per_hour = 60 if fault == "spike" else 10  # a spike is one reading; the others last minutes
+    readings = simulated(["f1"], rate_hz, seconds=1800, faults=FaultRates(**{fault: per_hour}))
     out = run(PartitionProcessor(settings(load_rules(None), window_ms=60_000, rolling_ms=300_000).processing()),
               entries_of(readings), 5000)
-    assert {event.rule for event in out.alerts if event.state == "firing"} >= {"temperature-jump"}
+    assert FAULT_RULES[fault] in {event.rule for event in out.alerts if event.state == "firing"}

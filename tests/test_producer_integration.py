@@ -194,7 +194,7 @@ def test_bad_input_exits_2_with_one_line(redis_url, tmp_path):
         ("bad name!",),
         ("s", "--rate", "-2"),
         ("s", "--count", "zero"),
-        ("s", "--spike-rate", "1.5"),
+        ("s", "--spike-rate", "-1"),
         ("s", "--start", "yesterday-ish"),
         ("--from-csv", str(tmp_path / "missing.csv")),
         ("--from-csv", str(bad_csv)),
@@ -216,8 +216,8 @@ def test_a_backfill_that_will_pass_maxlen_says_so_first_with_the_numbers(redis_u
 
 
 def test_faults_apply_only_to_the_sensors_named_faulty(redis_url, db):
-    result = run_cli("producers", "calm", "wild", "--count", "300", "--start", str(START), "--spike-rate", "0.2",
-                     "--dropout-rate", "0.05", "--faulty", "wild", "--redis-url", redis_url)
+    result = run_cli("producers", "calm", "wild", "--count", "300", "--start", str(START), "--spike-rate", "720",
+                     "--dropout-rate", "30", "--faulty", "wild", "--redis-url", redis_url)
     assert result.returncode == 0, result.stderr
     by_sensor = readings_by_sensor(db)
     calm = [reading.temperature_c for reading in by_sensor["calm"]]

@@ -12,7 +12,7 @@ START = 1_700_000_000_000
 def series(names, seed, ticks=200, faults=None, interval_ms=1000):
     profile = FleetProfile.build(names, seed)
     model = FleetModel(profile, START)
-    injector = FaultInjector(faults, profile.keys) if faults else None
+    injector = FaultInjector(faults, profile.keys, interval_ms) if faults else None
     temps, hums, sent_all = [], [], []
     for tick in range(ticks):
         seq = np.full(len(names), tick, dtype=np.uint64)
@@ -61,23 +61,23 @@ def test_noise_is_correlated_between_consecutive_readings():
 def test_fault_rates_are_honoured():
     names = [f"s{i}" for i in range(200)]
     clean, _, _ = series(names, seed=0, ticks=100)
-    spiked, _, _ = series(names, seed=0, ticks=100, faults=FaultRates(spike=0.05))
+    spiked, _, _ = series(names, seed=0, ticks=100, faults=FaultRates(spike=180))  # 5% at 1 Hz
     spike_share = (np.abs(spiked - clean) >= 8).mean()
     assert 0.04 < spike_share < 0.06
-    _, _, sent = series(names, seed=0, ticks=400, faults=FaultRates(dropout=0.002))
+    _, _, sent = series(names, seed=0, ticks=400, faults=FaultRates(dropout=2))
     assert 0.0 < 1 - sent.mean() < 0.3
 
 
 def test_stuck_sensor_repeats_its_value():
-    temps, hums, _ = series(["s"], seed=0, ticks=400, faults=FaultRates(stuck=0.02))
+    temps, hums, _ = series(["s"], seed=0, ticks=1800, faults=FaultRates(stuck=20))
     repeats = (np.diff(temps[:, 0]) == 0) & (np.diff(hums[:, 0]) == 0)
-    assert repeats.sum() >= 29
+    assert repeats.sum() >= 6 * 60 - 1  # an episode lasts 6 minutes at least
 
 
 def test_drift_moves_the_level_away():
-    clean, _, _ = series(["s"], seed=0, ticks=1000)
-    drifted, _, _ = series(["s"], seed=0, ticks=1000, faults=FaultRates(drift=0.01))
-    assert np.abs(drifted - clean).max() > 2.0
+    clean, _, _ = series(["s"], seed=0, ticks=1800)
+    drifted, _, _ = series(["s"], seed=0, ticks=1800, faults=FaultRates(drift=20))
+    assert (drifted - clean).max() > 40.0  # 2 degrees a minute for 20 minutes at least
 
 
 def test_scheduler_holds_its_rate_over_an_hour_without_drift():
