@@ -80,7 +80,14 @@ def _sensor_view(sensor: str, fields: dict[str, str], seq: str | None, rolling: 
     return SensorView(sensor, int(fields["ts"]) if "ts" in fields else None,
                       float(fields["temperature_c"]) if "temperature_c" in fields else None,
                       float(fields["humidity_pct"]) if "humidity_pct" in fields else None,
-                      json.loads(rolling) if rolling else {}, int(seq) + 1 if seq is not None else 0)
+                      json.loads(rolling) if rolling else {}, _produced(fields, seq))
+
+
+def _produced(latest: dict[str, str], saved: str | None) -> int:
+    """Readings a sensor's producer has made (seq + 1): its latest reading's seq, else the one the
+    producer saved last ("seq stream-id", saved every few seconds)."""
+    seq = latest.get("seq") or (saved.partition(" ")[0] if saved else None)
+    return int(seq) + 1 if seq else 0
 
 
 RECENT_EVENTS = 6

@@ -38,4 +38,5 @@ def replay(frame: pd.DataFrame, writer: StreamWriter, field_map: FieldMap, batch
             for sensor, ts, temperature, humidity, seq in frame[list(REQUIRED_COLUMNS)].itertuples(index=False)]
     for start in range(0, len(rows), batch_size):
         writer.write(rows[start:start + batch_size])
+    writer.close()
     return frame.groupby("sensor").size().astype(int).to_dict()

@@ -111,7 +111,7 @@ class Simulation:
                 on_progress(written)
             if not self.backfilling:
                 sleep(min(0.2, self.scheduler.wait_s(clock_ms())))
-        self.writer.flush()
+        self.writer.close()
 
     def counts(self) -> dict[str, int]:
         """Readings per sensor handed to the writer; confirmed by Redis once `writer.flush()` returned."""

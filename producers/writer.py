@@ -6,6 +6,13 @@ script, all parts pipelined in one round trip. Each call is atomic and idempoten
 writer's batch number, and a partition that already holds that batch skips it. So when replies
 are lost because Redis restarted, the writer reconnects with backoff and resends the same batch,
 and each sensor's seq stays without gaps or duplicates, at a cost per batch, not per sensor.
+
+Where each sensor's seq stands is saved for a restarted producer, but not with every batch (a
+hash write per sensor per reading would be a sixth of Redis's work in a 1 Hz fleet): a sensor's
+first batch saves it, and then each partition saves the seqs written since, every few seconds or
+tens of thousands of entries, and on close, with the stream id it was saved at. A producer that
+restarts after a crash reads the saved seqs and then the stream past the oldest of those ids, so
+it misses none written in between.
 """
 
 from __future__ import annotations
@@ -28,8 +35,21 @@ from telemetry.keys import PartitionKeys
 from telemetry.partitions import Layout
 from telemetry.schema import FieldMap, entry_layout
 from telemetry.scripts import load_script
+from telemetry.timeutil import stream_id_key
 
 BATCH_MARKER_TTL_MS = 86_400_000  # a resend comes within seconds; a day is plenty
+SEQ_SAVE_EVERY_S = 10.0  # or after this many entries in the partition, whichever comes first:
+SEQ_SAVE_EVERY_ENTRIES = 50_000  # what a restart after a crash reads at most, per partition
+SCAN_PAGE = 10_000
+
+
+@dataclass(slots=True)
+class UnsavedSeqs:
+    """One partition's seqs written since its last save."""
+
+    seqs: dict[str, str]
+    entries: int = 0
+    due: float = 0.0  # time.monotonic() of the next save
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +72,8 @@ class StreamWriter:
         self.producer_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.batch_number = 0
         self._partition_of: dict[str, PartitionKeys] = {}
+        self._unsaved: dict[PartitionKeys, UnsavedSeqs] = {}
+        self._saved: set[str] = set()  # sensors with a saved seq (a restart must find every one)
         self.log = log or sys.stderr
         self._outbox: queue.Queue[list[str]] = queue.Queue(maxsize=2)
         self._sender: threading.Thread | None = None
@@ -72,6 +94,13 @@ class StreamWriter:
         if self._sender is not None:
             self._outbox.join()
         self._raise_sender_error()
+
+    def close(self) -> None:
+        """Flush, then save every seq not saved yet, so a restart reads nothing past it."""
+        self.flush()
+        partitions = [partition for partition, unsaved in self._unsaved.items() if unsaved.seqs]
+        if partitions:
+            self._send(self._calls({partition: ([], {}) for partition in partitions}, save_all=True), 0)
 
     def _send_loop(self) -> None:
         while True:
@@ -97,23 +126,47 @@ class StreamWriter:
         """
         if not rows:
             return BatchResult(0, 0)
-        self.batch_number += 1
         parts = self._by_partition(rows)
-        calls = [([partition.readings, partition.producer_batch(self.producer_id), partition.producer_seq],
-                  self._arguments(part_rows, last_rows)) for partition, (part_rows, last_rows) in parts.items()]
+        calls = self._calls(parts, save_all=False)
+        replies = self._send(calls, len(rows))
+        return BatchResult(sum(int(appended) for appended, _ in replies),
+                           sum(len(part) for (_, skipped), (part, _) in zip(replies, parts.values()) if skipped))
+
+    def _calls(self, parts: dict[PartitionKeys, tuple[list[str], dict[str, str]]], save_all: bool) -> list:
+        """One script call per partition, under a new batch number; seqs to save ride along when due."""
+        self.batch_number += 1
+        now = time.monotonic()
+        calls = []
+        for partition, (part_rows, last_rows) in parts.items():
+            unsaved = self._unsaved.get(partition)
+            if unsaved is None:
+                unsaved = self._unsaved[partition] = UnsavedSeqs({}, due=now + SEQ_SAVE_EVERY_S)
+            seqs = self._seqs_of(last_rows)
+            unsaved.seqs.update(seqs)
+            unsaved.entries += len(part_rows)
+            if save_all or now >= unsaved.due or unsaved.entries >= SEQ_SAVE_EVERY_ENTRIES:
+                to_save, unsaved.seqs = unsaved.seqs, {}
+                unsaved.entries, unsaved.due = 0, now + SEQ_SAVE_EVERY_S
+            else:  # a sensor's first seq is saved at once: a restart must find every sensor written
+                to_save = {sensor: unsaved.seqs.pop(sensor) for sensor in seqs if sensor not in self._saved}
+            self._saved.update(to_save)
+            calls.append(([partition.readings, partition.producer_batch(self.producer_id), partition.producer_seq],
+                          [self.batch_number, BATCH_MARKER_TTL_MS, self.maxlen, len(self.fields), *self.fields,
+                           "\n".join(part_rows), *(part for pair in to_save.items() for part in pair)]))
+        return calls
+
+    def _send(self, calls: list, readings: int) -> list:
         backoff = Backoff()
         while True:
             try:
                 pipeline = self.db.pipeline(transaction=False)
                 for keys, args in calls:
                     self.append(keys=keys, args=args, client=pipeline)
-                replies = pipeline.execute()
-                return BatchResult(sum(int(appended) for appended, _ in replies),
-                                   sum(len(part) for (_, skipped), (part, _) in zip(replies, parts.values()) if skipped))
+                return pipeline.execute()
             except (*RETRYABLE, redis.exceptions.NoScriptError) as error:
                 delay = backoff.next_delay()
                 print(f"producer: Redis unavailable ({error.__class__.__name__}: {error}); "
-                      f"retrying {len(rows)} unconfirmed readings in {delay:.1f}s", file=self.log)
+                      f"retrying {readings} unconfirmed readings in {delay:.1f}s", file=self.log)
                 time.sleep(delay)
 
     def _by_partition(self, rows: list[str]) -> dict[PartitionKeys, tuple[list[str], dict[str, str]]]:
@@ -132,23 +185,46 @@ class StreamWriter:
             part[1][sensor] = row
         return parts
 
-    def _arguments(self, rows: list[str], last_rows: dict[str, str]) -> list:
-        pairs: list[str] = []
-        if self.seq_column is not None:
-            from_end = len(self.fields) - self.seq_column
-            for sensor, row in last_rows.items():
-                pairs += (sensor, row.rsplit("\t", from_end)[1])
-        return [self.batch_number, BATCH_MARKER_TTL_MS, self.maxlen, len(self.fields), *self.fields, "\n".join(rows),
-                *pairs]
+    def _seqs_of(self, last_rows: dict[str, str]) -> dict[str, str]:
+        if self.seq_column is None:
+            return {}
+        from_end = len(self.fields) - self.seq_column
+        return {sensor: row.rsplit("\t", from_end)[1] for sensor, row in last_rows.items()}
 
     def last_seqs(self, sensors: list[str]) -> list[int | None]:
-        """Where each sensor's seq stands, so a restarted producer continues instead of repeating."""
+        """Where each sensor's seq stands, so a restarted producer continues instead of repeating:
+        the saved seq, or a later one found in the stream past the id it was saved at."""
         by_partition: dict = defaultdict(list)
         for sensor in sensors:
             by_partition[self.layout.partition_for(sensor)].append(sensor)
-        found: dict[str, str | None] = {}
+        found: dict[str, int | None] = {}
         for partition, names in by_partition.items():
+            saved: dict[str, str | None] = {}
             for start in range(0, len(names), 1000):
                 chunk = names[start:start + 1000]
-                found.update(zip(chunk, self.db.hmget(partition.producer_seq, chunk)))
-        return [int(found[sensor]) if found[sensor] is not None else None for sensor in sensors]
+                saved.update(zip(chunk, self.db.hmget(partition.producer_seq, chunk)))
+            positions = []
+            for sensor, value in saved.items():
+                seq, _, position = (value or "").partition(" ")
+                found[sensor] = int(seq) if seq else None
+                positions.append(position or "0-0")  # saved before ids were kept: read the whole stream
+            if any(found[sensor] is not None for sensor in names):
+                self._scan_later_seqs(partition, min(positions, key=stream_id_key), found)
+        return [found[sensor] for sensor in sensors]
+
+    def _scan_later_seqs(self, partition: PartitionKeys, after: str, found: dict[str, int | None]) -> None:
+        if self.seq_column is None:
+            return
+        sensor_field, seq_field = self.fields[0], self.fields[self.seq_column]
+        start = f"({after}"
+        while True:
+            page = self.db.xrange(partition.readings, min=start, max="+", count=SCAN_PAGE)
+            for _, fields in page:
+                sensor = fields.get(sensor_field)
+                if sensor in found and seq_field in fields:
+                    seq = int(fields[seq_field])
+                    if found[sensor] is None or seq > found[sensor]:
+                        found[sensor] = seq
+            if len(page) < SCAN_PAGE:
+                return
+            start = f"({page[-1][0]}"

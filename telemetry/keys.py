@@ -84,7 +84,8 @@ class PartitionKeys:
 
     @property
     def producer_seq(self) -> str:
-        """Hash: sensor -> last seq written, so a restarted producer continues its sensors' seq."""
+        """Hash: sensor -> "seq stream-id", saved now and then, so a restarted producer continues its
+        sensors' seq (producers/writer.py)."""
         return self._key("producer-seq")
 
     def group(self, group: str) -> GroupKeys:
