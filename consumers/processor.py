@@ -233,6 +233,8 @@ class PartitionProcessor:
 
     def _schedule(self, sensor: str) -> None:
         state = self.sensors[sensor]
+        if state.max_ts == NONE:
+            return  # only dead letters so far: nothing to close, no silence to judge
         settings = self.settings
         deadlines = [max(start + settings.window_ms + settings.grace_ms, state.max_ts) + settings.idle_ms
                      for start in state.windows]

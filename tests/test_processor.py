@@ -187,6 +187,18 @@ def test_a_dead_lettered_reading_is_counted_once_not_again_as_missing():
 SILENT_RULES = parse_rules('[[rule]]\nname = "quiet"\nkind = "silent"\nafter = "20s"\n', "test")
 
 
+def test_a_sensor_seen_only_in_dead_letters_is_never_judged_silent():
+    bad = entries_of([Reading("b", START, 20.0, 50.0, 0)])
+    bad = [(bad[0][0], [value.replace("20.0", "2_0.0") for value in bad[0][1]])]
+    first = PartitionProcessor(settings(SILENT_RULES).processing())
+    first.apply(build_batch(bad, FieldMap(), FAR_FUTURE, 300_000))
+    assert first.sensors["b"].set_aside == [0]
+    restored = {"b": SensorState.unpack_core(first.sensors["b"].pack_core())}  # as the next owner loads it
+    second = PartitionProcessor(settings(SILENT_RULES).processing(), restored, first.clock_ms)
+    out = run(second, entries_of([Reading("a", START + i * 10_000, 20.0, 50.0, i) for i in range(12)]), 5)
+    assert out.counters["processed"] == 12 and out.alerts == []
+
+
 def test_silence_is_judged_on_the_partitions_event_clock_not_on_arrival():
     """Sensor b stops while a keeps going: b's window closes and its silent alert fires when a's
     readings carry the clock past the deadlines, stamped at the deadline itself."""
