@@ -139,6 +139,7 @@ def run_cli_script(name: str, env_extra: dict) -> subprocess.CompletedProcess:
     ('[[rule]]\nname="x"\nkind="bogus"', "kind = 'bogus'"),
     ('[[rule]]\nname="x"\nkind="silent"', "after is required"),
     ('[[rule]]\nname="x"\nkind="stuck"\ncolour=1', "unknown field(s) for kind stuck: colour"),
+    ('[[rule]]\nname="x"\nkind="stuck"\nover="0s"', "rule #1 (x): over must be positive"),
     ('[[rule]\nname="x"', "line 1"),
 ])
 def test_bad_rules_file_exits_2_naming_the_problem(tmp_path, redis_url, text, message):
