@@ -65,14 +65,14 @@ class FaultInjector:
         """The probability per reading of a fault that starts `per_hour` times an hour."""
         return min(1.0, per_hour * self.interval_ms / HOUR_MS)
 
-    def _readings(self, minutes: tuple[float, float]) -> tuple[int, int]:
-        return tuple(max(1, round(m * MINUTE_MS / self.interval_ms)) for m in minutes)  # type: ignore[return-value]
+    def _readings(self, minutes: float) -> int:
+        return max(1, round(minutes * MINUTE_MS / self.interval_ms))
 
     def _episode_starts(self, per_hour: float, left: np.ndarray, seq: np.ndarray, purpose: int,
                         minutes: tuple[float, float]) -> np.ndarray:
-        span = self._readings(minutes)
+        shortest, longest = self._readings(minutes[0]), self._readings(minutes[1])
         starts = (left == 0) & (uniform(self.keys, seq, purpose) < self._chance(per_hour))
-        lengths = span[0] + (uniform(self.keys, seq, purpose + 1) * (span[1] - span[0])).astype(np.int64)
+        lengths = shortest + (uniform(self.keys, seq, purpose + 1) * (longest - shortest)).astype(np.int64)
         left[starts] = lengths[starts]
         return starts
 
