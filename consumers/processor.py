@@ -144,7 +144,8 @@ class PartitionProcessor:
         if window is None:
             window = state.windows[start] = Window(start)
         window.add(ts_ms, temperature_c, humidity_pct)
-        state.max_ts = max(state.max_ts, ts_ms)
+        if ts_ms > state.max_ts:
+            state.max_ts = ts_ms
         older = settings.rolling.add(state, ts_ms, temperature_c, humidity_pct)
         if older is not None:
             out.changed_buckets.add((sensor, older))

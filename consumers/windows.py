@@ -22,7 +22,8 @@ class Window:
         self.summary.add(temperature_c, humidity_pct)
         if self.first_ts == NONE or ts_ms < self.first_ts:
             self.first_ts = ts_ms
-        self.last_ts = max(self.last_ts, ts_ms)
+        if ts_ms > self.last_ts:
+            self.last_ts = ts_ms
 
     def pack(self) -> list:
         return [self.start_ms, *self.summary.values(), self.first_ts, self.last_ts]
