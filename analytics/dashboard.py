@@ -165,11 +165,13 @@ def render(snapshot: Snapshot, rates: dict[str, float], heading: str = "") -> Gr
 
 
 def plain_summary(snapshot: Snapshot, rates: dict[str, float]) -> str:
+    """One line per refresh where there is no terminal; what produced and processed differ by
+    (readings a sensor dropped, or trimming) is on it, so the gap does not look like a loss."""
     totals = snapshot.status.totals
     owners = len({row.owner for row in snapshot.status.partitions} - {"-"})
     return (f"produced {snapshot.produced} ({rates.get('produced', 0):.0f}/s), processed "
             f"{snapshot.counters.get('processed', 0)} ({rates.get('processed', 0):.0f}/s), "
-            f"windows {snapshot.counters.get('windows_emitted', 0)}, alerts active {len(snapshot.alerts)} "
+            f"missing by seq {snapshot.counters.get('missing_seq', 0)}, windows {snapshot.counters.get('windows_emitted', 0)}, alerts active {len(snapshot.alerts)} "
             f"of {snapshot.alert_events} events, dead letters {snapshot.counters.get('dead_lettered', 0)}; "
             f"{totals.group} lag {totals.lag_entries} pending {totals.pending}, {owners} workers own partitions")
 

@@ -93,4 +93,4 @@ def test_live_view_reads_each_sensor_in_its_partition(db):
     assert "attic" in shown and "partitions of group aggregators" in shown and "hot" in shown
     assert "latest alert events" in shown and "firing" in shown and "demo: 12s of 60s" in shown
     assert max(len(line) for line in shown.splitlines()) <= 80
-    assert plain_summary(snapshot, {}).startswith("produced 120 (0/s), processed 120")
+    assert plain_summary(snapshot, {}).startswith("produced 120 (0/s), processed 120 (0/s), missing by seq 0,")
