@@ -229,8 +229,11 @@ class AggregatorWorker:
             return {}
         epoch_keys = [partition.keys.epoch for partition in owned]
         with self.raw.pipeline(transaction=True) as pipeline:
-            pipeline.watch(*epoch_keys)
-            epochs = pipeline.mget(epoch_keys)
+            try:
+                pipeline.watch(*epoch_keys)
+                epochs = pipeline.mget(epoch_keys)
+            except redis.WatchError as error:  # redis-py's word for a connection lost while watching
+                raise redis.ConnectionError(str(error)) from error
             stale = [p.index for p, epoch in zip(owned, epochs) if epoch is None or int(epoch) != p.lease.epoch]
             if stale:
                 pipeline.unwatch()

@@ -9,6 +9,7 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 import pytest
+import redis
 
 from consumers.assignment import assign
 from consumers.batch import build_batch
@@ -295,3 +296,28 @@ def test_group_commands_list_reset_delete_and_prune(db, redis_url):
     deleted = run_cli("consumers", "group", "delete", "--group", "g1", "--redis-url", redis_url)
     assert deleted.returncode == 0, deleted.stderr
     assert db.xinfo_groups(layout.partitions[0].readings) == [] and not db.keys("*:g1:*")
+
+
+def test_a_connection_lost_while_watching_the_epochs_is_retried_not_raised(db):
+    """redis-py reports a connection lost between WATCH and MULTI as a WatchError; to the worker
+    it is a transport error like any other: back off, reload, go on (a Redis restart did this)."""
+    layout = layout_of(db, 2)
+    worker = make_worker(db, layout)
+    worker.step(START)  # takes the partitions
+    assert worker.owned
+    real_pipeline = worker.raw.pipeline
+
+    def pipeline_losing_its_connection(*args, **kwargs):
+        pipeline = real_pipeline(*args, **kwargs)
+
+        def mget(*_, **__):
+            raise redis.WatchError("A ConnectionError occurred while watching one or more keys")
+
+        pipeline.mget = mget
+        return pipeline
+
+    worker.raw.pipeline = pipeline_losing_its_connection
+    with pytest.raises(redis.ConnectionError):
+        worker.step(START)
+    worker.raw.pipeline = real_pipeline
+    worker.step(START)  # and on the next try it reads again
