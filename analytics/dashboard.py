@@ -169,10 +169,12 @@ def plain_summary(snapshot: Snapshot, rates: dict[str, float]) -> str:
     (readings a sensor dropped, or trimming) is on it, so the gap does not look like a loss."""
     totals = snapshot.status.totals
     owners = len({row.owner for row in snapshot.status.partitions} - {"-"})
+    counters = snapshot.counters
     return (f"produced {snapshot.produced} ({rates.get('produced', 0):.0f}/s), processed "
-            f"{snapshot.counters.get('processed', 0)} ({rates.get('processed', 0):.0f}/s), "
-            f"missing by seq {snapshot.counters.get('missing_seq', 0)}, windows {snapshot.counters.get('windows_emitted', 0)}, alerts active {len(snapshot.alerts)} "
-            f"of {snapshot.alert_events} events, dead letters {snapshot.counters.get('dead_lettered', 0)}; "
+            f"{counters.get('processed', 0)} ({rates.get('processed', 0):.0f}/s), "
+            f"missing by seq {counters.get('missing_seq', 0)}, windows {counters.get('windows_emitted', 0)}, "
+            f"alerts active {len(snapshot.alerts)} of {snapshot.alert_events} events, "
+            f"dead letters {counters.get('dead_lettered', 0)}; "
             f"{totals.group} lag {totals.lag_entries} pending {totals.pending}, {owners} workers own partitions")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import sys
 import tempfile
@@ -23,6 +24,8 @@ import redis
 from analytics.streams import RowFilter, StreamKind, merged_entries, readings_csv_text, stream_keys
 from telemetry.errors import UsageError
 from telemetry.keys import GroupKeys
+from telemetry.logstream import LogStream
+from telemetry.progress import ProgressLine
 from telemetry.schema import FieldMap
 
 
@@ -32,23 +35,6 @@ class ExportRequest:
     out: str  # a path, or "-" for stdout
     row_filter: RowFilter = field(default_factory=RowFilter)
     file_format: str = "csv"  # csv, jsonl (one JSON object per line) or parquet
-
-
-class Progress:
-    """A one-line progress counter on stderr, only when a person is watching."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled, self.done = total, enabled, 0
-
-    def advance(self, entries: int) -> None:
-        self.done += entries
-        if self.enabled:
-            share = self.done / self.total if self.total else 1.0
-            print(f"\rexport: {self.done:,}/{self.total:,} entries ({share:.0%})", end="", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled:
-            print(file=sys.stderr)
 
 
 def _umask() -> int:
@@ -90,22 +76,22 @@ def page_csv(kind: StreamKind, page, field_map: FieldMap, row_filter: RowFilter)
 
 
 def _write_csv(stream: IO[str], request: ExportRequest, pages: Iterator, field_map: FieldMap,
-               progress: Progress) -> int:
+               progress: ProgressLine) -> int:
     stream.write(",".join(request.kind.columns) + "\n")
     written = 0
     for page in pages:
         text, rows = page_csv(request.kind, page, field_map, request.row_filter)
         stream.write(text)
         written += rows
-        progress.advance(len(page))
+        progress.add(len(page))
     return written
 
 
 def _write_jsonl(stream: IO[str], request: ExportRequest, pages: Iterator, field_map: FieldMap,
-                 progress: Progress) -> int:
+                 progress: ProgressLine) -> int:
     written = 0
     for page in pages:
-        progress.advance(len(page))
+        progress.add(len(page))
         frame = request.row_filter.apply(request.kind.to_frame(page, field_map), request.kind.time_column)
         if frame.empty:
             continue
@@ -116,7 +102,7 @@ def _write_jsonl(stream: IO[str], request: ExportRequest, pages: Iterator, field
 
 
 def _write_parquet(path: str, request: ExportRequest, pages: Iterator, field_map: FieldMap,
-                   progress: Progress) -> int:
+                   progress: ProgressLine) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -124,7 +110,7 @@ def _write_parquet(path: str, request: ExportRequest, pages: Iterator, field_map
     writer, schema, written = None, None, 0
     try:
         for page in pages:
-            progress.advance(len(page))
+            progress.add(len(page))
             frame = request.row_filter.apply(kind.to_frame(page, field_map), kind.time_column)
             if frame.empty:
                 continue
@@ -147,7 +133,9 @@ def export(db: redis.Redis, groups: Sequence[GroupKeys], field_map: FieldMap, re
     as one consumer group sees them (whose outputs these are)."""
     keys = stream_keys(request.kind, groups, request.row_filter)
     pages = merged_entries(db, keys)
-    progress = Progress(sum(db.xlen(key) for key in keys), enabled=sys.stderr.isatty())
+    # The live line on a terminal only: a one-shot command prints no periodic lines elsewhere.
+    progress = ProgressLine("export", "entries", sum(db.xlen(key) for key in keys), LogStream(sys.stderr, False),
+                            every_s=math.inf)
     if request.out == "-":
         if request.file_format == "parquet":
             raise UsageError("--out -: Parquet cannot go to stdout (CSV or JSON Lines can)")

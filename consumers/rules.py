@@ -143,6 +143,12 @@ def _rule(index: int, table: dict, seen: set[str]) -> AlertRule:
         value = table.get(key, 0)
         return parse_duration_ms(str(value), field=f"{where}: {key}")
 
+    def positive_duration(key: str, default: str) -> int:
+        value_ms = parse_duration_ms(str(table.get(key, default)), field=f"{where}: {key}")
+        if value_ms <= 0:
+            raise UsageError(f'{where}: {key} must be positive (e.g. "{default}")')
+        return value_ms
+
     common = {"name": name, "kind": kind, "severity": severity, "metric": metric, "for_ms": duration("for")}
     if kind == "threshold":
         source = table.get("source", "reading")
@@ -158,10 +164,7 @@ def _rule(index: int, table: dict, seen: set[str]) -> AlertRule:
         limit = _number(where, table, "per_minute", minimum=0)
         if limit is None:
             raise UsageError(f"{where}: per_minute is required")
-        over_ms = parse_duration_ms(str(table.get("over", "60s")), field=f"{where}: over")
-        if over_ms <= 0:
-            raise UsageError(f"{where}: over must be positive (e.g. \"60s\")")
-        return AlertRule(**common, threshold=limit, over_ms=over_ms)
+        return AlertRule(**common, threshold=limit, over_ms=positive_duration("over", "60s"))
     if kind == "zscore":
         return AlertRule(**common, threshold=_number(where, table, "z", 3.0, minimum=0),
                          hysteresis=_number(where, table, "hysteresis", 0.0, minimum=0),
@@ -171,9 +174,7 @@ def _rule(index: int, table: dict, seen: set[str]) -> AlertRule:
         if after_ms <= 0:
             raise UsageError(f"{where}: after is required and positive (e.g. \"30s\")")
         return AlertRule(**common, after_ms=after_ms, threshold=after_ms / 1000)
-    over_ms = parse_duration_ms(str(table.get("over", "5m")), field=f"{where}: over")
-    if over_ms <= 0:
-        raise UsageError(f"{where}: over must be positive (e.g. \"5m\")")
+    over_ms = positive_duration("over", "5m")
     return AlertRule(**common, min_count=int(_number(where, table, "min_count", 5, minimum=2)), over_ms=over_ms,
                      threshold=over_ms / 1000)
 

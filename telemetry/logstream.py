@@ -40,16 +40,15 @@ class LogStream:
             self.target.flush()
         return len(text)
 
-    def show_status(self, text: str) -> bool:
-        """Rewrite the live line; False where there is none (not a terminal, or JSON logs)."""
+    def show_status(self, text: str) -> None:
+        """Rewrite the live line; nothing where there is none (not a terminal, or JSON logs)."""
         if not self.live:
-            return False
+            return
         with self._lock:
             self._erase_status()
             self._status = text[:shutil.get_terminal_size().columns - 1]
             self.target.write(self._status)
             self.target.flush()
-        return True
 
     def clear_status(self) -> None:
         with self._lock:
