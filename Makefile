@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help venv test demo bench lint redis-stop clean
+.PHONY: help venv test demo bench bench-cluster lint redis-stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ demo: venv ## run the whole pipeline for DEMO_SECONDS (default 60), then export 
 
 bench: venv ## run every benchmark and print one table
 	$(PY) scripts/bench_all.py
+
+bench-cluster: venv ## Redis Cluster: 1 master against 3, and the cost of --wait-replicas
+	$(PY) scripts/bench_cluster.py
 
 lint: venv ## ruff
 	$(VENV)/bin/ruff check .

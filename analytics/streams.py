@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import redis
 
+from telemetry.connection import server_for
 from telemetry.keys import GroupKeys
 from telemetry.merge import Page, merged_pages
 from telemetry.partitions import partition_of
@@ -202,12 +203,13 @@ class RowFilter:
 
 def raw_xrange(db: redis.Redis, key: str, start: str, count: int) -> Page:
     """XRANGE without redis-py's reply callback, which builds a dict per entry."""
-    connection = db.connection_pool.get_connection()
+    pool = server_for(db, key).connection_pool
+    connection = pool.get_connection()
     try:
         connection.send_command("XRANGE", key, start, "+", "COUNT", count)
         return connection.read_response()
     finally:
-        db.connection_pool.release(connection)
+        pool.release(connection)
 
 
 def iter_entries(db: redis.Redis, key: str, page_size: int = PAGE_SIZE) -> Iterator[Page]:

@@ -20,6 +20,7 @@ from telemetry.cli import (
     PipelineConfig,
     StopSignal,
     add_redis_arguments,
+    add_replica_wait_argument,
     connect_with_retry,
     number_type,
     run_main,
@@ -59,6 +60,7 @@ def build_parser() -> CommandParser:
     aggregate.add_argument("--drain", action="store_true", help="stop when nothing is left to read")
     aggregate.add_argument("--log-json", action="store_true", help="log one JSON object per line (else timestamped text)")
     aggregate.add_argument("--metrics-port", type=number_type(int, minimum=1, maximum=65535), help="serve Prometheus metrics here")
+    add_replica_wait_argument(aggregate)
     add_redis_arguments(aggregate)
 
     alerts = commands.add_parser("alerts", help="follow the alerts of every partition",
@@ -102,7 +104,7 @@ def aggregator_settings(args) -> AggregatorSettings:
         lease_ms=parse_duration_ms(args.lease, field="--lease"),
         settle_ms=parse_duration_ms(args.settle, field="--settle"),
         max_deliveries=args.max_deliveries, output_maxlen=args.output_maxlen, rules=load_rules(args.rules),
-        count=args.count, drain=args.drain,
+        count=args.count, drain=args.drain, wait_replicas=args.wait_replicas,
         duration_ms=parse_duration_ms(args.duration, field="--duration") if args.duration else None,
     )
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import redis
 
 from telemetry.merge import merge_runs
+from telemetry.stream_reads import read_streams
 from telemetry.timeutil import iso_utc
 
 
@@ -40,12 +41,11 @@ def follow(db: redis.Redis, last_ids: dict[str, str], stop_requested: Callable[[
     """Entries after `last_ids` (stream -> id), until stopped; without follow_new, until none are left."""
     last_ids = dict(last_ids)
     while not stop_requested():
-        reply = db.xread(last_ids, count=500, block=block_ms if follow_new else None)
-        if not reply:
+        streams = read_streams(db, last_ids, count=500, block_ms=block_ms if follow_new else None)
+        if not streams:
             if not follow_new:
                 return
             continue
-        streams = list(reply.items() if isinstance(reply, dict) else reply)  # RESP3 sends a map
         for stream, entries in streams:
             last_ids[stream] = entries[-1][0]
         yield from merge_runs(entries for _, entries in streams)

@@ -41,6 +41,14 @@ def texts(values: list[bytes]) -> list[str]:
     return [value.decode("utf-8", "replace") for value in values]  # some value holds a newline
 
 
+def flat_fields(fields: list | dict | None) -> list | None:
+    """An entry's fields as a flat list. A cluster client parses them into a dict on its nodes
+    (its response callbacks run after the node's), a single server's raw client does not."""
+    if isinstance(fields, dict):
+        return [part for pair in fields.items() for part in pair]
+    return fields
+
+
 def _is_raw(fields: list[str] | list[bytes]) -> bool:
     return isinstance(fields[0], bytes)
 

@@ -44,6 +44,7 @@ class AggregatorSettings:
     count: int | None = None  # stop after this many entries
     duration_ms: int | None = None
     drain: bool = False  # stop once nothing is left to read
+    wait_replicas: int = 0  # --wait-replicas: WAIT after each commit until this many replicas have it
 
     def __post_init__(self) -> None:
         if not self.consumer:

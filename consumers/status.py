@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 import redis
 
+from telemetry.connection import Client, is_cluster
 from telemetry.keys import GroupKeys
 from telemetry.lag import ConsumerInfo, GroupLag, PartitionLag, partition_lags
 from telemetry.partitions import Layout, partition_maxlen
@@ -29,6 +30,7 @@ class PartitionStatus:
     lag_seconds: float
     lag_estimated: bool
     pending: int
+    master: str | None = None  # on a cluster, the master (host:port) that holds the partition's slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +91,17 @@ def _group_states(db: redis.Redis, groups: list[GroupKeys]) -> list[_GroupState]
             for lease, epoch, counters, dead in zip(*[iter(replies)] * 4)]
 
 
-def _partition_row(lag: PartitionLag, group: str, state: _GroupState) -> PartitionStatus:
+def _partition_row(lag: PartitionLag, group: str, state: _GroupState, master: str | None) -> PartitionStatus:
     found = lag.group(group)
     length = lag.info.length if lag.info else 0
     if found is None:
-        return PartitionStatus(lag.index, lag.stream, state.owner, state.epoch, length, None, 0.0, False, 0)
+        return PartitionStatus(lag.index, lag.stream, state.owner, state.epoch, length, None, 0.0, False, 0, master)
     return PartitionStatus(lag.index, lag.stream, state.owner, state.epoch, length, found.lag_entries,
-                           found.lag_seconds, found.lag_estimated, found.pending)
+                           found.lag_seconds, found.lag_estimated, found.pending, master)
+
+
+def _master_of(db: Client, key: str) -> str | None:
+    return db.get_node_from_key(key).name if is_cluster(db) else None
 
 
 def _indexes(indexes: list[int]) -> str:
@@ -174,7 +180,8 @@ def collect_status(db: redis.Redis, layout: Layout, group: str, maxlen: int, *, 
         first_entry_age_s=age(min((i.first_id for i in infos), key=stream_id_key, default=None)),
         last_entry_age_s=age(max((i.last_id for i in infos), key=stream_id_key, default=None)),
         maxlen=maxlen, partition_maxlen=limit, totals=totals(group),
-        partitions=tuple(_partition_row(lag, group, state) for lag, state in zip(lags, states)),
+        partitions=tuple(_partition_row(lag, group, state, _master_of(db, lag.stream))
+                         for lag, state in zip(lags, states)),
         other_groups=tuple(totals(name) for name in others),
         dead_letter_count=sum(state.dead_letters for state in states), counters=counters,
         warnings=tuple(_trim_warnings(lags, limit) + _idle_warnings(lags) + _counter_warnings(counters)))
@@ -194,8 +201,9 @@ def _totals_line(label: str, totals: GroupTotals, partitions: int) -> str:
 
 def _partition_line(row: PartitionStatus) -> str:
     lag = "-" if row.lag_entries is None else f"{row.lag_entries}{'~' if row.lag_estimated else ''}"
+    master = f"  {row.master}" if row.master else ""
     return (f"  {row.index:>9}  {row.owner:<32} {row.epoch:>6} {row.length:>9} {lag:>9} {row.lag_seconds:>8.1f} "
-            f"{row.pending:>8}")
+            f"{row.pending:>8}{master}")
 
 
 def render_status(status: PipelineStatus) -> str:
@@ -204,7 +212,8 @@ def render_status(status: PipelineStatus) -> str:
     lines = [(f"pipeline {status.namespace}: {count} partitions, {status.length} entries ({maxlen}), "
               f"first {_age(status.first_entry_age_s)}, last {_age(status.last_entry_age_s)}"),
              _totals_line("group", status.totals, count),
-             f"  {'partition':>9}  {'owner':<32} {'epoch':>6} {'length':>9} {'lag':>9} {'lag s':>8} {'pending':>8}"]
+             f"  {'partition':>9}  {'owner':<32} {'epoch':>6} {'length':>9} {'lag':>9} {'lag s':>8} {'pending':>8}"
+             + ("  master" if status.partitions and status.partitions[0].master else "")]
     lines += [_partition_line(row) for row in status.partitions]
     lines += [_totals_line("other group", totals, count) for totals in status.other_groups]
     lines.append(f"dead letters: {status.dead_letter_count}")

@@ -19,21 +19,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
-import walrus
 
 from consumers.assignment import Membership, assign
-from consumers.batch import Entry, build_batch, texts
+from consumers.batch import Entry, build_batch, flat_fields, texts
 from consumers.checkpoint import CommitRequest, commit_request, load_checkpoint
 from consumers.lease import Lease, LeaseClient, LeaseRenewer
 from consumers.processor import Outputs, PartitionProcessor
 from consumers.settings import AggregatorSettings
 from telemetry.backoff import RETRYABLE, Backoff
-from telemetry.connection import as_text
+from telemetry.connection import Client, as_text, client_like, is_cluster
 from telemetry.keys import GroupKeys
 from telemetry.partitions import Layout
 from telemetry.progress import ProgressLine
 from telemetry.schema import FieldMap
-from telemetry.scripts import load_script
+from telemetry.scripts import ReplicaWait, load_script, resend_reason, run_pipelined
+from telemetry.stream_reads import read_streams
 from telemetry.timeutil import now_ms, stream_id_key
 
 PENDING_PAGE = 1000
@@ -64,13 +64,6 @@ class OwnedPartition:
     committed_ids: list[str] = field(default_factory=list)  # entries the last commit acknowledged
 
 
-def client_like(db: redis.Redis, **overrides) -> redis.Redis:
-    """A client to the same server on a pool of its own, with some connection settings changed."""
-    pool = db.connection_pool
-    return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class,
-                                                  **{**pool.connection_kwargs, **overrides}))
-
-
 @dataclass(frozen=True, slots=True)
 class PreparedCommit:
     owned: OwnedPartition
@@ -85,7 +78,7 @@ class PartitionLost(Exception):
 
 
 class AggregatorWorker:
-    def __init__(self, db: walrus.Database, layout: Layout, field_map: FieldMap, settings: AggregatorSettings,
+    def __init__(self, db: Client, layout: Layout, field_map: FieldMap, settings: AggregatorSettings,
                  *, log=None, clock: Callable[[], int] = now_ms) -> None:
         self.db = db
         self.layout = layout
@@ -95,6 +88,7 @@ class AggregatorWorker:
         self.clock = clock
         # Entries and state are bytes: decoding every field to str costs more than the rest of a batch.
         self.raw = client_like(db, decode_responses=False)
+        self.cluster = is_cluster(db)
         self.raw.set_response_callback("XREADGROUP", lambda response, **_: response)
         self.raw.set_response_callback("XCLAIM", lambda response, **_: response)
         self.raw.set_response_callback("XRANGE", lambda response, **_: response)
@@ -106,6 +100,7 @@ class AggregatorWorker:
         self.membership = Membership(db, layout.keys.members(settings.group), settings.consumer, settings.lease_ms,
                                      settings.settle_ms)
         self.commit_script = load_script(self.raw, "commit")
+        self.wait = ReplicaWait("aggregator", settings.wait_replicas) if settings.wait_replicas else None
         self.owned: dict[int, OwnedPartition] = {}
         self.next_beat_ms = 0
         self.stats = WorkerStats()
@@ -186,13 +181,13 @@ class AggregatorWorker:
             chunk = others[offset:offset + PENDING_PAGE]
             for entry_id, fields in self.raw.xclaim(keys.readings, group, me, 0, chunk) or []:
                 if fields is not None:
-                    found[entry_id.decode()] = fields
+                    found[entry_id.decode()] = flat_fields(fields)
         if mine:
             ordered = sorted(mine, key=stream_id_key)
             for entry_id, fields in self.raw.xrange(keys.readings, min=ordered[0], max=ordered[-1]):
                 text_id = entry_id.decode()
                 if text_id in mine:
-                    found[text_id] = fields
+                    found[text_id] = flat_fields(fields)
         entries: list[Entry] = [(entry_id, found.get(entry_id)) for entry_id in sorted(deliveries, key=stream_id_key)]
         self._apply(owned, entries, deliveries)
 
@@ -223,15 +218,22 @@ class AggregatorWorker:
     # -- reading and processing --------------------------------------------------------------
 
     def _fenced_read(self) -> dict[int, list[Entry]]:
-        """XREADGROUP of every owned partition, in a MULTI that fails if any epoch moved."""
+        """XREADGROUP of every owned partition, in a MULTI that fails if an epoch moved. One
+        transaction may not span hash slots on a cluster: there each partition reads alone."""
         owned = [self.owned[index] for index in sorted(self.owned)]
         if not owned:
             return {}
+        read: dict[int, list[Entry]] = {}
+        for group in [[partition] for partition in owned] if self.cluster else [owned]:
+            read.update(self._fenced_read_of(group))
+        return read
+
+    def _fenced_read_of(self, owned: list[OwnedPartition]) -> dict[int, list[Entry]]:
         epoch_keys = [partition.keys.epoch for partition in owned]
         with self.raw.pipeline(transaction=True) as pipeline:
             try:
                 pipeline.watch(*epoch_keys)
-                epochs = pipeline.mget(epoch_keys)
+                epochs = [pipeline.get(epoch_keys[0])] if self.cluster else pipeline.mget(epoch_keys)
             except redis.WatchError as error:  # redis-py's word for a connection lost while watching
                 raise redis.ConnectionError(str(error)) from error
             stale = [p.index for p, epoch in zip(owned, epochs) if epoch is None or int(epoch) != p.lease.epoch]
@@ -252,7 +254,7 @@ class AggregatorWorker:
         streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 sends a map
         for stream, entries in streams:
             ids = texts([entry_id for entry_id, _ in entries])
-            read[by_stream[stream]] = [(entry_id, fields) for entry_id, (_, fields) in zip(ids, entries)]
+            read[by_stream[stream]] = [(entry_id, flat_fields(fields)) for entry_id, (_, fields) in zip(ids, entries)]
         return read
 
     def _fenced(self, index: int) -> None:
@@ -307,13 +309,8 @@ class AggregatorWorker:
             return
         replies: list = [None] * len(prepared)
         if all(self.renewer.valid(commit.owned.index) for commit in prepared):
-            pipeline = self.raw.pipeline(transaction=False)
-            for commit in prepared:
-                self.commit_script(keys=commit.request.keys, args=commit.request.args, client=pipeline)
-            try:
-                replies = pipeline.execute(raise_on_error=False)
-            except (*RETRYABLE, redis.exceptions.NoScriptError):
-                pass  # each is resent below
+            replies = run_pipelined(self.raw, self.commit_script,
+                                    [(commit.request.keys, commit.request.args) for commit in prepared], self.wait)
         for commit, reply in zip(prepared, replies):
             try:
                 if reply is None or isinstance(reply, Exception):
@@ -354,13 +351,14 @@ class AggregatorWorker:
                       "dropping it", file=self.log)
                 self._drop(owned.index)
                 raise PartitionLost(owned.index)
-            try:
-                return self.commit_script(keys=request.keys, args=request.args)
-            except RETRYABLE as error:
-                delay = backoff.next_delay()
-                print(f"aggregator: commit of partition {owned.index} unconfirmed ({error.__class__.__name__}); "
-                      f"resending in {delay:.1f}s", file=self.log)
-                time.sleep(delay)
+            replies = run_pipelined(self.raw, self.commit_script, [(request.keys, request.args)], self.wait)
+            failed = resend_reason(replies)
+            if failed is None:
+                return replies[0]
+            delay = backoff.next_delay()
+            print(f"aggregator: commit of partition {owned.index} unconfirmed ({failed.__class__.__name__}); "
+                  f"resending in {delay:.1f}s", file=self.log)
+            time.sleep(delay)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -391,7 +389,7 @@ class AggregatorWorker:
             time.sleep(self.settings.block_ms / 1000)
             return
         timeout_ms = max(1, min(self.settings.block_ms, self.next_beat_ms - self.clock()))
-        self.db.xread(streams, count=1, block=timeout_ms)
+        read_streams(self.db, streams, count=1, block_ms=timeout_ms)
 
     def drained(self) -> bool:
         """Every partition's group has nothing pending and nothing unread (whoever owns it)."""

@@ -18,8 +18,10 @@ from telemetry.cli import (
     PipelineConfig,
     StopSignal,
     add_redis_arguments,
+    add_replica_wait_argument,
     connect_with_retry,
     number_type,
+    replica_wait,
     run_main,
 )
 from telemetry.errors import UsageError
@@ -55,6 +57,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--json", action="store_true", help="print the final counts as JSON")
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line (else timestamped text)")
     parser.add_argument("--metrics-port", type=number_type(int, minimum=1, maximum=65535), help="serve Prometheus metrics here")
+    add_replica_wait_argument(parser)
     add_redis_arguments(parser)
     return parser
 
@@ -133,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         frame = load_readings_csv(args.from_csv)
         db = connect_with_retry(config, stop)
         layout = config.layout(db)
-        writer = StreamWriter(db, layout, config.field_map, partition_maxlen(args.maxlen, layout.count))
+        writer = StreamWriter(db, layout, config.field_map, partition_maxlen(args.maxlen, layout.count),
+                          wait=replica_wait(args, "producer"))
         report(replay(frame, writer, config.field_map, args.batch), args.json, stop.requested)
         return 0
     settings = SimulationSettings(
@@ -143,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     db = connect_with_retry(config, stop)
     layout = config.layout(db)
-    writer = StreamWriter(db, layout, config.field_map, partition_maxlen(args.maxlen, layout.count))
+    writer = StreamWriter(db, layout, config.field_map, partition_maxlen(args.maxlen, layout.count),
+                          wait=replica_wait(args, "producer"))
     start_ms = settings.backfill_start_ms if settings.backfill_start_ms is not None else now_ms()
     simulation = Simulation(settings, writer, config.field_map, start_ms,
                             writer.last_seqs(list(settings.names)),

@@ -27,14 +27,12 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-import redis
-import walrus
-
-from telemetry.backoff import RETRYABLE, Backoff
+from telemetry.backoff import Backoff
+from telemetry.connection import Client
 from telemetry.keys import PartitionKeys
 from telemetry.partitions import Layout
 from telemetry.schema import FieldMap, entry_layout
-from telemetry.scripts import load_script
+from telemetry.scripts import ReplicaWait, load_script, resend_reason, run_pipelined
 from telemetry.timeutil import stream_id_key
 
 BATCH_MARKER_TTL_MS = 86_400_000  # a resend comes within seconds; a day is plenty
@@ -59,9 +57,10 @@ class BatchResult:
 
 
 class StreamWriter:
-    def __init__(self, db: walrus.Database, layout: Layout, field_map: FieldMap, maxlen: int,
-                 *, log=None) -> None:
+    def __init__(self, db: Client, layout: Layout, field_map: FieldMap, maxlen: int,
+                 *, log=None, wait: ReplicaWait | None = None) -> None:
         self.db = db
+        self.wait = wait
         self.layout = layout
         self.maxlen = maxlen
         self.fields = entry_layout(field_map)
@@ -158,16 +157,14 @@ class StreamWriter:
     def _send(self, calls: list, readings: int) -> list:
         backoff = Backoff()
         while True:
-            try:
-                pipeline = self.db.pipeline(transaction=False)
-                for keys, args in calls:
-                    self.append(keys=keys, args=args, client=pipeline)
-                return pipeline.execute()
-            except (*RETRYABLE, redis.exceptions.NoScriptError) as error:
-                delay = backoff.next_delay()
-                print(f"producer: Redis unavailable ({error.__class__.__name__}: {error}); "
-                      f"retrying {readings} unconfirmed readings in {delay:.1f}s", file=self.log)
-                time.sleep(delay)
+            replies = run_pipelined(self.db, self.append, calls, self.wait)
+            failed = resend_reason(replies)
+            if failed is None:
+                return replies
+            delay = backoff.next_delay()
+            print(f"producer: Redis unavailable ({failed.__class__.__name__}: {failed}); "
+                  f"retrying {readings} unconfirmed readings in {delay:.1f}s", file=self.log)
+            time.sleep(delay)
 
     def _by_partition(self, rows: list[str]) -> dict[PartitionKeys, tuple[list[str], dict[str, str]]]:
         """Each partition's rows, and each sensor's last row among them (its seq is the one to keep)."""

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 import redis
 
-# Errors after which the same call may succeed later: the server is away, slow or loading its AOF.
-RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+# Errors after which the same call may succeed later: the server is away, slow or loading its AOF,
+# or a cluster is failing a master over to its replica (slots uncovered, TRYAGAIN, CLUSTERDOWN).
+RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.exceptions.ClusterError,
+             redis.exceptions.TryAgainError, redis.exceptions.SlotNotCoveredError)
 
 
 @dataclass(slots=True)

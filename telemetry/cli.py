@@ -19,6 +19,7 @@ from telemetry.errors import RedisUnavailable, UsageError
 from telemetry.keys import Keys, validate_name
 from telemetry.partitions import Layout, legacy_layout_note, open_layout
 from telemetry.schema import FieldMap
+from telemetry.scripts import ReplicaWait
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -72,6 +73,17 @@ def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fields", default=os.environ.get("TELEMETRY_FIELDS", "default"),
                        help="entry field names: 'default', 'seed' (sensor_id/temp/humidity) or "
                             "PART=NAME,... e.g. sensor=sensor_id,temperature_c=temp")
+
+
+def add_replica_wait_argument(parser: argparse.ArgumentParser) -> None:
+    """For the commands that write: trade latency for what a failover can lose."""
+    parser.add_argument("--wait-replicas", type=number_type(int, minimum=0), default=0, metavar="N",
+                        help="after each write, WAIT until N replicas have it (up to 1s; default 0: "
+                             "replication stays asynchronous and a failover can lose the last writes)")
+
+
+def replica_wait(args: argparse.Namespace, who: str) -> ReplicaWait | None:
+    return ReplicaWait(who, args.wait_replicas) if args.wait_replicas else None
 
 
 @dataclass(frozen=True, slots=True)

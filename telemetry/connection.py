@@ -1,24 +1,31 @@
-"""Which Redis to use, and a walrus Database connected to it.
+"""Which Redis to use, and a client connected to it: walrus on a single server, redis-py's
+cluster client on a Redis Cluster (walrus does not speak cluster).
 
 Order: --redis-url, then REDIS_URL, then a server already answering on localhost:6379, then the
 embedded server. The choice is said in one line on stderr so nobody wonders where data went.
+A URL naming any node of a cluster is enough: cluster mode is found with INFO cluster.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import walrus
+from redis.cluster import RedisCluster
 
 from telemetry.embedded import EmbeddedRedis, answers, default_home
 from telemetry.errors import RedisUnavailable, UsageError
 
 LOCAL_DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+# What every command holds: a single server's client (walrus.Database is one) or a cluster's.
+Client = redis.Redis | RedisCluster
 
 
 def as_text(value: str | bytes) -> str:
@@ -64,22 +71,60 @@ def resolve_target(flag_url: str | None, env: Mapping[str, str] = os.environ) ->
     return RedisTarget(EmbeddedRedis(home).ensure_running(), f"embedded redis-server, data in {home.name}/")
 
 
-def connect(target: RedisTarget, *, announce: bool = True, timeout_s: float = 10.0) -> walrus.Database:
-    """A walrus Database with decoded responses; fails fast with RedisUnavailable if nothing answers."""
-    if announce:
-        print(target.describe(), file=sys.stderr)
-    database = walrus.Database.from_url(
-        target.url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=timeout_s,
-        health_check_interval=30,
-    )
-    try:
+def connect(target: RedisTarget, *, announce: bool = True, timeout_s: float = 10.0) -> Client:
+    """A client with decoded responses; fails fast with RedisUnavailable if nothing answers."""
+    settings = {"decode_responses": True, "socket_connect_timeout": 2.0, "socket_timeout": timeout_s,
+                "health_check_interval": 30}
+    database = walrus.Database.from_url(target.url, **settings)
+    with _refusals(target):
         database.ping()
+        if not int(database.info("cluster").get("cluster_enabled", 0)):
+            if announce:
+                print(target.describe(), file=sys.stderr)
+            return database
+        database.close()
+        cluster = RedisCluster.from_url(target.url, **settings)
+        cluster.source_url = target.url  # for client_like: a copy with other settings
+        if announce:
+            print(f"{target.describe()}, Redis Cluster of {len(cluster.get_primaries())} masters", file=sys.stderr)
+        return cluster
+
+
+@contextmanager
+def _refusals(target: RedisTarget) -> Iterator[None]:
+    """Connection failures as one-line errors: unreachable is retried by long-running commands,
+    refused credentials or a server that is not Redis are usage errors."""
+    where = target.masked_url
+    try:
+        yield
     except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as error:
-        raise UsageError(f"Redis at {target.masked_url} refused the credentials: authentication failed ({error})") from None
-    except (redis.ConnectionError, redis.TimeoutError) as error:
-        raise RedisUnavailable(f"cannot reach Redis at {target.masked_url}: {error}") from None
+        raise UsageError(f"Redis at {where} refused the credentials: authentication failed ({error})") from None
+    except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException,
+            redis.exceptions.ClusterError) as error:
+        raise RedisUnavailable(f"cannot reach Redis at {where}: {error}") from None
     except redis.ResponseError as error:  # e.g. a database number the server does not have
-        raise UsageError(f"Redis at {target.masked_url} refused the connection: {error}") from None
+        raise UsageError(f"Redis at {where} refused the connection: {error}") from None
     except redis.RedisError as error:
-        raise UsageError(f"{target.masked_url} does not answer as a Redis server ({error.__class__.__name__})") from None
-    return database
+        raise UsageError(f"{where} does not answer as a Redis server ({error.__class__.__name__})") from None
+
+
+def is_cluster(db: Client) -> bool:
+    return isinstance(db, RedisCluster)
+
+
+def server_for(db: Client, key: str) -> redis.Redis:
+    """The client of the server that holds `key`: the server itself, or the cluster node of its slot."""
+    return db.get_redis_connection(db.get_node_from_key(key)) if is_cluster(db) else db
+
+
+def client_like(db: Client, **overrides) -> Client:
+    """A client to the same server or cluster on connections of its own, some settings changed."""
+    if is_cluster(db):
+        kept = {name: value for name, value in db.get_connection_kwargs().items()
+                if name in ("decode_responses", "socket_connect_timeout", "socket_timeout", "health_check_interval")}
+        copy = RedisCluster.from_url(db.source_url, **{**kept, **overrides})
+        copy.source_url = db.source_url
+        return copy
+    pool = db.connection_pool
+    return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class,
+                                                  **{**pool.connection_kwargs, **overrides}))

@@ -55,7 +55,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def server_command(binary: str, port: int, data_dir: Path, *, daemonize: bool) -> list[str]:
+def server_command(binary: str, port: int, data_dir: Path, *, daemonize: bool,
+                   extra: tuple[str, ...] = ()) -> list[str]:
     command = [
         binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
         "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
@@ -63,7 +64,7 @@ def server_command(binary: str, port: int, data_dir: Path, *, daemonize: bool) -
     ]
     if daemonize:
         command += ["--daemonize", "yes", "--pidfile", str(data_dir / "redis.pid")]
-    return command
+    return command + list(extra)
 
 
 def wait_until_ready(url: str, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -165,13 +166,15 @@ class PrivateRedisServer:
     data_dir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    extra_args: tuple[str, ...] = ()  # e.g. cluster mode (telemetry/local_cluster.py)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        command = server_command(redis_server_binary(), self.port, self.data_dir, daemonize=False)
+        command = server_command(redis_server_binary(), self.port, self.data_dir, daemonize=False,
+                                 extra=self.extra_args)
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until_ready(self.url)
 

@@ -9,7 +9,9 @@ import pytest
 import redis
 
 from telemetry.embedded import PrivateRedisServer
+from telemetry.errors import UsageError
 from telemetry.keys import Keys
+from telemetry.local_cluster import PrivateRedisCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,6 +31,27 @@ def redis_url(redis_server: PrivateRedisServer) -> str:
         redis_server.start()
     redis.Redis.from_url(redis_server.url).flushall()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory) -> PrivateRedisCluster:
+    """Three masters on free ports, shared by the session's cluster tests."""
+    cluster = PrivateRedisCluster(tmp_path_factory.mktemp("cluster"), masters=3)
+    try:
+        cluster.start()
+    except UsageError as error:  # a redis-server built without cluster support
+        cluster.stop()
+        pytest.skip(f"no Redis Cluster here: {error}")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture()
+def cluster_url(redis_cluster: PrivateRedisCluster) -> str:
+    """The cluster with every master emptied for each test."""
+    for port in redis_cluster.master_ports():
+        redis.Redis(port=port).flushall()
+    return redis_cluster.url
 
 
 @pytest.fixture()

@@ -11,14 +11,17 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 import redis
-import walrus
 
 from consumers.rules import DEFAULT_RULES_TOML, parse_rules
+from telemetry.connection import Client, RedisTarget, connect
 from telemetry.keys import Keys
 from telemetry.partitions import Layout, open_layout
 from telemetry.schema import Reading
@@ -64,9 +67,9 @@ class Fleet:
     kills_with_uncommitted_batch: int = 0
     started: int = 0
 
-    @property
-    def db(self) -> walrus.Database:
-        return walrus.Database.from_url(self.redis_url, decode_responses=True)
+    @cached_property
+    def db(self) -> Client:
+        return connect(RedisTarget(self.redis_url, "test"), announce=False)
 
     @property
     def layout(self) -> Layout:
@@ -119,6 +122,18 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextmanager
+def fleet_on(redis_url: str, folder: Path) -> Iterator[Fleet]:
+    """A fleet with the harness rules, whose workers are stopped whatever the test's outcome."""
+    rules = folder / "rules.toml"
+    rules.write_text(HARNESS_RULES)
+    workers = Fleet(redis_url, str(rules), folder)
+    try:
+        yield workers
+    finally:
+        workers.stop_all()
 
 
 def run_kill_loop(fleet: Fleet, producer: subprocess.Popen, rng: random.Random, sizes: tuple[int, ...],

@@ -10,10 +10,9 @@ import time
 import pytest
 
 from tests.crash_harness import (
-    HARNESS_RULES,
     PARTITIONS,
-    Fleet,
     assert_reconciles,
+    fleet_on,
     run_kill_loop,
     spawn,
     wait_for,
@@ -28,12 +27,8 @@ PRODUCER_ARGS = ("--fleet", "k-", "8", "--rate", "40", "--spike-rate", "432", "-
 
 @pytest.fixture()
 def fleet(redis_url, tmp_path):
-    """Worker processes that are stopped whatever the test's outcome, so none outlives it."""
-    rules = tmp_path / "rules.toml"
-    rules.write_text(HARNESS_RULES)
-    workers = Fleet(redis_url, str(rules), tmp_path)
-    yield workers
-    workers.stop_all()
+    with fleet_on(redis_url, tmp_path) as workers:
+        yield workers
 
 
 @pytest.mark.slow
