@@ -77,7 +77,8 @@ class PrivateRedisCluster:
         master_ids = [client.execute_command("CLUSTER MYID") for client in clients[:self.masters]]
         for index, client in enumerate(clients[self.masters:]):
             client.execute_command("CLUSTER REPLICATE", master_ids[index % self.masters])
-        self._wait(lambda: all(client.info("cluster") and cluster_ok(client) for client in clients), "cluster_state ok")
+        self._wait(lambda: all(cluster_ok(client) and len(masters_seen(client)) == self.masters for client in clients),
+                   "cluster_state ok, with every replica known as one")
         for client in clients:
             client.close()
 
@@ -88,8 +89,7 @@ class PrivateRedisCluster:
                 continue
             client = redis.Redis(port=node.port, decode_responses=True)
             try:
-                return sorted(int(address.split("@")[0].rsplit(":", 1)[1]) for address, line in known(client).items()
-                              if "master" in line["flags"] and "fail" not in line["flags"])
+                return masters_seen(client)
             finally:
                 client.close()
         return []
@@ -120,6 +120,12 @@ def known(client: redis.Redis) -> dict[str, dict]:
     """CLUSTER NODES as this node sees it, without nodes still in handshake."""
     nodes = client.cluster("NODES")
     return {address: line for address, line in nodes.items() if "handshake" not in line["flags"]}
+
+
+def masters_seen(client: redis.Redis) -> list[int]:
+    """Ports of the masters that serve slots and are not failed, as this node sees them."""
+    return sorted(int(address.split("@")[0].rsplit(":", 1)[1]) for address, line in known(client).items()
+                  if "master" in line["flags"] and "fail" not in line["flags"] and line["slots"])
 
 
 def cluster_ok(client: redis.Redis) -> bool:
