@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from consumers.assignment import Membership, assign
 from consumers.batch import Entry, build_batch, flat_fields, texts
@@ -27,7 +29,7 @@ from consumers.lease import Lease, LeaseClient, LeaseRenewer
 from consumers.processor import Outputs, PartitionProcessor
 from consumers.settings import AggregatorSettings
 from telemetry.backoff import RETRYABLE, Backoff
-from telemetry.connection import Client, as_text, client_like, is_cluster
+from telemetry.connection import Client, as_text, client_like, is_cluster, refresh_topology
 from telemetry.keys import GroupKeys
 from telemetry.partitions import Layout
 from telemetry.progress import ProgressLine
@@ -87,8 +89,10 @@ class AggregatorWorker:
         self.log = log or sys.stderr  # looked up now: a command may have replaced stderr (telemetry/logstream.py)
         self.clock = clock
         # Entries and state are bytes: decoding every field to str costs more than the rest of a batch.
-        self.raw = client_like(db, decode_responses=False)
         self.cluster = is_cluster(db)
+        # On a cluster, redis-py would retry a lost connection inside a transaction on a new one,
+        # without its WATCH: the fenced read must fail instead, and the loop reloads.
+        self.raw = client_like(db, decode_responses=False, **({"retry": Retry(NoBackoff(), 0)} if self.cluster else {}))
         self.raw.set_response_callback("XREADGROUP", lambda response, **_: response)
         self.raw.set_response_callback("XCLAIM", lambda response, **_: response)
         self.raw.set_response_callback("XRANGE", lambda response, **_: response)
@@ -455,3 +459,4 @@ class AggregatorWorker:
         for index in list(self.owned):
             self._drop(index)
         self.next_beat_ms = 0
+        refresh_topology(self.raw)

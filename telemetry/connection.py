@@ -78,7 +78,7 @@ def connect(target: RedisTarget, *, announce: bool = True, timeout_s: float = 10
     database = walrus.Database.from_url(target.url, **settings)
     with _refusals(target):
         database.ping()
-        if not int(database.info("cluster").get("cluster_enabled", 0)):
+        if not _cluster_enabled(database):
             if announce:
                 print(target.describe(), file=sys.stderr)
             return database
@@ -88,6 +88,15 @@ def connect(target: RedisTarget, *, announce: bool = True, timeout_s: float = 10
         if announce:
             print(f"{target.describe()}, Redis Cluster of {len(cluster.get_primaries())} masters", file=sys.stderr)
         return cluster
+
+
+def _cluster_enabled(database: redis.Redis) -> bool:
+    """INFO is in the @dangerous ACL category: a user denied it is taken to be on a single server
+    (on a cluster their first command then fails with MOVED, which names the cause)."""
+    try:
+        return bool(int(database.info("cluster").get("cluster_enabled", 0)))
+    except redis.exceptions.NoPermissionError:
+        return False
 
 
 @contextmanager
@@ -110,6 +119,17 @@ def _refusals(target: RedisTarget) -> Iterator[None]:
 
 def is_cluster(db: Client) -> bool:
     return isinstance(db, RedisCluster)
+
+
+def refresh_topology(db: Client) -> None:
+    """Read a cluster's slot map again, after a node was lost or a slot moved; a client that does
+    not retry by itself (or talks to nodes directly) would otherwise keep asking the dead node."""
+    if not is_cluster(db):
+        return
+    try:
+        db.nodes_manager.initialize()
+    except (redis.RedisError, redis.exceptions.RedisClusterException):
+        pass  # mid-failover: the caller backs off and comes back here
 
 
 def server_for(db: Client, key: str) -> redis.Redis:

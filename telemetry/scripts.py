@@ -19,7 +19,7 @@ import redis
 from redis.commands.core import Script
 
 from telemetry.backoff import RETRYABLE
-from telemetry.connection import Client, is_cluster
+from telemetry.connection import Client, is_cluster, refresh_topology
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 
@@ -66,26 +66,21 @@ def run_pipelined(db: Client, script: Script, calls: list[Call], wait: ReplicaWa
     if not is_cluster(db):
         return _run_on(db, script, calls, wait)
     by_node: dict[str, list[int]] = defaultdict(list)
+    nodes = {}
     try:
         for index, (keys, _) in enumerate(calls):
-            by_node[db.get_node_from_key(keys[0]).name].append(index)
+            node = db.get_node_from_key(keys[0])
+            nodes[node.name] = node
+            by_node[node.name].append(index)
     except redis.exceptions.RedisClusterException as error:  # a slot with no master, mid-failover
         return [error] * len(calls)
     replies: list = [None] * len(calls)
     for name, indexes in by_node.items():
-        node = db.get_node(node_name=name)
-        client = node.redis_connection if node is not None else None
-        if client is None:
-            node_replies: list = [redis.ConnectionError(f"node {name} left the cluster")] * len(indexes)
-        else:
-            node_replies = _run_on(client, script, [calls[index] for index in indexes], wait)
-        for index, reply in zip(indexes, node_replies):
+        client = db.get_redis_connection(nodes[name])  # made on first use for a node learnt from MOVED
+        for index, reply in zip(indexes, _run_on(client, script, [calls[index] for index in indexes], wait)):
             replies[index] = reply
     if any(isinstance(reply, (redis.ConnectionError, redis.exceptions.AskError)) for reply in replies):
-        try:
-            db.nodes_manager.initialize()
-        except (redis.RedisError, redis.exceptions.RedisClusterException):
-            pass  # the caller's resend finds the cluster again or backs off
+        refresh_topology(db)
     return replies
 
 

@@ -3,6 +3,7 @@ producer that waits for Redis instead of giving up."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -30,6 +31,22 @@ def test_a_refused_password_says_so_once_and_never_prints_it(redis_url):
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 2
     finally:
         redis.Redis.from_url(redis_url, password="right-secret").config_set("requirepass", "")
+
+
+def test_an_acl_user_denied_info_works_on_a_single_server(redis_url):
+    """INFO (asked to tell a cluster from one server) is @dangerous: such users must still work."""
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser("operator", enabled=True, passwords=["+op-secret"], categories=["+@all", "-@dangerous"],
+                      keys=["*"])
+    try:
+        limited = redis_url.replace("redis://", "redis://operator:op-secret@")
+        produced = run_cli("producers", "s1", "--count", "3", "--start=-1m", "--redis-url", limited)
+        assert produced.returncode == 0, produced.stderr
+        status = run_cli("consumers", "status", "--json", "--redis-url", limited)
+        assert status.returncode == 0, status.stderr
+        assert sum(row["length"] for row in json.loads(status.stdout)["partitions"]) == 3
+    finally:
+        admin.acl_deluser("operator")
 
 
 def test_an_unreachable_redis_is_named_without_its_password():
