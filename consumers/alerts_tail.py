@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import redis
 
 from telemetry.merge import merge_runs
-from telemetry.stream_reads import read_streams
+from telemetry.stream_reads import last_ids, read_streams
 from telemetry.timeutil import iso_utc
 
 
@@ -28,12 +28,7 @@ def format_alert(entry_id: str, fields: dict[str, str]) -> str:
 def start_ids(db: redis.Redis, streams: list[str], from_start: bool) -> dict[str, str]:
     """Where to start in each stream: its beginning, or its current last entry. A literal "$" would
     skip whatever arrives between two reads."""
-    if from_start:
-        return dict.fromkeys(streams, "0-0")
-    pipeline = db.pipeline(transaction=False)
-    for stream in streams:
-        pipeline.xrevrange(stream, count=1)
-    return {stream: last[0][0] if last else "0-0" for stream, last in zip(streams, pipeline.execute())}
+    return dict.fromkeys(streams, "0-0") if from_start else last_ids(db, streams)
 
 
 def follow(db: redis.Redis, last_ids: dict[str, str], stop_requested: Callable[[], bool],

@@ -10,12 +10,12 @@ makes the client read the cluster's layout again before the caller resends.
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import redis
+from redis.cluster import ClusterNode
 from redis.commands.core import Script
 
 from telemetry.backoff import RETRYABLE
@@ -65,18 +65,16 @@ def run_pipelined(db: Client, script: Script, calls: list[Call], wait: ReplicaWa
     """Each call's reply, in order; where a call failed, its exception in place of the reply."""
     if not is_cluster(db):
         return _run_on(db, script, calls, wait)
-    by_node: dict[str, list[int]] = defaultdict(list)
-    nodes = {}
+    by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
     try:
         for index, (keys, _) in enumerate(calls):
             node = db.get_node_from_key(keys[0])
-            nodes[node.name] = node
-            by_node[node.name].append(index)
+            by_node.setdefault(node.name, (node, []))[1].append(index)
     except redis.exceptions.RedisClusterException as error:  # a slot with no master, mid-failover
         return [error] * len(calls)
     replies: list = [None] * len(calls)
-    for name, indexes in by_node.items():
-        client = db.get_redis_connection(nodes[name])  # made on first use for a node learnt from MOVED
+    for node, indexes in by_node.values():
+        client = db.get_redis_connection(node)  # made on first use for a node learnt from MOVED
         for index, reply in zip(indexes, _run_on(client, script, [calls[index] for index in indexes], wait)):
             replies[index] = reply
     if any(isinstance(reply, (redis.ConnectionError, redis.exceptions.AskError)) for reply in replies):
