@@ -23,7 +23,3 @@ class RateScheduler:
         tick = self.next_tick
         self.next_tick += 1
         return tick, self.due_ms(tick)
-
-    def wait_s(self, now_ms: int) -> float:
-        """How long to sleep before the next tick is due (0 when behind: catch up without waiting)."""
-        return max(0.0, (self.due_ms(self.next_tick) - now_ms) / 1000.0)

@@ -67,7 +67,7 @@ def test_export_filters_gzip_and_stdout(redis_url, tmp_path):
     with gzip.open(out, "rt") as handle:
         frame = pd.read_csv(handle)
     assert set(frame["sensor"]) == {"green-1", "green-2"} and len(frame) == 60
-    assert frame["ts_ms"].min() == START + 30_000 and frame["ts_ms"].max() == START + 59_000
+    assert frame["ts_ms"].min() >= START + 30_000 and frame["ts_ms"].max() < START + 60_000
     piped = run_cli("analytics", "export", "--out", "-", "--sensor", "red-1", "--redis-url", redis_url)
     assert piped.returncode == 0 and len(piped.stdout.strip().splitlines()) == 121
 

@@ -1,10 +1,13 @@
 """Pure simulator logic: profiles, noise, faults and the rate scheduler (no Redis)."""
 
 import numpy as np
+import pytest
 
 from producers.faults import FaultInjector, FaultRates
 from producers.profile import FleetModel, FleetProfile
 from producers.scheduler import RateScheduler
+from producers.simulation import SEND_INTERVAL_S, Simulation, SimulationSettings, sensor_phases_ms
+from telemetry.schema import FieldMap
 
 START = 1_700_000_000_000
 
@@ -87,8 +90,81 @@ def test_scheduler_holds_its_rate_over_an_hour_without_drift():
     assert max(np.diff(ticks)) - min(np.diff(ticks)) <= 1
 
 
-def test_scheduler_catches_up_instead_of_waiting_when_behind():
-    scheduler = RateScheduler(rate_hz=10.0, start_ms=START)
-    scheduler.take()
-    assert scheduler.wait_s(START + 5_000) == 0.0
-    assert scheduler.wait_s(START) == 0.1
+class RecordingWriter:
+    """Stands in for StreamWriter: keeps each write's rows."""
+
+    def __init__(self):
+        self.writes: list[list[str]] = []
+
+    def submit(self, rows):
+        self.writes.append(rows)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def simulation(names, writer, **settings):
+    start = settings.pop("start", START)
+    return Simulation(SimulationSettings(tuple(names), **settings), writer, FieldMap(), start, [None] * len(names))
+
+
+def ts_of(row):
+    return int(row.split("\t")[1])
+
+
+def test_sensors_sample_at_their_own_phase_and_keep_their_rate():
+    writer = RecordingWriter()
+    simulation(["a", "b", "c"], writer, rate_hz=2.0, count=50, backfill_start_ms=START).run(
+        lambda: START + 10**9, lambda _: None, lambda: False)
+    rows = [row for write in writer.writes for row in write]
+    by_sensor = {name: [ts_of(row) for row in rows if row.startswith(name + "\t")] for name in "abc"}
+    for stamps in by_sensor.values():
+        assert len(stamps) == 50 and START <= stamps[0] < START + 500
+        assert set(np.diff(stamps)) == {500}
+    assert len({stamps[0] for stamps in by_sensor.values()}) == 3  # three phases, not one
+    assert [ts_of(row) for row in rows] == sorted(ts_of(row) for row in rows)  # event-time order
+
+
+def test_phases_depend_on_name_and_seed_not_on_the_fleet():
+    keys = FleetProfile.build(["attic", "kitchen"], 5).keys
+    alone = FleetProfile.build(["kitchen"], 5).keys
+    assert sensor_phases_ms(keys, 1000.0)[1] == sensor_phases_ms(alone, 1000.0)[0]
+
+
+def test_a_live_fleet_arrives_spread_over_the_period_not_in_one_burst():
+    writer = RecordingWriter()
+    live = simulation([f"s{i}" for i in range(2000)], writer, count=1)
+    for now in range(START, START + 1001, 50):
+        written = live.step(now)
+        assert written == 0 or max(ts_of(row) for row in writer.writes[-1]) <= now
+    sizes = [len(write) for write in writer.writes]
+    assert sum(sizes) == 2000 and len(sizes) >= 20
+    assert max(sizes) < 2000 * 0.1  # 5% expected in each 50 ms
+
+
+def test_a_live_run_sleeps_until_the_next_reading_is_due_and_writes_many_at_a_time():
+    live = simulation([f"s{i}" for i in range(50)], RecordingWriter(), count=3)
+    first_due = START + int(live.phase_ms.min())
+    assert live.wait_s(first_due - 150, first_due - 150) == 0.15
+    assert live.wait_s(first_due - 1, first_due - 30) == pytest.approx(SEND_INTERVAL_S - 0.029)  # not one by one
+    assert live.wait_s(START + 5_000, START + 4_000) == 0.0  # behind
+
+
+def test_a_live_run_behind_writes_everything_due_at_once():
+    writer = RecordingWriter()
+    live = simulation([f"s{i}" for i in range(50)], writer, count=3)
+    live.run(lambda: START + 5_000, lambda _: None, lambda: False)
+    assert len(writer.writes) == 1 and sum(live.counts().values()) == 50 * 3
+
+
+def test_a_backfill_to_now_writes_no_reading_from_the_future():
+    writer = RecordingWriter()
+    now = START + 10_500
+    simulation([f"s{i}" for i in range(100)], writer, backfill_start_ms=START).run(
+        lambda: now, lambda _: None, lambda: False)
+    stamps = [ts_of(row) for write in writer.writes for row in write]
+    assert stamps and max(stamps) <= now
+    assert len(stamps) >= 100 * 9
