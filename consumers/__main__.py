@@ -48,7 +48,8 @@ def build_parser() -> CommandParser:
                                 ("idle", "60s", "silent sensor: close its window this long after end + grace"),
                                 ("max-skew", "5m", "readings further ahead of this clock are dead-lettered"),
                                 ("lease", "10s", "a dead worker's partitions move to others after this long"),
-                                ("settle", "2s", "membership must stay unchanged this long before partitions move")):
+                                ("settle", "2s", "membership must stay unchanged this long before partitions move"),
+                                ("linger", "10ms", "once entries arrive, wait this long for the rest of the write")):
         aggregate.add_argument(f"--{flag}", default=default, help=f"{text} (default {default})")
     aggregate.add_argument("--max-deliveries", type=number_type(int, minimum=1), default=5,
                            help="dead-letter an entry delivered more often than this (default 5)")
@@ -103,6 +104,7 @@ def aggregator_settings(args) -> AggregatorSettings:
         max_skew_ms=parse_duration_ms(args.max_skew, field="--max-skew"),
         lease_ms=parse_duration_ms(args.lease, field="--lease"),
         settle_ms=parse_duration_ms(args.settle, field="--settle"),
+        linger_ms=parse_duration_ms(args.linger, field="--linger"),
         max_deliveries=args.max_deliveries, output_maxlen=args.output_maxlen, rules=load_rules(args.rules),
         count=args.count, drain=args.drain, wait_replicas=args.wait_replicas,
         duration_ms=parse_duration_ms(args.duration, field="--duration") if args.duration else None,

@@ -30,6 +30,7 @@ class AggregatorSettings:
     start: str = "new"  # where a new group starts: new ($) or all (0)
     batch: int = 1000  # entries per partition per read
     block_ms: int = 100  # longest wait for new entries when every owned partition is caught up
+    linger_ms: int = 10  # once new entries arrive, wait this long for the rest of the producer's write
     window_ms: int = 60_000
     grace_ms: int = 10_000
     rolling_ms: int = 300_000
@@ -54,7 +55,7 @@ class AggregatorSettings:
         for name in ("batch", "window_ms", "rolling_ms", "max_deliveries", "block_ms", "lease_ms", "output_maxlen"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{flag_of(name)}: must be positive, got {getattr(self, name)}")
-        for name in ("grace_ms", "idle_ms", "max_skew_ms", "settle_ms"):
+        for name in ("grace_ms", "idle_ms", "max_skew_ms", "settle_ms", "linger_ms"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{flag_of(name)}: must not be negative, got {getattr(self, name)}")
         if self.batch > 10_000:

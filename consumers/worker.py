@@ -107,6 +107,7 @@ class AggregatorWorker:
         self.wait = ReplicaWait("aggregator", settings.wait_replicas) if settings.wait_replicas else None
         self.owned: dict[int, OwnedPartition] = {}
         self.next_beat_ms = 0
+        self.caught_up = True  # the last read found fewer than --batch entries in every partition
         self.stats = WorkerStats()
         self.on_commit: Callable[[OwnedPartition, int, float], None] | None = None
         self._groups_ready: set[int] = set()
@@ -377,11 +378,14 @@ class AggregatorWorker:
             self._drop(index)
         read = self._fenced_read()
         handled = 0
+        self.caught_up = True
         for index, entries in read.items():
             owned = self.owned[index]
             self._apply(owned, entries)
             handled += len(entries)
-            owned.processor.observe(now, caught_up=len(entries) < self.settings.batch)
+            caught_up = len(entries) < self.settings.batch
+            owned.processor.observe(now, caught_up=caught_up)
+            self.caught_up &= caught_up
         self._commit_all([self.owned[index] for index in read if index in self.owned])
         self.last_progress = time.monotonic()
         return handled
@@ -393,7 +397,8 @@ class AggregatorWorker:
             time.sleep(self.settings.block_ms / 1000)
             return
         timeout_ms = max(1, min(self.settings.block_ms, self.next_beat_ms - self.clock()))
-        read_streams(self.db, streams, count=1, block_ms=timeout_ms)
+        if read_streams(self.db, streams, count=1, block_ms=timeout_ms) and self.settings.linger_ms:
+            time.sleep(self.settings.linger_ms / 1000)  # a producer's write lands in every partition
 
     def drained(self) -> bool:
         """Every partition's group has nothing pending and nothing unread (whoever owns it)."""
@@ -440,9 +445,9 @@ class AggregatorWorker:
                 handled = self.step(self.clock())
                 progress.add(handled)
                 backoff.reset()
-                if handled == 0:
-                    if settings.drain and self.owned and self.drained():
-                        break
+                if handled == 0 and settings.drain and self.owned and self.drained():
+                    break
+                if self.caught_up:  # another read now would find little or nothing: wait for more
                     self.wait_for_entries()
             except RETRYABLE as error:
                 delay = backoff.next_delay()
