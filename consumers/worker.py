@@ -39,6 +39,7 @@ from telemetry.stream_reads import read_streams
 from telemetry.timeutil import now_ms, stream_id_key
 
 PENDING_PAGE = 1000
+WATCHED_KEY_CHANGED = "Watched variable changed."  # redis-py's WatchError when EXEC found a WATCHed key changed
 
 
 @dataclass(slots=True)
@@ -252,8 +253,12 @@ class AggregatorWorker:
                                 {partition.keys.readings: ">" for partition in owned}, count=self.settings.batch)
             try:
                 reply = pipeline.execute()[0]
-            except redis.WatchError:
-                return {}  # the next read finds which epoch moved
+            except redis.WatchError as error:
+                if str(error) == WATCHED_KEY_CHANGED:
+                    return {}  # the next read finds which epoch moved
+                # redis-py's word for a connection lost at EXEC: the read may have run and delivered
+                # entries to this consumer that it never saw; a reload reads them from the pending list
+                raise redis.ConnectionError(str(error)) from error
         by_stream = {partition.keys.readings.encode(): partition.index for partition in owned}
         read: dict[int, list[Entry]] = {partition.index: [] for partition in owned}
         streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 sends a map

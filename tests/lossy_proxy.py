@@ -1,4 +1,4 @@
-"""A TCP proxy in front of Redis that lets a script call run and then loses its reply.
+"""A TCP proxy in front of Redis that lets a script call or a transaction run and then loses its reply.
 
 Clients see a dropped connection after Redis has applied the call: exactly the case where a
 resend must be harmless (a commit or a producer batch applied twice would count readings twice).
@@ -64,7 +64,8 @@ class LossyProxy:
                 if not data:
                     break
                 if to_server:
-                    state["script_sent"] = b"EVALSHA" in data.upper()
+                    upper = data.upper()
+                    state["script_sent"] = b"EVALSHA" in upper or b"EXEC\r\n" in upper
                 elif state["script_sent"] and self._lose_this_reply():
                     break  # Redis ran it; the client never hears so
                 sink.sendall(data)
