@@ -1,11 +1,14 @@
 """Writes batches of readings into the pipeline's partition streams and never loses one while
 Redis comes and goes.
 
-A batch is split by partition (the sensor's), and each part is one call of the `append_readings`
-script, all parts pipelined in one round trip. Each call is atomic and idempotent: it carries the
-writer's batch number, and a partition that already holds that batch skips it. So when replies
-are lost because Redis restarted, the writer reconnects with backoff and resends the same batch,
-and each sensor's seq stays without gaps or duplicates, at a cost per batch, not per sensor.
+A batch is split by partition (the sensor's) and written in one round trip, most often as one
+MULTI/EXEC of plain XADDs fenced by a WATCH on the writer's batch markers
+(`transaction_append.py`). Any batch that cannot go that way (its reply lost, on a cluster, with
+--wait-replicas, or carrying seqs to save) goes as one call of the `append_readings` script per
+partition, pipelined. Each call is atomic and idempotent: it carries the writer's batch number,
+and a partition that already holds that batch skips it. So when replies are lost because Redis
+restarted, the writer reconnects with backoff and resends the same batch through the script, and
+each sensor's seq stays without gaps or duplicates, at a cost per batch, not per sensor.
 
 Where each sensor's seq stands is saved for a restarted producer, but not with every batch (a
 hash write per sensor per reading would be a sixth of Redis's work in a 1 Hz fleet): a sensor's
@@ -27,8 +30,9 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
+from producers.transaction_append import Part, TransactionAppender
 from telemetry.backoff import Backoff
-from telemetry.connection import Client
+from telemetry.connection import Client, is_cluster
 from telemetry.keys import PartitionKeys
 from telemetry.partitions import Layout
 from telemetry.schema import FieldMap, entry_layout
@@ -69,6 +73,9 @@ class StreamWriter:
             raise ValueError("the sensor must be the first field of a row")
         self.append = load_script(db, "append_readings")
         self.producer_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.transaction = None if is_cluster(db) or wait is not None else TransactionAppender(
+            db, [partition.producer_batch(self.producer_id) for partition in layout.partitions], self.fields, maxlen,
+            BATCH_MARKER_TTL_MS)
         self.batch_number = 0
         self._partition_of: dict[str, PartitionKeys] = {}
         self._unsaved: dict[PartitionKeys, UnsavedSeqs] = {}
@@ -100,6 +107,8 @@ class StreamWriter:
         partitions = [partition for partition, unsaved in self._unsaved.items() if unsaved.seqs]
         if partitions:
             self._send(self._calls({partition: ([], {}) for partition in partitions}, save_all=True), 0)
+        if self.transaction is not None:
+            self.transaction.discard()
 
     def _send_loop(self) -> None:
         while True:
@@ -127,6 +136,11 @@ class StreamWriter:
             return BatchResult(0, 0)
         parts = self._by_partition(rows)
         calls = self._calls(parts, save_all=False)
+        saves_seqs = any(len(args) > 5 + len(self.fields) for _, args in calls)  # the script pairs them with ids
+        if self.transaction is not None and not saves_seqs and self.transaction.append(
+                self.batch_number, [Part(keys[0], keys[1], part_rows) for (keys, _), (part_rows, _) in
+                                    zip(calls, parts.values())]):
+            return BatchResult(len(rows), 0)
         replies = self._send(calls, len(rows))
         return BatchResult(sum(int(appended) for appended, _ in replies),
                            sum(len(part) for (_, skipped), (part, _) in zip(replies, parts.values()) if skipped))

@@ -17,6 +17,7 @@ import walrus
 
 from producers.faults import FaultRates
 from producers.simulation import Simulation, SimulationSettings
+from producers.transaction_append import Part
 from producers.trim_guard import TrimGuard
 from producers.writer import StreamWriter
 from telemetry.keys import Keys
@@ -152,6 +153,70 @@ def test_resend_after_lost_reply_writes_nothing_twice(db):
     assert total_length(db, layout) == 40 and "retrying 40 unconfirmed readings" in writer.log.getvalue()
     assert writer.write(rows[:5]).appended == 5  # the same rows in a new batch are new readings
     assert total_length(db, layout) == 45
+
+
+class TransactionRunsReplyLost:
+    """In place of the writer's watching connection: the transaction reaches Redis and runs, then
+    the connection drops before its reply is read."""
+
+    def __init__(self, connection, db, marker: str, batch: int) -> None:
+        self.connection, self.db, self.marker, self.batch = connection, db, marker, batch
+
+    def send_packed_command(self, payload, check_health=True) -> None:
+        self.connection.send_packed_command(payload, check_health=check_health)
+        deadline = time.monotonic() + 10
+        while self.db.get(self.marker) != str(self.batch) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def read_response(self):
+        raise redis.ConnectionError("connection dropped before the reply")
+
+    def disconnect(self) -> None:
+        self.connection.disconnect()
+
+
+def fleet_rows(batch: int, sensors: int = 20) -> list[str]:
+    return rows_of([Reading(f"s{i}", START + batch * 1000 + i, 20.0, 50.0, batch) for i in range(sensors)])
+
+
+def watching_writer(db) -> tuple[StreamWriter, Layout]:
+    """A writer past its first batch (which saves every sensor's seq through the script), so the
+    next batch goes as a watched transaction."""
+    layout = open_layout(db, Keys(), 4)
+    writer = StreamWriter(db, layout, FieldMap(), maxlen=0, log=io.StringIO())
+    writer.write(fleet_rows(0))
+    assert writer.write(fleet_rows(1)).appended == 20 and writer.transaction.connection is not None
+    return writer, layout
+
+
+def test_a_transaction_whose_reply_is_lost_is_resent_through_the_script_and_written_once(db):
+    writer, layout = watching_writer(db)
+    marker = layout.partition_for("s0").producer_batch(writer.producer_id)
+    writer.transaction.connection = TransactionRunsReplyLost(writer.transaction.connection, db, marker, 3)
+    resent = writer.write(fleet_rows(2))
+    assert (resent.appended, resent.skipped_as_already_written) == (0, 20)  # the transaction had written them
+    assert total_length(db, layout) == 60
+    assert writer.write(fleet_rows(3)).appended == 20 and total_length(db, layout) == 80
+    assert_no_seq_gap(readings_by_sensor(db))
+
+
+def test_a_transaction_that_reaches_redis_after_its_resend_writes_nothing(db):
+    """What a paused Redis or a slow network allows: the writer gave up on a transaction and resent
+    its batch through the script, and then the transaction arrives. Its WATCH stops it."""
+    writer, layout = watching_writer(db)
+    held = writer.transaction.connection
+    rows = fleet_rows(2)
+    parts = writer._by_partition(rows)
+    calls = writer._calls(parts, save_all=False)
+    late = writer.transaction.transaction(writer.batch_number, [
+        Part(keys[0], keys[1], part_rows) for (keys, _), (part_rows, _) in zip(calls, parts.values())])
+    writer.transaction.connection = None  # given up on, as after a timeout...
+    writer._send(calls, len(rows))  # ... and the batch resent through the script
+    held.send_packed_command([late.payload])
+    replies = [held.read_response() for _ in range(late.replies)]
+    assert replies[-2] is None  # EXEC refused: a watched marker moved
+    assert total_length(db, layout) == 60
+    assert_no_seq_gap(readings_by_sensor(db))
 
 
 def test_redis_restart_mid_run_leaves_no_seq_gap(redis_server, redis_url):
