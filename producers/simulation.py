@@ -45,15 +45,22 @@ class SimulationSettings:
 
 @dataclass(slots=True)
 class TickRows:
-    """One tick's readings in the order they fall due; `released` of them are written."""
+    """One tick's readings in the order they fall due; `released` of them are written. Rows are
+    formatted as they are released, so a live producer's work spreads over the period too."""
 
-    rows: list[str]
-    ts_ms: list[int]
-    sensors: np.ndarray  # index into the fleet, per row
+    sensors: list[int]  # index into the fleet, per row
+    ts_ms: list[int]  # per row
+    values: Callable[[int], str]  # the row of a sensor
     released: int = 0
 
     def left(self) -> int:
-        return len(self.rows) - self.released
+        return len(self.sensors) - self.released
+
+    def release(self, end: int) -> list[str]:
+        values = self.values
+        rows = [values(sensor) for sensor in self.sensors[self.released:end]]
+        self.released = end
+        return rows
 
 
 def sensor_phases_ms(keys: np.ndarray, period_ms: float) -> np.ndarray:
@@ -76,7 +83,7 @@ class Simulation:
         self.phase_ms = sensor_phases_ms(profile.keys, 1000.0 / settings.rate_hz)
         self.by_phase = np.argsort(self.phase_ms, kind="stable")
         self.first_phase_ms = int(self.phase_ms.min()) if len(self.phase_ms) else 0
-        self.tick = TickRows([], [], np.zeros(0, dtype=np.int64))
+        self.tick = TickRows([], [], str)
         self.seq = np.array([0 if s is None else s + 1 for s in first_seq], dtype=np.int64)
         self.sent = np.zeros(len(self.names), dtype=np.int64)
         self.trim_guard = trim_guard
@@ -123,23 +130,21 @@ class Simulation:
                 temperature = np.where(self.faulty, faulty_t, temperature)
                 humidity = np.where(self.faulty, faulty_h, humidity)
                 sent = np.where(self.faulty, faulty_sent, sent)
-        order = self.by_phase[sent[self.by_phase]]
         temperatures = np.round(temperature, 1).tolist()
         humidities = np.round(humidity, 1).tolist()
         seqs, stamps = seq.tolist(), ts.tolist()
         names, row_format = self.names, self.row_format
-        indexes = order.tolist()
-        rows = [row_format(names[i], stamps[i], temperatures[i], humidities[i], seqs[i]) for i in indexes]
+        indexes = self.by_phase[sent[self.by_phase]].tolist()
         self.seq = seq + 1
-        return TickRows(rows, [stamps[i] for i in indexes], order)
+        return TickRows(indexes, [stamps[i] for i in indexes],
+                        lambda i: row_format(names[i], stamps[i], temperatures[i], humidities[i], seqs[i]))
 
     def _release(self, horizon_ms: float, limit: int) -> list[str]:
         """Up to `limit` rows of the current tick that are due by `horizon_ms`."""
         tick = self.tick
         end = min(bisect_right(tick.ts_ms, horizon_ms, lo=tick.released), tick.released + limit)
         self.sent[tick.sensors[tick.released:end]] += 1  # a sensor appears once per tick
-        rows, tick.released = tick.rows[tick.released:end], end
-        return rows
+        return tick.release(end)
 
     def step(self, now_ms: int) -> int:
         """Write every reading due by now_ms (backfill: about one batch); returns readings written."""
