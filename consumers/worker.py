@@ -243,8 +243,7 @@ class AggregatorWorker:
             except redis.WatchError as error:  # redis-py's word for a connection lost while watching
                 raise redis.ConnectionError(str(error)) from error
             stale = [p.index for p, epoch in zip(owned, epochs) if epoch is None or int(epoch) != p.lease.epoch]
-            if stale:
-                pipeline.unwatch()
+            if stale:  # leaving the block UNWATCHes, riding out a dropped connection
                 for index in stale:
                     self._fenced(index)
                 return {}

@@ -56,6 +56,7 @@ class TransactionAppender:
         self.field_names = [bulk(name.encode()) for name in fields]
         self.trimming = ["MAXLEN", "~", str(maxlen)] if maxlen else []
         self.ttl_ms = ttl_ms
+        self.refused: str | None = None  # why Redis refuses transactions to this user, once it did
         self._prefixes: dict[str, bytes] = {}
 
     def append(self, batch: int, parts: list[Part]) -> bool:
@@ -68,9 +69,16 @@ class TransactionAppender:
             connection = self._watching()
             connection.send_packed_command([transaction.payload], check_health=False)
             replies = [connection.read_response() for _ in range(transaction.replies)]
+        except redis.exceptions.NoPermissionError as error:  # an ACL user without MULTI/EXEC/WATCH
+            self.discard()
+            self.refused = str(error)
+            return False
         except (*RETRYABLE, redis.ResponseError):  # EXECABORT, or a refusal before EXEC
             self.discard()
             return False
+        except BaseException:
+            self.discard()
+            raise
         applied = replies[-2]
         if applied is None:  # a marker moved: the script settles it
             self.discard()
@@ -105,6 +113,8 @@ class TransactionAppender:
             self.pool.release(connection)
 
     def _watching(self) -> AbstractConnection:
+        if self.connection is not None and self.connection._sock is None:
+            self.discard()  # closed under us (pool.disconnect()): sending would reconnect unwatched
         if self.connection is None:
             connection = self.pool.get_connection()
             try:

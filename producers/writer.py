@@ -103,12 +103,14 @@ class StreamWriter:
 
     def close(self) -> None:
         """Flush, then save every seq not saved yet, so a restart reads nothing past it."""
-        self.flush()
-        partitions = [partition for partition, unsaved in self._unsaved.items() if unsaved.seqs]
-        if partitions:
-            self._send(self._calls({partition: ([], {}) for partition in partitions}, save_all=True), 0)
-        if self.transaction is not None:
-            self.transaction.discard()
+        try:
+            self.flush()
+            partitions = [partition for partition, unsaved in self._unsaved.items() if unsaved.seqs]
+            if partitions:
+                self._send(self._calls({partition: ([], {}) for partition in partitions}, save_all=True), 0)
+        finally:
+            if self.transaction is not None:
+                self.transaction.discard()
 
     def _send_loop(self) -> None:
         while True:
@@ -141,6 +143,9 @@ class StreamWriter:
                 self.batch_number, [Part(keys[0], keys[1], part_rows) for (keys, _), (part_rows, _) in
                                     zip(calls, parts.values())]):
             return BatchResult(len(rows), 0)
+        self._script_only_if_refused()
+        if self.transaction is not None:
+            self.transaction.discard()  # the script sets markers its WATCH holds: the next one starts afresh
         replies = self._send(calls, len(rows))
         return BatchResult(sum(int(appended) for appended, _ in replies),
                            sum(len(part) for (_, skipped), (part, _) in zip(replies, parts.values()) if skipped))
@@ -167,6 +172,12 @@ class StreamWriter:
                           [self.batch_number, BATCH_MARKER_TTL_MS, self.maxlen, len(self.fields), *self.fields,
                            "\n".join(part_rows), *(part for pair in to_save.items() for part in pair)]))
         return calls
+
+    def _script_only_if_refused(self) -> None:
+        if self.transaction is not None and self.transaction.refused:
+            print(f"producer: Redis refuses transactions to this user ({self.transaction.refused}); "
+                  "writing through the append script only", file=self.log)
+            self.transaction = None
 
     def _send(self, calls: list, readings: int) -> list:
         backoff = Backoff()

@@ -161,6 +161,7 @@ class TransactionRunsReplyLost:
 
     def __init__(self, connection, db, marker: str, batch: int) -> None:
         self.connection, self.db, self.marker, self.batch = connection, db, marker, batch
+        self._sock = connection._sock
 
     def send_packed_command(self, payload, check_health=True) -> None:
         self.connection.send_packed_command(payload, check_health=check_health)
@@ -217,6 +218,36 @@ def test_a_transaction_that_reaches_redis_after_its_resend_writes_nothing(db):
     assert replies[-2] is None  # EXEC refused: a watched marker moved
     assert total_length(db, layout) == 60
     assert_no_seq_gap(readings_by_sensor(db))
+
+
+def test_a_batch_through_the_script_leaves_the_next_transaction_unhindered(db):
+    """A script batch (here a new sensor's first seq to save) sets markers the transaction's
+    connection WATCHes: the next batch must still go as a transaction, not abort and resend."""
+    writer, layout = watching_writer(db)
+    assert writer.write(rows_of([Reading("newcomer", START, 20.0, 50.0, 0)])).appended == 1
+    scripted = []
+    send = writer._send
+    writer._send = lambda calls, readings: scripted.append(readings) or send(calls, readings)
+    assert writer.write(fleet_rows(2)).appended == 20
+    assert scripted == [] and total_length(db, layout) == 61
+
+
+def test_an_acl_user_without_transactions_writes_through_the_script(redis_url, db):
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser("writer", enabled=True, passwords=["+w-secret"], categories=["+@all", "-@transaction"],
+                      keys=["*"])
+    try:
+        limited = walrus.Database.from_url(redis_url.replace("redis://", "redis://writer:w-secret@"),
+                                           decode_responses=True)
+        layout = open_layout(limited, Keys(), 4)
+        writer = StreamWriter(limited, layout, FieldMap(), maxlen=0, log=io.StringIO())
+        for batch in range(4):
+            assert writer.write(fleet_rows(batch)).appended == 20
+        assert writer.transaction is None and writer.log.getvalue().count("refuses transactions") == 1
+        assert total_length(db, layout) == 80
+        assert_no_seq_gap(readings_by_sensor(db))
+    finally:
+        admin.acl_deluser("writer")
 
 
 def test_redis_restart_mid_run_leaves_no_seq_gap(redis_server, redis_url):
