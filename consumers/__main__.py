@@ -49,7 +49,7 @@ def build_parser() -> CommandParser:
                                 ("max-skew", "5m", "readings further ahead of this clock are dead-lettered"),
                                 ("lease", "10s", "a dead worker's partitions move to others after this long"),
                                 ("settle", "2s", "membership must stay unchanged this long before partitions move"),
-                                ("linger", "10ms", "once entries arrive, wait this long for the rest of the write")):
+                                ("linger", "0ms", "once entries arrive, wait this long for more (producers writing piecemeal)")):
         aggregate.add_argument(f"--{flag}", default=default, help=f"{text} (default {default})")
     aggregate.add_argument("--max-deliveries", type=number_type(int, minimum=1), default=5,
                            help="dead-letter an entry delivered more often than this (default 5)")

@@ -30,7 +30,7 @@ class AggregatorSettings:
     start: str = "new"  # where a new group starts: new ($) or all (0)
     batch: int = 1000  # entries per partition per read
     block_ms: int = 100  # longest wait for new entries when every owned partition is caught up
-    linger_ms: int = 10  # once new entries arrive, wait this long for the rest of the producer's write
+    linger_ms: int = 0  # once new entries arrive, wait this long for the rest of a write that lands in pieces
     window_ms: int = 60_000
     grace_ms: int = 10_000
     rolling_ms: int = 300_000

@@ -27,7 +27,7 @@ from producers.writer import StreamWriter
 from telemetry.schema import FieldMap, row_template
 
 PHASE_PURPOSE = 109  # the noise stream a sensor's phase is drawn from
-SEND_INTERVAL_S = 0.1  # live readings due within this long go out in one write
+SEND_INTERVAL_S = 0.1  # live readings due within this long go out in one write (at most one period)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +83,7 @@ class Simulation:
         self.phase_ms = sensor_phases_ms(profile.keys, 1000.0 / settings.rate_hz)
         self.by_phase = np.argsort(self.phase_ms, kind="stable")
         self.first_phase_ms = int(self.phase_ms.min()) if len(self.phase_ms) else 0
+        self.send_interval_ms = min(SEND_INTERVAL_S * 1000, 1000 / settings.rate_hz)
         self.tick = TickRows([], [], str)
         self.seq = np.array([0 if s is None else s + 1 for s in first_seq], dtype=np.int64)
         self.sent = np.zeros(len(self.names), dtype=np.int64)
@@ -170,9 +171,9 @@ class Simulation:
 
     def wait_s(self, now_ms: int, last_step_ms: int) -> float:
         """How long a live run sleeps: until the next reading is due, but at least until
-        SEND_INTERVAL_S after the last step began, so readings go out many to a write; not at
-        all when readings due a whole interval ago still wait (the run is behind)."""
-        interval_ms = SEND_INTERVAL_S * 1000
+        SEND_INTERVAL_S (or one period, if shorter) after the last step began, so readings go out
+        many to a write; not at all when readings due a whole interval ago still wait (behind)."""
+        interval_ms = self.send_interval_ms
         next_due_ms = self._next_due_ms()
         if next_due_ms <= now_ms - interval_ms:
             return 0.0

@@ -153,6 +153,12 @@ def test_a_live_run_sleeps_until_the_next_reading_is_due_and_writes_many_at_a_ti
     assert live.wait_s(START + 5_000, START + 4_000) == 0.0  # behind
 
 
+def test_fast_sensors_are_written_every_period_not_every_send_interval():
+    fast = simulation(["s"], RecordingWriter(), rate_hz=100.0, count=3)
+    first_due = START + int(fast.phase_ms.min())
+    assert fast.wait_s(first_due - 1, first_due - 5) == pytest.approx(0.006)  # 10 ms after the last step
+
+
 def test_a_live_run_behind_writes_everything_due_at_once():
     writer = RecordingWriter()
     live = simulation([f"s{i}" for i in range(50)], writer, count=3)
