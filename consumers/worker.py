@@ -34,7 +34,7 @@ from telemetry.keys import GroupKeys
 from telemetry.partitions import Layout
 from telemetry.progress import ProgressLine
 from telemetry.schema import FieldMap
-from telemetry.scripts import ReplicaWait, load_script, resend_reason, run_pipelined
+from telemetry.scripts import ReplicaWait, load_script, run_pipelined, run_until_answered
 from telemetry.stream_reads import read_streams
 from telemetry.timeutil import now_ms, stream_id_key
 
@@ -353,21 +353,19 @@ class AggregatorWorker:
     def _send(self, owned: OwnedPartition, request: CommitRequest) -> list:
         """Send until Redis answers; the same request each time, so a resend after a lost reply is
         answered DUPLICATE. Gives the partition up once its lease can no longer be trusted."""
-        backoff = Backoff(max_s=1.0)
-        while True:
+        def lease_still_held() -> None:
             if not self.renewer.valid(owned.index):
                 print(f"aggregator: lease of partition {owned.index} lapsed before its commit was confirmed; "
                       "dropping it", file=self.log)
                 self._drop(owned.index)
                 raise PartitionLost(owned.index)
-            replies = run_pipelined(self.raw, self.commit_script, [(request.keys, request.args)], self.wait)
-            failed = resend_reason(replies)
-            if failed is None:
-                return replies[0]
-            delay = backoff.next_delay()
+
+        def unanswered(failed: Exception, delay: float) -> None:
             print(f"aggregator: commit of partition {owned.index} unconfirmed ({failed.__class__.__name__}); "
                   f"resending in {delay:.1f}s", file=self.log)
-            time.sleep(delay)
+
+        return run_until_answered(self.raw, self.commit_script, [(request.keys, request.args)], self.wait,
+                                  Backoff(max_s=1.0), unanswered, lease_still_held)[0]
 
     # -- the loop ----------------------------------------------------------------------------
 

@@ -82,7 +82,8 @@ class Simulation:
         self.scheduler = RateScheduler(settings.rate_hz, start_ms)
         self.phase_ms = sensor_phases_ms(profile.keys, 1000.0 / settings.rate_hz)
         self.by_phase = np.argsort(self.phase_ms, kind="stable")
-        self.first_phase_ms = int(self.phase_ms.min()) if len(self.phase_ms) else 0
+        self.first_phase_ms, self.last_phase_ms = (int(self.phase_ms.min()), int(self.phase_ms.max())) \
+            if len(self.phase_ms) else (0, 0)
         self.send_interval_ms = min(SEND_INTERVAL_S * 1000, 1000 / settings.rate_hz)
         self.tick = TickRows([], [], str)
         self.seq = np.array([0 if s is None else s + 1 for s in first_seq], dtype=np.int64)
@@ -107,7 +108,7 @@ class Simulation:
         if self.end_ms is not None and due >= self.end_ms:
             return True
         return (self.backfilling and self.settings.count is None and self.end_ms is None
-                and due + int(self.phase_ms.max(initial=0)) > now_ms)
+                and due + self.last_phase_ms > now_ms)
 
     def _release_horizon_ms(self, now_ms: int) -> float:
         """Readings due by this time may be written now: live, those whose time has come."""

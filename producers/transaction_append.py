@@ -115,16 +115,10 @@ class TransactionAppender:
     def _watching(self) -> AbstractConnection:
         if self.connection is not None and self.connection._sock is None:
             self.discard()  # closed under us (pool.disconnect()): sending would reconnect unwatched
-        if self.connection is None:
-            connection = self.pool.get_connection()
-            try:
-                connection.send_packed_command([self.watch], check_health=False)
-                connection.read_response()
-            except BaseException:
-                connection.disconnect()
-                self.pool.release(connection)
-                raise
-            self.connection = connection
+        if self.connection is None:  # on any failure here, `append` discards it
+            self.connection = self.pool.get_connection()
+            self.connection.send_packed_command([self.watch], check_health=False)
+            self.connection.read_response()
         return self.connection
 
     def _prefix(self, stream: str) -> bytes:

@@ -36,7 +36,7 @@ from telemetry.connection import Client, is_cluster
 from telemetry.keys import PartitionKeys
 from telemetry.partitions import Layout
 from telemetry.schema import FieldMap, entry_layout
-from telemetry.scripts import ReplicaWait, load_script, resend_reason, run_pipelined
+from telemetry.scripts import ReplicaWait, load_script, run_until_answered
 from telemetry.timeutil import stream_id_key
 
 BATCH_MARKER_TTL_MS = 86_400_000  # a resend comes within seconds; a day is plenty
@@ -107,7 +107,7 @@ class StreamWriter:
             self.flush()
             partitions = [partition for partition, unsaved in self._unsaved.items() if unsaved.seqs]
             if partitions:
-                self._send(self._calls({partition: ([], {}) for partition in partitions}, save_all=True), 0)
+                self._send(self._calls({partition: ([], {}) for partition in partitions}, save_all=True)[0], 0)
         finally:
             if self.transaction is not None:
                 self.transaction.discard()
@@ -137,11 +137,10 @@ class StreamWriter:
         if not rows:
             return BatchResult(0, 0)
         parts = self._by_partition(rows)
-        calls = self._calls(parts, save_all=False)
-        saves_seqs = any(len(args) > 5 + len(self.fields) for _, args in calls)  # the script pairs them with ids
+        calls, saves_seqs = self._calls(parts, save_all=False)  # a seq save needs the script: it adds the id
         if self.transaction is not None and not saves_seqs and self.transaction.append(
-                self.batch_number, [Part(keys[0], keys[1], part_rows) for (keys, _), (part_rows, _) in
-                                    zip(calls, parts.values())]):
+                self.batch_number, [Part(partition.readings, partition.producer_batch(self.producer_id), part_rows)
+                                    for partition, (part_rows, _) in parts.items()]):
             return BatchResult(len(rows), 0)
         self._script_only_if_refused()
         if self.transaction is not None:
@@ -150,11 +149,13 @@ class StreamWriter:
         return BatchResult(sum(int(appended) for appended, _ in replies),
                            sum(len(part) for (_, skipped), (part, _) in zip(replies, parts.values()) if skipped))
 
-    def _calls(self, parts: dict[PartitionKeys, tuple[list[str], dict[str, str]]], save_all: bool) -> list:
-        """One script call per partition, under a new batch number; seqs to save ride along when due."""
+    def _calls(self, parts: dict[PartitionKeys, tuple[list[str], dict[str, str]]],
+               save_all: bool) -> tuple[list, bool]:
+        """One script call per partition, under a new batch number, and whether any saves seqs:
+        seqs to save ride along when due."""
         self.batch_number += 1
         now = time.monotonic()
-        calls = []
+        calls, saves_seqs = [], False
         for partition, (part_rows, last_rows) in parts.items():
             unsaved = self._unsaved.get(partition)
             if unsaved is None:
@@ -168,10 +169,11 @@ class StreamWriter:
             else:  # a sensor's first seq is saved at once: a restart must find every sensor written
                 to_save = {sensor: unsaved.seqs.pop(sensor) for sensor in seqs if sensor not in self._saved}
             self._saved.update(to_save)
+            saves_seqs |= bool(to_save)
             calls.append(([partition.readings, partition.producer_batch(self.producer_id), partition.producer_seq],
                           [self.batch_number, BATCH_MARKER_TTL_MS, self.maxlen, len(self.fields), *self.fields,
                            "\n".join(part_rows), *(part for pair in to_save.items() for part in pair)]))
-        return calls
+        return calls, saves_seqs
 
     def _script_only_if_refused(self) -> None:
         if self.transaction is not None and self.transaction.refused:
@@ -180,16 +182,11 @@ class StreamWriter:
             self.transaction = None
 
     def _send(self, calls: list, readings: int) -> list:
-        backoff = Backoff()
-        while True:
-            replies = run_pipelined(self.db, self.append, calls, self.wait)
-            failed = resend_reason(replies)
-            if failed is None:
-                return replies
-            delay = backoff.next_delay()
+        def unanswered(failed: Exception, delay: float) -> None:
             print(f"producer: Redis unavailable ({failed.__class__.__name__}: {failed}); "
                   f"retrying {readings} unconfirmed readings in {delay:.1f}s", file=self.log)
-            time.sleep(delay)
+
+        return run_until_answered(self.db, self.append, calls, self.wait, Backoff(), unanswered)
 
     def _by_partition(self, rows: list[str]) -> dict[PartitionKeys, tuple[list[str], dict[str, str]]]:
         """Each partition's rows, and each sensor's last row among them (its seq is the one to keep)."""

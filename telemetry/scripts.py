@@ -10,6 +10,8 @@ makes the client read the cluster's layout again before the caller resends.
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -18,7 +20,7 @@ import redis
 from redis.cluster import ClusterNode
 from redis.commands.core import Script
 
-from telemetry.backoff import RETRYABLE
+from telemetry.backoff import RETRYABLE, Backoff
 from telemetry.connection import Client, is_cluster, refresh_topology
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
@@ -89,6 +91,23 @@ def resend_reason(replies: list) -> Exception | None:
     if failed is not None and not isinstance(failed, RESENDABLE):
         raise failed
     return failed
+
+
+def run_until_answered(db: Client, script: Script, calls: list[Call], wait: ReplicaWait | None, backoff: Backoff,
+                       unanswered: Callable[[Exception, float], None],
+                       before_each: Callable[[], None] = lambda: None) -> list:
+    """Every call's reply, resending them all with backoff until Redis answers: the calls are
+    idempotent, so a resend after a lost reply is harmless. `before_each` may raise to give up;
+    `unanswered` is told the error and the delay before the next try."""
+    while True:
+        before_each()
+        replies = run_pipelined(db, script, calls, wait)
+        failed = resend_reason(replies)
+        if failed is None:
+            return replies
+        delay = backoff.next_delay()
+        unanswered(failed, delay)
+        time.sleep(delay)
 
 
 def _run_on(client: redis.Redis, script: Script, calls: list[Call], wait: ReplicaWait | None) -> list:

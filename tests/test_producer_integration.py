@@ -208,9 +208,10 @@ def test_a_transaction_that_reaches_redis_after_its_resend_writes_nothing(db):
     held = writer.transaction.connection
     rows = fleet_rows(2)
     parts = writer._by_partition(rows)
-    calls = writer._calls(parts, save_all=False)
+    calls, _ = writer._calls(parts, save_all=False)
     late = writer.transaction.transaction(writer.batch_number, [
-        Part(keys[0], keys[1], part_rows) for (keys, _), (part_rows, _) in zip(calls, parts.values())])
+        Part(partition.readings, partition.producer_batch(writer.producer_id), part_rows)
+        for partition, (part_rows, _) in parts.items()])
     writer.transaction.connection = None  # given up on, as after a timeout...
     writer._send(calls, len(rows))  # ... and the batch resent through the script
     held.send_packed_command([late.payload])
