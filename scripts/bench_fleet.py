@@ -18,6 +18,12 @@ so the same script measures one stream or P partition streams, one consumer grou
    is sampled every 200 ms: p50, p99, max, and whether max stayed under 2 s; then readings/s
    processed, and Redis and worker CPU per reading over the whole run.
 
+3. Floor: what Redis itself must spend per reading when no per-sensor work runs in it, measured
+   with plain commands on the same fleet: a pipelined XADD of each reading (MAXLEN ~ as the
+   producer trims), XREADGROUP of a thousand at a time, XACK of one live commit's ids and an
+   HSET of a 160-byte state per sensor. Redis figures compare across machines only against this
+   floor: the targets (15 µs per reading where the floor measured 10 µs) are a ratio of 1.5.
+
 Redis CPU is INFO cpu used_cpu_sys + used_cpu_user (the server itself); the CPU of the AOF
 rewrites it forks is reported on its own line.
 """
@@ -56,6 +62,14 @@ REDISCOVER_S = 5.0
 BACKLOG_LIMIT_MS = 2000
 LIVE_WORKERS = 2
 PAGE = 10_000
+LIVE_COMMANDS = 6  # the commands shown, most time first
+FLOOR_READINGS = 10  # per sensor
+FLOOR_STREAMS = 16
+FLOOR_MAXLEN = 1_000_000 // FLOOR_STREAMS  # the producer's default, split over the partitions
+FLOOR_READ = 1000  # XREADGROUP COUNT
+FLOOR_ACK = 60  # ids per XACK: about one live commit's worth per partition
+FLOOR_STATE = b"s" * 160  # a sensor's checkpointed state
+FLOOR_PIPELINE = 1000  # commands per round trip
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +194,15 @@ def redis_child_cpu_s(db: redis.Redis) -> float:
     """CPU of Redis's forked children: AOF rewrites, which the AOF's growth triggers."""
     info = db.info("cpu")
     return float(info["used_cpu_sys_children"]) + float(info["used_cpu_user_children"])
+
+
+def command_cpu_s(db: redis.Redis) -> list[tuple[str, float]]:
+    """Time in each command, most first (INFO commandstats). A command that a script or a
+    transaction runs is counted on its own and also in its EVALSHA or EXEC: the commit script is
+    EVALSHA; EXEC holds the producer's batches and the workers' fenced reads."""
+    calls = [(name.removeprefix("cmdstat_").upper(), stats["usec"] / 1e6)
+             for name, stats in db.info("commandstats").items()]
+    return sorted(calls, key=lambda call: -call[1])
 
 
 def total_length(db: redis.Redis, streams: list[str]) -> int:
@@ -398,6 +421,7 @@ def live(sensors: int, seconds: float) -> list[Figure]:
     deadline = time.monotonic() + timeout_s
     with fresh_pipeline() as (db, processes):
         cpu_before, child_cpu_before = redis_cpu_s(db), redis_child_cpu_s(db)
+        db.config_resetstat()
         workers = start_workers(processes, LIVE_WORKERS)
         streams = wait_for_consumers(db, workers, min(deadline, time.monotonic() + WORKER_START_S))
         started = time.perf_counter()
@@ -416,6 +440,7 @@ def live(sensors: int, seconds: float) -> list[Figure]:
         written = total_length(db, streams)
         redis_cpu = redis_cpu_s(db) - cpu_before
         child_cpu = redis_child_cpu_s(db) - child_cpu_before
+        commands = command_cpu_s(db)
     processed = written - left.pending - left.unread
     peak = max(samples, default=0)
     return [
@@ -435,7 +460,74 @@ def live(sensors: int, seconds: float) -> list[Figure]:
         Figure(f"{label}: Redis CPU (producer + aggregator)", per_reading_us(redis_cpu, written), "µs/reading"),
         Figure(f"{label}: worker CPU", per_reading_us(sum(w.cpu_s for w in workers), written), "µs/reading"),
         Figure(f"{label}: Redis AOF-rewrite CPU", per_reading_us(child_cpu, written), "µs/reading"),
+        *[Figure(f"{label}: Redis in {command}", per_reading_us(seconds, written), "µs/reading")
+          for command, seconds in commands[:LIVE_COMMANDS]],
     ]
+
+
+def floor(sensors: int) -> list[Figure]:
+    """Redis CPU per reading of each plain command a reading needs, and their sum."""
+    streams = [f"floor:{{{k}}}:readings" for k in range(FLOOR_STREAMS)]
+    total = sensors * FLOOR_READINGS
+    with fresh_pipeline() as (db, _):
+        for stream in streams:
+            db.xgroup_create(stream, "g", id="0", mkstream=True)
+        entry_ids: dict[str, list[str]] = {stream: [] for stream in streams}
+
+        def xadd(pipeline: redis.client.Pipeline, n: int) -> None:
+            sensor = n % sensors
+            pipeline.xadd(streams[sensor % FLOOR_STREAMS],
+                          {"sensor": f"f-{sensor:05d}", "ts": START_MS + n // sensors * 1000,
+                           "temperature_c": repr(20.0 + sensor % 997 / 100), "humidity_pct": repr(40.0 + n % 89 / 10),
+                           "seq": n // sensors + 1, "v": 1},
+                          maxlen=FLOOR_MAXLEN, approximate=True)
+
+        def xreadgroup() -> None:
+            for stream in streams:
+                while reply := db.xreadgroup("g", "c", {stream: ">"}, count=FLOOR_READ):
+                    entry_ids[stream] += [entry_id for entry_id, _ in reply[0][1]]
+
+        def xack(pipeline: redis.client.Pipeline, n: int) -> None:
+            stream = streams[n % FLOOR_STREAMS]
+            pipeline.xack(stream, "g", *entry_ids[stream][n // FLOOR_STREAMS * FLOOR_ACK:][:FLOOR_ACK])
+
+        def hset(pipeline: redis.client.Pipeline, n: int) -> None:
+            first = n * FLOOR_ACK
+            pipeline.hset(f"floor:{{{n % FLOOR_STREAMS}}}:state",
+                          items=[part for k in range(first, min(first + FLOOR_ACK, total))
+                                 for part in (f"f-{k % sensors:05d}", FLOOR_STATE)])
+
+        acks = FLOOR_STREAMS * math.ceil(total / FLOOR_STREAMS / FLOOR_ACK)
+        steps = [("XADD, pipelined", lambda: pipelined(db, xadd, total)), ("XREADGROUP", xreadgroup),
+                 (f"XACK of {FLOOR_ACK} ids", lambda: pipelined(db, xack, acks)),
+                 ("HSET of a 160-byte state per sensor", lambda: pipelined(db, hset, math.ceil(total / FLOOR_ACK)))]
+        figures = []
+        for name, step in steps:
+            before = redis_cpu_s(db)
+            step()
+            figures.append(Figure(f"floor: {name}", per_reading_us(redis_cpu_s(db) - before, total), "µs/reading"))
+        if backlog(db, streams).pending:
+            raise PhaseFailed("the floor's XACKs left entries pending")
+    return [*figures, Figure("floor: Redis CPU per reading, sum", sum(f.value for f in figures), "µs/reading")]
+
+
+def pipelined(db: redis.Redis, queue: Callable[[redis.client.Pipeline, int], None], count: int) -> None:
+    for first in range(0, count, FLOOR_PIPELINE):
+        pipeline = db.pipeline(transaction=False)
+        for n in range(first, min(first + FLOOR_PIPELINE, count)):
+            queue(pipeline, n)
+        pipeline.execute()
+
+
+def against_floor(figures: list[Figure]) -> list[Figure]:
+    """Each Redis CPU figure as a multiple of the floor measured in the same run."""
+    by_name = {figure.name: figure.value for figure in figures}
+    floor_us = by_name.get("floor: Redis CPU per reading, sum")
+    if not floor_us:
+        return []
+    return [Figure(f"{name} / floor", by_name[name] / floor_us, "x")
+            for name in ("drain 2w: producer + aggregator Redis CPU", "live 2w: Redis CPU (producer + aggregator)")
+            if name in by_name]
 
 
 def run_phase(label: str, phase: Callable[..., list[Figure]], *args: float) -> list[Figure]:
@@ -460,7 +552,8 @@ COUNT_UNITS = {"streams", "readings", "entries", "samples"}
 def render(figure: Figure) -> str:
     if figure.unit == "yes/no":
         return f"  {figure.name:<58} {'yes' if figure.value else 'no':>12}"
-    value = f"{figure.value:>12,.0f}" if figure.unit in COUNT_UNITS else f"{figure.value:>12,.1f}"
+    digits = 0 if figure.unit in COUNT_UNITS else 2 if figure.unit == "x" else 1
+    value = f"{figure.value:>12,.{digits}f}"
     return f"  {figure.name:<58} {value} {figure.unit}"
 
 
@@ -495,6 +588,8 @@ def main() -> int:
         figures += run_phase(f"drain {workers}w", drain, workers, args.sensors, args.readings)
     if not args.skip_live:
         figures += run_phase(f"live {LIVE_WORKERS}w", live, args.sensors, args.live_seconds)
+    figures += run_phase("floor", floor, args.sensors)
+    figures += against_floor(figures)
     if args.json:
         print(json.dumps([{"name": f.name, "value": None if math.isnan(f.value) else f.value, "unit": f.unit}
                           for f in figures]))
