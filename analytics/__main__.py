@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from analytics.export import ExportRequest, export
 from analytics.plot import alert_episodes, sensor_figure
 from analytics.report import build_report, summarise
 from analytics.streams import STREAM_KINDS, RowFilter, iter_frames, load_frame
+from consumers.rolling_view import rolling_views
 from telemetry.cli import CommandParser, PipelineConfig, add_redis_arguments, run_main
 from telemetry.connection import connect
 from telemetry.errors import UsageError
@@ -120,13 +120,9 @@ def run_export(args, config: PipelineConfig) -> int:
 
 
 def missing_by_group(db, groups: list[GroupKeys]) -> dict[str, int]:
-    """Readings the group found missing per sensor (seq gaps, trimmed ones included), from the rolling
-    views its commits keep: the stream itself no longer holds what MAXLEN trimmed."""
-    missing: dict[str, int] = {}
-    for keys in groups:
-        for sensor, view in db.hgetall(keys.rolling).items():
-            missing[sensor] = json.loads(view).get("missing_seq", 0)
-    return missing
+    """Readings the group found missing per sensor (seq gaps, trimmed ones included), from its
+    checkpoint: the stream itself no longer holds what MAXLEN trimmed."""
+    return {sensor: view.missing_seq for sensor, view in rolling_views(db, [(keys, None) for keys in groups]).items()}
 
 
 def run_report(args, config: PipelineConfig) -> int:

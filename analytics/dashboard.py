@@ -1,13 +1,12 @@
 """A snapshot of the running pipeline, and two ways to show it: a rich live view or plain text.
 
 Each sensor is read where it lives, in its partition: its latest readings, its producer's seq and
-its rolling stats. Alerts come from every partition's alert stream, merged in id order; lag,
+its rolling stats (rebuilt from the group's checkpoint). Alerts come from every partition's alert stream, merged in id order; lag,
 owners and counters from `status`.
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from analytics.streams import as_dict, iter_entries
+from consumers.rolling_view import RollingView, rolling_views
 from consumers.status import PipelineStatus, collect_status
 from telemetry.merge import merged_pages
 from telemetry.partitions import Layout
@@ -32,7 +32,7 @@ class SensorView:
     latest_ts: int | None
     temperature_c: float | None
     humidity_pct: float | None
-    rolling: dict[str, float | int | None]  # the worker's rolling view (consumers/checkpoint.rolling_view)
+    rolling: RollingView | None  # None until a commit has applied one of its readings
     produced: int
 
 
@@ -55,7 +55,8 @@ class Snapshot:
 
 
 def _sensor_views(db: redis.Redis, layout: Layout, group: str, sensors: list[str]) -> list[SensorView]:
-    """One pipelined round trip: per partition, its latest readings, producer seqs and rolling views."""
+    """Per partition, its latest readings and producer seqs in one pipelined round trip; then the
+    rolling views."""
     by_partition: dict[int, list[str]] = defaultdict(list)
     for sensor in sensors:
         by_partition[layout.partition_for(sensor).index].append(sensor)
@@ -64,23 +65,24 @@ def _sensor_views(db: redis.Redis, layout: Layout, group: str, sensors: list[str
         partition = layout.partitions[index]
         pipeline.xrevrange(partition.readings, count=LATEST_PER_SENSOR * len(names))
         pipeline.hmget(partition.producer_seq, names)
-        pipeline.hmget(partition.group(group).rolling, names)
     replies = iter(pipeline.execute())
+    rolling = rolling_views(db, [(layout.partitions[index].group(group), names)
+                                 for index, names in by_partition.items()])
     views = {}
     for names in by_partition.values():
         latest: dict[str, dict] = {}
         for _, fields in next(replies):
             latest.setdefault(fields.get("sensor", ""), fields)
-        for sensor, seq, rolling in zip(names, next(replies), next(replies)):
-            views[sensor] = _sensor_view(sensor, latest.get(sensor, {}), seq, rolling)
+        for sensor, seq in zip(names, next(replies)):
+            views[sensor] = _sensor_view(sensor, latest.get(sensor, {}), seq, rolling.get(sensor))
     return [views[sensor] for sensor in sensors]
 
 
-def _sensor_view(sensor: str, fields: dict[str, str], seq: str | None, rolling: str | None) -> SensorView:
+def _sensor_view(sensor: str, fields: dict[str, str], seq: str | None, rolling: RollingView | None) -> SensorView:
     return SensorView(sensor, int(fields["ts"]) if "ts" in fields else None,
                       float(fields["temperature_c"]) if "temperature_c" in fields else None,
                       float(fields["humidity_pct"]) if "humidity_pct" in fields else None,
-                      json.loads(rolling) if rolling else {}, _produced(fields, seq))
+                      rolling, _produced(fields, seq))
 
 
 def _produced(latest: dict[str, str], saved: str | None) -> int:
@@ -128,12 +130,11 @@ def render(snapshot: Snapshot, rates: dict[str, float], heading: str = "") -> Gr
     for column in ("time", "°C", "%RH", "n", "mean", "std", "min", "max"):
         sensors.add_column(column, justify="right", no_wrap=True)
     for view in snapshot.sensors:
-        rolling = view.rolling
+        stats = view.rolling.temperature_c if view.rolling else None
         sensors.add_row(
             view.sensor, iso_utc(view.latest_ts)[11:19] if view.latest_ts else "-", _number(view.temperature_c),
-            _number(view.humidity_pct), str(rolling.get("count", "-")), _number(rolling.get("temperature_c_mean")),
-            _number(rolling.get("temperature_c_std"), 2), _number(rolling.get("temperature_c_min")),
-            _number(rolling.get("temperature_c_max")))
+            _number(view.humidity_pct), str(stats.count) if stats else "-", _number(stats and stats.mean),
+            _number(stats and stats.std, 2), _number(stats and stats.min), _number(stats and stats.max))
     recent = Table(title="latest alert events", expand=True, pad_edge=False)
     for column in ("time", "event", "rule", "sensor", "value"):
         recent.add_column(column, no_wrap=True, overflow="ellipsis")

@@ -1,9 +1,10 @@
 """A partition's checkpoint: loaded by a new owner, and turned into the commit script's arguments.
 
 The commit carries only what changed since the last one: the core state of each sensor the batch
-touched and the rolling buckets it added to, the dashboard's rolling hash for those sensors, the
-outputs, counter increments and the entry ids to acknowledge. Every value is text or msgpack
-built here, so the script parses nothing it could misread.
+touched and the rolling buckets it added to, the outputs, counter increments and the entry ids to
+acknowledge, and the rolling window's length (readers compute a sensor's rolling view from its
+checkpoint: consumers/rolling_view.py). Every value is text or msgpack built here, so the script
+parses nothing it could misread.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from consumers.windows import NONE
 from telemetry.connection import as_text
 from telemetry.keys import GroupKeys
 
-OUTPUT_STREAM_ARG = {"aggregates": "6", "alerts": "7", "dead-letter": "8"}  # KEYS positions in commit.lua
+OUTPUT_STREAM_ARG = {"aggregates": "5", "alerts": "6", "dead-letter": "7"}  # KEYS positions in commit.lua
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +39,19 @@ def load_checkpoint(db: redis.Redis, keys: GroupKeys, rolling: RollingSpec) -> C
     pipeline.hgetall(keys.state)
     meta_raw, state_raw = pipeline.execute()
     meta = {as_text(name): as_text(value) for name, value in meta_raw.items()}
+    return Checkpoint(int(meta.get("commit", 0)), meta.get("position"), int(meta.get("clock", NONE)),
+                      restore_sensors(state_raw, rolling))
+
+
+def restore_sensors(fields: dict, rolling: RollingSpec) -> dict[str, SensorState]:
+    """Sensor states from state-hash fields: each sensor's core, and such of its bucket fields
+    (`sensor#slot`) as are given; a sensor whose core is absent is left out."""
     sensors: dict[str, SensorState] = {}
     buckets: list[tuple[str, bytes]] = []
-    for name, packed in state_raw.items():
-        field = as_text(name)
-        sensor, hash_mark, _ = field.partition("#")
+    for name, packed in fields.items():
+        if packed is None:
+            continue
+        sensor, hash_mark, _ = as_text(name).partition("#")
         if hash_mark:
             buckets.append((sensor, packed))
         else:
@@ -55,26 +64,7 @@ def load_checkpoint(db: redis.Redis, keys: GroupKeys, rolling: RollingSpec) -> C
                 state.buckets[start] = summary
     for state in sensors.values():
         rolling.drop_stale(state)
-    return Checkpoint(int(meta.get("commit", 0)), meta.get("position"), int(meta.get("clock", NONE)), sensors)
-
-
-_VIEW = ('{"count":%d,"as_of_ts":%d,"window_s":%s,"updated_ms":%d,"missing_seq":%d,"temperature_c_mean":%.12g,'
-         '"temperature_c_std":%s,"temperature_c_min":%.12g,"temperature_c_max":%.12g,"humidity_pct_mean":%.12g,'
-         '"humidity_pct_std":%s,"humidity_pct_min":%.12g,"humidity_pct_max":%.12g}')
-
-
-def rolling_view(processor: PartitionProcessor, state: SensorState, now_ms: int) -> str:
-    """The dashboard's view of a sensor's rolling stats, as compact JSON (formatted by hand: this
-    runs for every sensor of every commit)."""
-    stats = processor.rolling_stats(state)
-    window_s = f"{processor.settings.rolling.rolling_ms / 1000:g}"
-    if not stats.n:
-        return (f'{{"count":0,"as_of_ts":{state.max_ts},"window_s":{window_s},"updated_ms":{now_ms},'
-                f'"missing_seq":{state.missing_seq}}}')
-    t_std, h_std = stats.std("temperature_c"), stats.std("humidity_pct")
-    return _VIEW % (stats.n, state.max_ts, window_s, now_ms, state.missing_seq, stats.t_mean,
-                    "null" if t_std is None else f"{t_std:.12g}", stats.t_min, stats.t_max, stats.h_mean,
-                    "null" if h_std is None else f"{h_std:.12g}", stats.h_min, stats.h_max)
+    return sensors
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +77,13 @@ class CommitRequest:
 
 
 def commit_request(keys: GroupKeys, token: str, epoch: int, commit: int, processor: PartitionProcessor,
-                   outputs: Outputs, meta: dict[str, str], output_maxlen: int, now_ms: int) -> CommitRequest:
+                   outputs: Outputs, meta: dict[str, str], output_maxlen: int) -> CommitRequest:
     """`meta`: fields every output entry carries (partition, epoch, batch, emitted_ms)."""
     settings: ProcessingSettings = processor.settings
     sensors = processor.sensors
     state_args: list[str | bytes] = []
-    rolling_args: list[str] = []
     for sensor in outputs.changed_sensors:
-        state = sensors[sensor]
-        state_args += [sensor, state.pack_core()]
-        rolling_args += [sensor, rolling_view(processor, state, now_ms)]
+        state_args += [sensor, sensors[sensor].pack_core()]
     for sensor, start in sorted(outputs.changed_buckets):
         buckets = sensors[sensor].buckets
         if start in buckets and start != max(buckets):  # else it left the window, or the core holds it
@@ -114,8 +101,7 @@ def commit_request(keys: GroupKeys, token: str, epoch: int, commit: int, process
             output_args += [OUTPUT_STREAM_ARG[kind], str(len(fields)), *fields]
     position = outputs.entry_ids[-1] if outputs.entry_ids else ""  # ids are kept in stream order
     header = [token, str(epoch), str(commit), position, str(processor.clock_ms), keys.group, str(output_maxlen),
-              str(len(state_args)), str(len(rolling_args)), str(len(counter_args)), str(len(outputs.entry_ids)),
-              str(len(output_args))]
-    return CommitRequest(keys.commit_keys(),
-                         [*header, *state_args, *rolling_args, *counter_args, *outputs.entry_ids, *output_args],
+              str(settings.rolling.rolling_ms), str(len(state_args)), str(len(counter_args)),
+              str(len(outputs.entry_ids)), str(len(output_args))]
+    return CommitRequest(keys.commit_keys(), [*header, *state_args, *counter_args, *outputs.entry_ids, *output_args],
                          len(outputs.entry_ids))

@@ -55,8 +55,8 @@ def _refuse_while_owned(db: redis.Redis, groups: list[GroupKeys], action: str) -
 
 
 def _group_keys(keys: GroupKeys) -> list[str]:
-    return [keys.lease, keys.epoch, keys.checkpoint, keys.state, keys.rolling, keys.aggregates, keys.alerts,
-            keys.dead_letter, keys.counters]
+    return [keys.lease, keys.epoch, keys.checkpoint, keys.state, keys.aggregates, keys.alerts, keys.dead_letter,
+            keys.counters]
 
 
 def reset_group(db: redis.Redis, layout: Layout, group: str, position: str) -> int:

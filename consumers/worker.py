@@ -302,7 +302,7 @@ class AggregatorWorker:
         meta = {"partition": str(owned.index), "epoch": str(owned.lease.epoch), "batch": str(commit),
                 "emitted_ms": str(now)}
         request = commit_request(owned.keys, self.token, owned.lease.epoch, commit, owned.processor, outputs, meta,
-                                 self.settings.output_maxlen, now)
+                                 self.settings.output_maxlen)
         return PreparedCommit(owned, request, outputs, commit, time.perf_counter())
 
     def _commit(self, owned: OwnedPartition) -> None:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import walrus
+from redis.client import NEVER_DECODE
 from redis.cluster import RedisCluster
 
 from telemetry.embedded import EmbeddedRedis, answers, default_home
@@ -148,3 +149,21 @@ def client_like(db: Client, **overrides) -> Client:
     pool = db.connection_pool
     return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class,
                                                   **{**pool.connection_kwargs, **overrides}))
+
+
+def undecoded_replies(db: Client, commands: list[tuple]) -> list:
+    """Each command's reply with its values as Redis sent them, whatever the client decodes (a
+    checkpoint's msgpack is not text). A command's second part is its key: it runs on the server
+    that holds the key, in one pipeline per server."""
+    by_server: dict[int, tuple[redis.Redis, list[int]]] = {}
+    for index, command in enumerate(commands):
+        server = server_for(db, command[1])
+        by_server.setdefault(id(server), (server, []))[1].append(index)
+    replies: list = [None] * len(commands)
+    for server, indexes in by_server.values():
+        pipeline = server.pipeline(transaction=False)
+        for index in indexes:
+            pipeline.execute_command(*commands[index], **{NEVER_DECODE: []})
+        for index, reply in zip(indexes, pipeline.execute()):
+            replies[index] = reply
+    return replies

@@ -118,18 +118,14 @@ class GroupKeys:
 
     @property
     def checkpoint(self) -> str:
-        """Hash: commit (number of the last commit), position (last stream id it covered), clock."""
+        """Hash: commit (number of the last commit), position (last stream id it covered), clock,
+        rolling_ms (the rolling window the state's buckets cover)."""
         return self._key("checkpoint")
 
     @property
     def state(self) -> str:
         """Hash: sensor -> packed state; 'sensor#slot' -> one rolling bucket."""
         return self._key("state")
-
-    @property
-    def rolling(self) -> str:
-        """Hash: sensor -> JSON of its live rolling stats, for dashboards."""
-        return self._key("rolling")
 
     @property
     def aggregates(self) -> str:
@@ -153,5 +149,5 @@ class GroupKeys:
 
     def commit_keys(self) -> list[str]:
         """KEYS of the commit script, in its order (telemetry/lua/commit.lua)."""
-        return [self.lease, self.epoch, self.checkpoint, self.state, self.rolling, self.aggregates, self.alerts,
-                self.dead_letter, self.counters, self.readings]
+        return [self.lease, self.epoch, self.checkpoint, self.state, self.aggregates, self.alerts, self.dead_letter,
+                self.counters, self.readings]

@@ -15,6 +15,7 @@ from consumers.assignment import assign
 from consumers.batch import build_batch
 from consumers.checkpoint import commit_request
 from consumers.lease import LeaseClient
+from consumers.rolling_view import rolling_views
 from telemetry.errors import UsageError
 from telemetry.keys import Keys
 from telemetry.partitions import open_layout, partition_of
@@ -67,8 +68,8 @@ def test_windows_equal_pandas_and_every_entry_is_acknowledged(db):
     for keys in layout.groups("aggregators"):  # each sensor's outputs sit in its own partition
         sensors = {fields["sensor"] for _, fields in db.xrange(keys.aggregates)}
         assert all(partition_of(sensor, layout.count) == keys.partition.index for sensor in sensors)
-    rolling = json.loads(db.hget(layout.partition_for("a").group("aggregators").rolling, "a"))
-    assert rolling["count"] > 0 and rolling["as_of_ts"] == max(r.ts_ms for r in readings if r.sensor == "a")
+    rolling = rolling_views(db, [(layout.partition_for("a").group("aggregators"), ["a"])])["a"]
+    assert rolling.count > 0 and rolling.as_of_ts == max(r.ts_ms for r in readings if r.sensor == "a")
 
 
 def test_malformed_entries_are_dead_lettered_and_the_batch_goes_on(db):
@@ -145,7 +146,7 @@ def test_a_resent_commit_is_a_duplicate_and_a_bad_key_stops_it_before_any_write(
         [("9999999999999-0", [part for item in Reading("s", START + 20_000, 21.0, 50.0, 10).encode().items()
                                for part in item])], FieldMap(), LATER, 300_000))
     request = commit_request(owned.keys, worker.token, owned.lease.epoch, owned.commit + 1, owned.processor,
-                             owned.processor.take_outputs(), {"batch": str(owned.commit + 1)}, 1000, LATER)
+                             owned.processor.take_outputs(), {"batch": str(owned.commit + 1)}, 1000)
     keys = owned.keys
     db.set(keys.alerts, "not a stream")
     state_before = worker.raw.hgetall(keys.state)
@@ -248,10 +249,8 @@ def test_handing_partitions_over_mid_stream_changes_no_output(db):
                         for group in ("whole", "split"))
         assert len(whole) > 10
         pd.testing.assert_frame_equal(whole, split)
-    for partition in layout.partitions:
-        whole, split = db.hgetall(partition.group("whole").rolling), db.hgetall(partition.group("split").rolling)
-        drop = lambda views: {s: {k: v for k, v in json.loads(t).items() if k != "updated_ms"} for s, t in views.items()}
-        assert drop(whole) == drop(split)
+    whole, split = (rolling_views(db, [(keys, None) for keys in layout.groups(group)]) for group in ("whole", "split"))
+    assert len(whole) == 5 and whole == split
 
 
 def test_readings_trimmed_before_the_group_read_them_are_counted_once_where_status_and_report_show_them(

@@ -11,6 +11,7 @@ import pandas as pd
 import walrus
 
 from consumers import alerts_tail
+from consumers.rolling_view import rolling_views
 from telemetry.keys import Keys
 from telemetry.partitions import open_layout
 from telemetry.records import AlertEvent
@@ -32,7 +33,7 @@ def test_seed_tutorial_stream_feeds_the_pipeline_without_code_changes(redis_url,
     assert partition.readings == "app:event" and keys.counters.startswith("{app:event}:")
     assert db.hget(keys.counters, "processed") == "300"
     assert db.xlen(keys.dead_letter) == 0
-    assert json.loads(db.hget(keys.rolling, "sensor1"))["count"] == 100
+    assert rolling_views(db, [(keys, ["sensor1"])])["sensor1"].count == 100
     export = run_cli("analytics", "export", "--fields", "seed", "--stream", "app:event", "--out", "-",
                      "--redis-url", redis_url)
     assert export.returncode == 0 and len(export.stdout.strip().splitlines()) == 301

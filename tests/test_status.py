@@ -83,7 +83,7 @@ def test_live_view_reads_each_sensor_in_its_partition(db):
     views = {view.sensor: view for view in snapshot.sensors}
     assert [view.sensor for view in snapshot.sensors] == sensors and snapshot.produced == 120
     assert views["attic"].latest_ts == START + 29_000 and views["attic"].temperature_c == 50.0
-    assert views["north"].rolling["count"] == 30 and views["north"].rolling["temperature_c_mean"] == 20.0
+    assert views["north"].rolling.count == 30 and views["north"].rolling.temperature_c.mean == 20.0
     assert [(alert.rule, alert.sensor) for alert in snapshot.alerts] == [("hot", "attic")]
     assert snapshot.alert_events == 1 and snapshot.counters["processed"] == 120
     assert len(snapshot.status.partitions) == 4
