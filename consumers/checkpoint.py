@@ -20,7 +20,7 @@ from consumers.windows import NONE
 from telemetry.connection import as_text
 from telemetry.keys import GroupKeys
 
-OUTPUT_STREAM_ARG = {"aggregates": "5", "alerts": "6", "dead-letter": "7"}  # KEYS positions in commit.lua
+_OUTPUT_KEY_INDEX = {"aggregates": "5", "alerts": "6", "dead-letter": "7"}  # KEYS positions in commit.lua
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +69,36 @@ def restore_sensors(fields: dict, rolling: RollingSpec) -> dict[str, SensorState
 
 @dataclass(frozen=True, slots=True)
 class CommitRequest:
-    """One commit's arguments, kept unchanged until Redis answers, so a resend is the same commit."""
+    """One commit, kept unchanged until Redis answers, so a resend is the same commit. Sent as the
+    commit script's call, or as a plain transaction (consumers/commit_transaction.py)."""
 
-    keys: list[str]
-    args: list[str | bytes | int]
-    entries: int
+    keys: GroupKeys
+    token: str
+    epoch: int
+    commit: int
+    position: str  # the last entry id covered, '' if none
+    clock_ms: int
+    rolling_ms: int
+    output_maxlen: int
+    state: list[str | bytes]  # field, value, ...
+    counters: list[str]  # name, increment, ...
+    ack: list[str]  # entry ids
+    outputs: list[tuple[str, list[str]]]  # (kind: aggregates, alerts or dead-letter; fields)
+
+    def script_call(self) -> tuple[list[str], list[str | bytes]]:
+        """KEYS and ARGV of telemetry/lua/commit.lua."""
+        keys = self.keys
+        output_args: list[str] = []
+        for kind, fields in self.outputs:
+            output_args += [_OUTPUT_KEY_INDEX[kind], str(len(fields)), *fields]
+        header = [self.token, str(self.epoch), str(self.commit), self.position, str(self.clock_ms), keys.group,
+                  str(self.output_maxlen), str(self.rolling_ms), str(len(self.state)), str(len(self.counters)),
+                  str(len(self.ack)), str(len(output_args))]
+        return keys.commit_keys(), [*header, *self.state, *self.counters, *self.ack, *output_args]
+
+    def checkpoint_fields(self) -> list[str]:
+        position = ["position", self.position] if self.position else []
+        return ["commit", str(self.commit), *position, "clock", str(self.clock_ms), "rolling_ms", str(self.rolling_ms)]
 
 
 def commit_request(keys: GroupKeys, token: str, epoch: int, commit: int, processor: PartitionProcessor,
@@ -93,15 +118,10 @@ def commit_request(keys: GroupKeys, token: str, epoch: int, commit: int, process
         if value:
             counter_args += [name, str(int(value))]
     meta_fields = [part for item in meta.items() for part in item]
-    output_args: list[str] = []
-    for kind, records in (("aggregates", outputs.aggregates), ("alerts", outputs.alerts),
-                          ("dead-letter", outputs.dead_letters)):
-        for record in records:
-            fields = record.fields() + meta_fields
-            output_args += [OUTPUT_STREAM_ARG[kind], str(len(fields)), *fields]
+    output_entries = [(kind, record.fields() + meta_fields)
+                      for kind, records in (("aggregates", outputs.aggregates), ("alerts", outputs.alerts),
+                                            ("dead-letter", outputs.dead_letters))
+                      for record in records]
     position = outputs.entry_ids[-1] if outputs.entry_ids else ""  # ids are kept in stream order
-    header = [token, str(epoch), str(commit), position, str(processor.clock_ms), keys.group, str(output_maxlen),
-              str(settings.rolling.rolling_ms), str(len(state_args)), str(len(counter_args)),
-              str(len(outputs.entry_ids)), str(len(output_args))]
-    return CommitRequest(keys.commit_keys(), [*header, *state_args, *counter_args, *outputs.entry_ids, *output_args],
-                         len(outputs.entry_ids))
+    return CommitRequest(keys, token, epoch, commit, position, processor.clock_ms, settings.rolling.rolling_ms,
+                         output_maxlen, state_args, counter_args, outputs.entry_ids, output_entries)

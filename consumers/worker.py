@@ -1,6 +1,6 @@
 """The aggregator worker: owns some of the pipeline's partitions, and for each reads its readings
-in order, processes them in memory and commits state, outputs and acknowledgements in one fenced
-script.
+in order, processes them in memory and commits state, outputs and acknowledgements atomically,
+fenced by the partition's epoch (a checked transaction, or the commit script).
 
 Taking a partition over follows a fixed order: take the lease (which bumps the epoch and so
 fences the previous owner), load the checkpoint, take over the entries still pending in the
@@ -25,6 +25,7 @@ from redis.retry import Retry
 from consumers.assignment import Membership, assign
 from consumers.batch import Entry, build_batch, flat_fields, texts
 from consumers.checkpoint import CommitRequest, commit_request, load_checkpoint
+from consumers.commit_transaction import TransactionCommitter
 from consumers.lease import Lease, LeaseClient, LeaseRenewer
 from consumers.processor import Outputs, PartitionProcessor
 from consumers.settings import AggregatorSettings
@@ -106,6 +107,9 @@ class AggregatorWorker:
                                      settings.settle_ms)
         self.commit_script = load_script(self.raw, "commit")
         self.wait = ReplicaWait("aggregator", settings.wait_replicas) if settings.wait_replicas else None
+        # A step's commits go as one plain transaction where they can (one server, no WAIT), else
+        # and after any doubt through the commit script (consumers/commit_transaction.py).
+        self.transaction = None if self.cluster or self.wait else TransactionCommitter(self.raw)
         self.owned: dict[int, OwnedPartition] = {}
         self.next_beat_ms = 0
         self.caught_up = True  # the last read found fewer than --batch entries in every partition
@@ -216,6 +220,8 @@ class AggregatorWorker:
     def release_all(self) -> None:
         for index in list(self.owned):
             self.hand_over(index)
+        if self.transaction is not None:
+            self.transaction.discard()
         try:
             self.membership.leave()
         except RETRYABLE:
@@ -318,8 +324,11 @@ class AggregatorWorker:
             return
         replies: list = [None] * len(prepared)
         if all(self.renewer.valid(commit.owned.index) for commit in prepared):
-            replies = run_pipelined(self.raw, self.commit_script,
-                                    [(commit.request.keys, commit.request.args) for commit in prepared], self.wait)
+            acked = None if self.transaction is None else self.transaction.commit(
+                [commit.request for commit in prepared])
+            replies = ([[b"OK", count] for count in acked] if acked is not None else
+                       run_pipelined(self.raw, self.commit_script,
+                                     [commit.request.script_call() for commit in prepared], self.wait))
         for commit, reply in zip(prepared, replies):
             try:
                 if reply is None or isinstance(reply, Exception):
@@ -364,7 +373,7 @@ class AggregatorWorker:
             print(f"aggregator: commit of partition {owned.index} unconfirmed ({failed.__class__.__name__}); "
                   f"resending in {delay:.1f}s", file=self.log)
 
-        return run_until_answered(self.raw, self.commit_script, [(request.keys, request.args)], self.wait,
+        return run_until_answered(self.raw, self.commit_script, [request.script_call()], self.wait,
                                   Backoff(max_s=1.0), unanswered, lease_still_held)[0]
 
     # -- the loop ----------------------------------------------------------------------------

@@ -20,17 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
-from redis.connection import AbstractConnection
 
 from telemetry.backoff import RETRYABLE
-
-
-def bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%b\r\n" % (len(value), value)
-
-
-def command(*args: str | int) -> bytes:
-    return b"*%d\r\n" % len(args) + b"".join(bulk(str(arg).encode()) for arg in args)
+from telemetry.resp import HeldConnection, bulk, command
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +40,9 @@ class Transaction:
     replies: int  # how many replies the payload gets
 
 
-class TransactionAppender:
+class TransactionAppender(HeldConnection):
     def __init__(self, db: redis.Redis, markers: list[str], fields: list[str], maxlen: int, ttl_ms: int) -> None:
-        self.pool = db.connection_pool
-        self.connection: AbstractConnection | None = None
+        super().__init__(db)
         self.watch = command("WATCH", *markers)
         self.field_names = [bulk(name.encode()) for name in fields]
         self.trimming = ["MAXLEN", "~", str(maxlen)] if maxlen else []
@@ -66,28 +57,14 @@ class TransactionAppender:
         not change it."""
         transaction = self.transaction(batch, parts)
         try:
-            connection = self._watching()
-            connection.send_packed_command([transaction.payload], check_health=False)
-            replies = [connection.read_response() for _ in range(transaction.replies)]
+            self._watching()
+            replies = self.exchange(transaction.payload, transaction.replies)
         except redis.exceptions.NoPermissionError as error:  # an ACL user without MULTI/EXEC/WATCH
-            self.discard()
             self.refused = str(error)
             return False
         except (*RETRYABLE, redis.ResponseError):  # EXECABORT, or a refusal before EXEC
-            self.discard()
             return False
-        except BaseException:
-            self.discard()
-            raise
-        applied = replies[-2]
-        if applied is None:  # a marker moved: the script settles it
-            self.discard()
-            return False
-        failed = next((reply for reply in applied if isinstance(reply, Exception)), None)
-        if failed is not None:
-            self.discard()
-            raise failed
-        return True
+        return self.executed(replies[-2]) is not None  # None: a marker moved, the script settles it
 
     def transaction(self, batch: int, parts: list[Part]) -> Transaction:
         """MULTI, each row's XADD, each partition's marker SET, EXEC, then the WATCH for the next."""
@@ -105,21 +82,9 @@ class TransactionAppender:
         chunks += [command("EXEC"), self.watch]
         return Transaction(b"".join(chunks), queued + 3)
 
-    def discard(self) -> None:
-        """Drop the connection: whatever it still carries can no longer pass its WATCH."""
-        if self.connection is not None:
-            connection, self.connection = self.connection, None
-            connection.disconnect()
-            self.pool.release(connection)
-
-    def _watching(self) -> AbstractConnection:
-        if self.connection is not None and self.connection._sock is None:
-            self.discard()  # closed under us (pool.disconnect()): sending would reconnect unwatched
-        if self.connection is None:  # on any failure here, `append` discards it
-            self.connection = self.pool.get_connection()
-            self.connection.send_packed_command([self.watch], check_health=False)
-            self.connection.read_response()
-        return self.connection
+    def _watching(self) -> None:
+        if self.held()[1]:
+            self.exchange(self.watch, 1)
 
     def _prefix(self, stream: str) -> bytes:
         prefix = self._prefixes.get(stream)

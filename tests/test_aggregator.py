@@ -150,12 +150,13 @@ def test_a_resent_commit_is_a_duplicate_and_a_bad_key_stops_it_before_any_write(
     keys = owned.keys
     db.set(keys.alerts, "not a stream")
     state_before = worker.raw.hgetall(keys.state)
-    assert worker.commit_script(keys=request.keys, args=request.args)[0] == b"WRONGTYPE"
+    script_keys, args = request.script_call()
+    assert worker.commit_script(keys=script_keys, args=args)[0] == b"WRONGTYPE"
     assert worker.raw.hgetall(keys.state) == state_before and db.hget(keys.checkpoint, "commit") == str(owned.commit)
     db.delete(keys.alerts)
-    assert worker.commit_script(keys=request.keys, args=request.args)[0] == b"OK"
+    assert worker.commit_script(keys=script_keys, args=args)[0] == b"OK"
     written = (db.xlen(keys.aggregates), db.hgetall(keys.counters))
-    assert worker.commit_script(keys=request.keys, args=request.args)[0] == b"DUPLICATE"
+    assert worker.commit_script(keys=script_keys, args=args)[0] == b"DUPLICATE"
     assert (db.xlen(keys.aggregates), db.hgetall(keys.counters)) == written
 
 
