@@ -82,13 +82,14 @@ class RollingSpec:
         buckets = state.buckets
         if not buckets:
             return Summary()
-        starts = sorted(buckets)
-        newest = starts.pop()
-        key = tuple(starts)
+        newest = max(buckets)
+        # The older buckets change only as the newest moves on, as stale ones drop out (fewer
+        # buckets) or as a late reading lands in one (`add` then clears the cache).
+        key = (newest, len(buckets))
         cached = state.older_buckets
         if cached is None or cached[0] != key:
             older = Summary()
-            for start in starts:
+            for start in sorted(buckets)[:-1]:
                 older.merge(buckets[start])
             cached = state.older_buckets = (key, older)
         total = cached[1].copy()

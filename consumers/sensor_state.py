@@ -45,8 +45,9 @@ class SensorState:
     rule_memory: dict[str, list] = field(default_factory=dict)  # rule -> past readings it measures from
     set_aside: list[int] = field(default_factory=list)  # dead-lettered seqs above max_seq, sorted
     buckets: dict[int, Summary] = field(default_factory=dict)  # rolling: bucket start -> summary
-    # Not checkpointed: the merge of every rolling bucket but the newest (consumers/rolling.py).
-    older_buckets: tuple[tuple[int, ...], Summary] | None = None
+    # Not checkpointed: the merge of every rolling bucket but the newest, and the (newest bucket,
+    # bucket count) it was made for (consumers/rolling.py).
+    older_buckets: tuple[tuple[int, int], Summary] | None = None
     rolling_now: Summary | None = None  # the rolling stats as of the newest reading, once computed
 
     def pack_core(self) -> bytes:

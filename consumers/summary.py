@@ -60,10 +60,14 @@ class Summary:
         self.h_mean += delta * nb / n
         self.h_m2 += other.h_m2 + delta * delta * na * nb / n
         self.n = n
-        self.t_min = min(self.t_min, other.t_min)
-        self.t_max = max(self.t_max, other.t_max)
-        self.h_min = min(self.h_min, other.h_min)
-        self.h_max = max(self.h_max, other.h_max)
+        if other.t_min < self.t_min:
+            self.t_min = other.t_min
+        if other.t_max > self.t_max:
+            self.t_max = other.t_max
+        if other.h_min < self.h_min:
+            self.h_min = other.h_min
+        if other.h_max > self.h_max:
+            self.h_max = other.h_max
 
     def copy_from(self, other: Summary) -> None:
         (self.n, self.t_mean, self.t_m2, self.t_min, self.t_max,

@@ -14,8 +14,11 @@ def bulk(value: bytes) -> bytes:
 
 
 def command(*args: str | bytes | int) -> bytes:
-    return b"*%d\r\n" % len(args) + b"".join(bulk(arg if isinstance(arg, bytes) else str(arg).encode())
-                                            for arg in args)
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:  # a loop, not bulk() per argument: commits pack a few hundred arguments each
+        value = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%b\r\n" % (len(value), value))
+    return b"".join(parts)
 
 
 class HeldConnection:
