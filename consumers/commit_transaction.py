@@ -6,8 +6,13 @@ strings and back than its writes do: about 1 µs per reading where a live commit
 per sensor. A transaction writes the same, with the same checks made first:
 
 1. One round trip: WATCH each partition's epoch and every key its commit writes, then read the
-   epoch, the checkpoint's commit number and those keys' types. The commit goes on only if each
-   epoch is the owner's, each commit number the one before and each key of its type or absent.
+   lease, the epoch, the checkpoint's commit number, those keys' types and the group's pending
+   list. The commit goes on only if each lease and epoch are the owner's, each commit number the
+   one before, each key of its type or absent and the group there. The lease is read but not
+   watched (renewals would abort the transaction): it tells owners with the same epoch apart,
+   after a failover lost an increment. The readings stream cannot be watched either (producers
+   write it); a group destroyed in between makes XACK acknowledge nothing, as there is nothing
+   left to acknowledge in.
 2. MULTI, the writes in the script's order (state fields, counters, outputs, XACK, checkpoint),
    EXEC. A watched key changed since step 1 (a new owner's epoch, a resend's checkpoint, a key
    replaced by another type) makes EXEC write nothing.
@@ -73,6 +78,7 @@ class TransactionCommitter(HeldConnection):
         transaction is raised: resending would not change it."""
         planned = transaction(requests)  # built first: nothing can fail between the WATCH and the EXEC
         try:
+            self.held()
             if not self._checked(requests):
                 self.discard()  # and with it the WATCH
                 return None
@@ -88,15 +94,20 @@ class TransactionCommitter(HeldConnection):
                    for key in (request.keys.epoch, *(key for key, _ in written_keys(request.keys)))]
         reads = []
         for request in requests:
-            reads += [command("GET", request.keys.epoch), command("HGET", request.keys.checkpoint, "commit"),
-                      *(command("TYPE", key) for key, _ in written_keys(request.keys))]
+            keys = request.keys
+            # XPENDING fails unless the stream and the group exist: the exchange raises, the script settles it
+            reads += [command("GET", keys.lease), command("GET", keys.epoch), command("HGET", keys.checkpoint, "commit"),
+                      command("XPENDING", keys.readings, keys.group, "-", "+", 1),
+                      *(command("TYPE", key) for key, _ in written_keys(keys))]
         replies = self.exchange(b"".join([command("WATCH", *watched), *reads]), len(reads) + 1)
         at = 1
         for request in requests:
             expected = written_keys(request.keys)
-            epoch, committed, *types = replies[at:at + 2 + len(expected)]
-            at += 2 + len(expected)
-            if epoch is None or int(epoch) != request.epoch or int(committed or 0) != request.commit - 1:
+            lease, epoch, committed, _, *types = replies[at:at + 4 + len(expected)]
+            at += 4 + len(expected)
+            # compared as bytes: a corrupted value must not raise between the WATCH and its release
+            if (lease != request.token.encode() or epoch != str(request.epoch).encode()
+                    or (committed or b"0") != str(request.commit - 1).encode()):
                 return False
             if any(as_text(found) not in (kind, "none") for found, (_, kind) in zip(types, expected)):
                 return False

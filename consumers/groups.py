@@ -4,7 +4,8 @@ A group is more than the Redis consumer group on each partition stream: it owns 
 state, outputs, counters, leases and epochs (telemetry/keys.py). Resetting the read position alone
 would replay readings into state that has already counted them, so `reset` starts the group over:
 it deletes the group's state, outputs and counters with the position. Both `reset` and `delete`
-refuse while a worker holds a partition's lease: stop the workers first.
+refuse while a worker holds a partition's lease: stop the workers first. Epochs stay, even on
+`delete`: they only grow.
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ def _refuse_while_owned(db: redis.Redis, groups: list[GroupKeys], action: str) -
 
 
 def _group_keys(keys: GroupKeys) -> list[str]:
-    return [keys.lease, keys.epoch, keys.checkpoint, keys.state, keys.aggregates, keys.alerts, keys.dead_letter,
-            keys.counters]
+    """All but the epoch: it only grows, so that a worker of the group before, paused past its
+    lease, can never present the epoch of an owner after the reset."""
+    return [keys.lease, keys.checkpoint, keys.state, keys.aggregates, keys.alerts, keys.dead_letter, keys.counters]
 
 
 def reset_group(db: redis.Redis, layout: Layout, group: str, position: str) -> int:

@@ -83,7 +83,7 @@ class TransactionAppender(HeldConnection):
         return Transaction(b"".join(chunks), queued + 3)
 
     def _watching(self) -> None:
-        if self.held()[1]:
+        if self.held()[1]:  # new: WATCH, and read that it is in place
             self.exchange(self.watch, 1)
 
     def _prefix(self, stream: str) -> bytes:

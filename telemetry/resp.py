@@ -45,8 +45,13 @@ class HeldConnection:
             self.pool.release(connection)
 
     def exchange(self, payload: bytes, replies: int) -> list:
-        """Send the payload, read its replies. Any failure drops the connection and is raised."""
-        connection, _ = self.held()
+        """Send the payload on the held connection, read its replies. Any failure drops the
+        connection and is raised; so is a connection closed since it was taken, which would
+        reconnect without what it carried."""
+        connection = self.connection
+        if connection is None or connection._sock is None:
+            self.discard()
+            raise redis.ConnectionError("the held connection was closed")
         try:
             connection.send_packed_command([payload], check_health=False)
             return [connection.read_response() for _ in range(replies)]

@@ -286,16 +286,20 @@ def test_group_commands_list_reset_delete_and_prune(db, redis_url):
     refused = run_cli("consumers", "group", "reset", "--to", "start", "--group", "g1", "--redis-url", redis_url)
     assert refused.returncode == 2 and "stop them first" in refused.stderr
     worker.release_all()
+    epochs = [int(db.get(keys.epoch)) for keys in layout.groups("g1")]
     reset = run_cli("consumers", "group", "reset", "--to", "start", "--group", "g1", "--redis-url", redis_url)
     assert reset.returncode == 0, reset.stderr
     assert counters(db, layout, "g1") == {}
     drain(make_worker(db, layout, group="g1"), LATER)
     assert counters(db, layout, "g1")["processed"] == len(readings), "a reset group did not start over"
+    assert all(int(db.get(keys.epoch)) > epoch for keys, epoch in zip(layout.groups("g1"), epochs)), \
+        "epochs must only grow: a worker paused since before the reset could match a new owner's"
     pruned = run_cli("consumers", "group", "prune", "--group", "g1", "--redis-url", redis_url)
     assert pruned.returncode == 0 and "idle consumers deleted" in pruned.stdout
     deleted = run_cli("consumers", "group", "delete", "--group", "g1", "--redis-url", redis_url)
     assert deleted.returncode == 0, deleted.stderr
-    assert db.xinfo_groups(layout.partitions[0].readings) == [] and not db.keys("*:g1:*")
+    assert db.xinfo_groups(layout.partitions[0].readings) == []
+    assert set(db.keys("*:g1:*")) == {keys.epoch for keys in layout.groups("g1")}
 
 
 def test_a_connection_lost_while_watching_the_epochs_is_retried_not_raised(db):

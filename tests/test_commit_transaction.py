@@ -90,12 +90,38 @@ def test_a_takeover_between_the_check_and_exec_makes_exec_write_nothing(db):
     assert worker.commit_script(keys=script_keys, args=args)[0] == b"FENCED"
 
 
+def test_an_owner_at_the_same_epoch_with_another_token_is_fenced(db):
+    """After a failover lost an epoch increment, two owners can hold the same epoch number: the
+    lease token tells them apart, as it does in the script."""
+    worker, owned = stepped_worker(db)
+    keys = owned.keys
+    request = next_request(worker, owned, Reading("s0", START + 30_000, 21.0, 50.0, 30))
+    db.set(keys.lease, "successor:0000", px=10_000)  # the epoch stays owned.lease.epoch
+    before = partition_snapshot(db, keys)
+    assert worker.transaction.commit([request]) is None
+    assert partition_snapshot(db, keys) == before
+    script_keys, args = request.script_call()
+    assert worker.commit_script(keys=script_keys, args=args)[0] == b"FENCED"
+
+
+def test_a_group_destroyed_under_the_owner_stops_the_transaction_before_any_write(db):
+    worker, owned = stepped_worker(db)
+    keys = owned.keys
+    request = next_request(worker, owned, Reading("s0", START + 30_000, 21.0, 50.0, 30))
+    db.xgroup_destroy(keys.readings, keys.group)
+    before = (db.hgetall(keys.checkpoint), db.hgetall(keys.counters), worker.raw.hgetall(keys.state))
+    assert worker.transaction.commit([request]) is None
+    assert (db.hgetall(keys.checkpoint), db.hgetall(keys.counters), worker.raw.hgetall(keys.state)) == before
+    assert worker.transaction.connection is None  # dropped, and its WATCH with it
+
+
 def test_a_transaction_that_reaches_redis_after_its_resend_writes_nothing(db):
     """What a paused Redis or a slow network allows: the worker gave up on a transaction and
     resent the commit through the script, and then the transaction arrives. Its WATCH stops it."""
     worker, owned = stepped_worker(db)
     committer = TransactionCommitter(worker.raw)
     request = next_request(worker, owned, Reading("s0", START + 30_000, 21.0, 50.0, 30))
+    committer.held()
     assert committer._checked([request])  # WATCH in place...
     held = committer.connection
     script_keys, args = request.script_call()
@@ -144,6 +170,7 @@ def test_a_lost_transaction_reply_is_resent_through_the_script_and_applied_once(
     committed = {index: partition.commit for index, partition in worker.owned.items()}
     lossy = worker.transaction.connection = ReplyLost(worker.transaction.held()[0])
     worker.step(LATER)  # the script, resent, answers DUPLICATE: one commit per partition, not two
+    worker.transaction.pool.release(lossy.connection)  # the pool knows the real one, not the stand-in
     assert lossy.dropped == 1 and {index: partition.commit for index, partition in worker.owned.items()} == {
         index: commit + 1 for index, commit in committed.items()}
     drain(worker, LATER)
