@@ -241,14 +241,18 @@ class AggregatorWorker:
         return read
 
     def _fenced_read_of(self, owned: list[OwnedPartition]) -> dict[int, list[Entry]]:
-        epoch_keys = [partition.keys.epoch for partition in owned]
         with self.raw.pipeline(transaction=True) as pipeline:
             try:
-                pipeline.watch(*epoch_keys)
-                epochs = [pipeline.get(epoch_keys[0])] if self.cluster else pipeline.mget(epoch_keys)
+                pipeline.watch(*[partition.keys.epoch for partition in owned])
+                # the leases too, read not watched (renewals would abort the read): a token tells
+                # apart two owners with one epoch number, as after a failover lost an increment
+                keys = [key for partition in owned for key in (partition.keys.epoch, partition.keys.lease)]
+                values = [pipeline.get(key) for key in keys] if self.cluster else pipeline.mget(keys)
             except redis.WatchError as error:  # redis-py's word for a connection lost while watching
                 raise redis.ConnectionError(str(error)) from error
-            stale = [p.index for p, epoch in zip(owned, epochs) if epoch is None or int(epoch) != p.lease.epoch]
+            token = self.token.encode()
+            stale = [p.index for p, epoch, lease in zip(owned, values[::2], values[1::2])
+                     if epoch != str(p.lease.epoch).encode() or lease != token]
             if stale:  # leaving the block UNWATCHes, riding out a dropped connection
                 for index in stale:
                     self._fenced(index)

@@ -136,6 +136,22 @@ def test_a_fenced_worker_writes_nothing_and_drops_the_partition(db):
     assert db.xpending(keys.readings, "aggregators")["pending"] == 0, "a fenced worker's read took entries"
 
 
+def test_a_read_at_the_owners_epoch_under_another_token_takes_nothing(db):
+    """Two owners with one epoch number, as after a failover lost an increment: the lease's token
+    fences the read, so the stale one cannot hide new entries in its pending list."""
+    layout = layout_of(db, 1)
+    keys = layout.groups("aggregators")[0]
+    add_readings(db, layout, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(10)])
+    worker = make_worker(db, layout)
+    worker.step(LATER)
+    assert 0 in worker.owned and pending(db, layout) == 0
+    db.set(keys.lease, "successor:0000", px=60_000)  # the epoch stays the worker's
+    add_readings(db, layout, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(10, 20)])
+    worker.step(LATER)
+    assert 0 not in worker.owned and worker.stats.fenced == 1
+    assert pending(db, layout) == 0 and counters(db, layout)["processed"] == 10
+
+
 def test_a_resent_commit_is_a_duplicate_and_a_bad_key_stops_it_before_any_write(db):
     layout = layout_of(db, 1)
     add_readings(db, layout, [Reading("s", START + i * 1000, 20.0, 50.0, i) for i in range(10)])
