@@ -52,7 +52,8 @@ def markdown(results: list[dict]) -> str:
         for figure in result["figures"]:
             baseline = "" if figure["baseline"] is None else f"{figure['baseline']:,.1f} ({figure['baseline_name']})"
             ratio = "" if figure["ratio"] is None else f"{figure['ratio']:.2f}x"
-            lines.append(f"| {result['title']} | {figure['name']} | {figure['value']:,.1f} {figure['unit']} | "
+            digits = 2 if figure["unit"] == "x" else 1
+            lines.append(f"| {result['title']} | {figure['name']} | {figure['value']:,.{digits}f} {figure['unit']} | "
                          f"{baseline} | {ratio} | {figure['target']} |")
     return "\n".join(lines)
 
