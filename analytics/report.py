@@ -25,22 +25,24 @@ class RunningStats:
     min: float = float("inf")
     max: float = float("-inf")
 
-    def merge(self, values: np.ndarray) -> None:
-        if not len(values):
+    def merge(self, n: int, mean: float, m2: float, low: float, high: float) -> None:
+        """Add a chunk's statistics (Chan et al.)."""
+        if not n:
             return
-        n, mean = len(values), float(values.mean())
-        m2 = float(((values - mean) ** 2).sum())
         total = self.count + n
         delta = mean - self.mean
         self.m2 += m2 + delta * delta * self.count * n / total
         self.mean += delta * n / total
         self.count = total
-        self.min = min(self.min, float(values.min()))
-        self.max = max(self.max, float(values.max()))
+        self.min = min(self.min, low)
+        self.max = max(self.max, high)
 
     @property
     def std(self) -> float | None:
         return (self.m2 / (self.count - 1)) ** 0.5 if self.count > 1 else None
+
+
+NO_SEQ = {"missing": None, "gaps": None, "duplicates": None}
 
 
 @dataclass(slots=True)
@@ -48,42 +50,68 @@ class SensorSummary:
     sensor: str
     count: int = 0
     stats: dict[str, RunningStats] = field(default_factory=lambda: {m: RunningStats() for m in METRICS})
-    seq_chunks: list[np.ndarray] = field(default_factory=list)
+    seq_health: dict = field(default_factory=lambda: dict(NO_SEQ))
 
     def as_row(self, dead_letters: int | None, alerts: int | None) -> dict:
         row: dict = {"sensor": self.sensor, "count": self.count}
         for metric, stats in self.stats.items():
             row.update({f"{metric}_mean": stats.mean, f"{metric}_min": stats.min, f"{metric}_max": stats.max,
                         f"{metric}_std": stats.std})
-        row.update(seq_health(np.concatenate(self.seq_chunks) if self.seq_chunks else np.array([], dtype=np.int64)))
+        row.update(self.seq_health)
         row["dead_letters"] = dead_letters
         row["alerts"] = alerts
         return row
 
 
-def seq_health(seqs: np.ndarray) -> dict:
-    """missing: seq numbers never seen between the first and last; gaps: how many runs they form."""
-    seqs = seqs[seqs >= 0]
-    if not len(seqs):
-        return {"missing": None, "gaps": None, "duplicates": None}
-    unique = np.unique(seqs)
-    steps = np.diff(unique)
-    return {"missing": int((steps - 1).sum()), "gaps": int((steps > 1).sum()),
-            "duplicates": int(len(seqs) - len(unique))}
+def seq_health_by_sensor(sensors: np.ndarray, seqs: np.ndarray) -> dict[str, dict]:
+    """Per sensor: missing (seq numbers never seen between its first and last), gaps (the runs they
+    form) and duplicates; seqs below 0 (none) are left out. Vectorised over the whole fleet: one
+    sort by sensor and seq, then differences between neighbours."""
+    keep = seqs >= 0
+    codes, names = pd.factorize(sensors[keep])
+    if not len(codes):
+        return {}
+    seqs = seqs[keep]
+    order = np.lexsort((seqs, codes))
+    codes, seqs = codes[order], seqs[order]
+    repeated = np.r_[False, (codes[1:] == codes[:-1]) & (seqs[1:] == seqs[:-1])]
+    duplicates = np.bincount(codes[repeated], minlength=len(names))
+    codes, seqs = codes[~repeated], seqs[~repeated]
+    follows = np.r_[False, codes[1:] == codes[:-1]]  # a seq after another of the same sensor
+    steps = np.r_[0, np.diff(seqs)]
+    missing = np.bincount(codes[follows], weights=(steps - 1)[follows], minlength=len(names))
+    gaps = np.bincount(codes[follows & (steps > 1)], minlength=len(names))
+    return {name: {"missing": int(missing[i]), "gaps": int(gaps[i]), "duplicates": int(duplicates[i])}
+            for i, name in enumerate(names)}
 
 
 def summarise(frames: Iterator[pd.DataFrame]) -> dict[str, SensorSummary]:
+    """Each chunk's statistics per sensor are computed in one grouped pass and merged into the
+    sensor's running ones; seqs are kept as two columns and judged once at the end."""
     summaries: dict[str, SensorSummary] = {}
+    sensor_chunks: list[np.ndarray] = []
+    seq_chunks: list[np.ndarray] = []
     for frame in frames:
         if frame.empty:
             continue
-        for sensor, group in frame.groupby("sensor", sort=False):
-            summary = summaries.setdefault(sensor, SensorSummary(sensor))
-            summary.count += len(group)
-            for metric in METRICS:
-                summary.stats[metric].merge(group[metric].to_numpy(dtype=float))
-            seqs = pd.to_numeric(group["seq"], errors="coerce").fillna(-1).to_numpy(dtype=np.int64)
-            summary.seq_chunks.append(seqs)
+        sensors = frame["sensor"].to_numpy(dtype=object)
+        grouped_sizes = pd.Series(sensors).value_counts(sort=False)
+        for sensor, size in grouped_sizes.items():
+            summaries.setdefault(sensor, SensorSummary(sensor)).count += int(size)
+        for metric in METRICS:
+            values = pd.Series(frame[metric].to_numpy(dtype=float))
+            grouped = values.groupby(sensors, sort=False)
+            deviations = values - grouped.transform("mean")
+            chunk = pd.DataFrame({"n": grouped.count(), "mean": grouped.mean(),
+                                  "m2": (deviations * deviations).groupby(sensors, sort=False).sum(),
+                                  "min": grouped.min(), "max": grouped.max()})
+            for sensor, n, mean, m2, low, high in chunk.itertuples():
+                summaries[sensor].stats[metric].merge(int(n), mean, m2, low, high)
+        sensor_chunks.append(sensors)
+        seq_chunks.append(pd.to_numeric(frame["seq"], errors="coerce").fillna(-1).to_numpy(dtype=np.int64))
+    if seq_chunks:
+        for sensor, health in seq_health_by_sensor(np.concatenate(sensor_chunks), np.concatenate(seq_chunks)).items():
+            summaries[sensor].seq_health = health
     return dict(sorted(summaries.items()))
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from analytics.plot import alert_episodes, sensor_figure
-from analytics.report import seq_health
+from analytics.report import seq_health_by_sensor
 from analytics.streams import RowFilter
 from telemetry.errors import UsageError
 from telemetry.keys import Keys
@@ -135,11 +135,14 @@ def test_unwritable_path_exits_2(redis_url, tmp_path):
     assert result.returncode == 2 and "does not exist" in result.stderr
 
 
-def test_gap_and_duplicate_detection():
+def test_gap_and_duplicate_detection_per_sensor():
     import numpy as np
 
-    assert seq_health(np.array([0, 1, 2, 5, 6, 6, 9])) == {"missing": 4, "gaps": 2, "duplicates": 1}
-    assert seq_health(np.arange(10)) == {"missing": 0, "gaps": 0, "duplicates": 0}
+    sensors = np.array(["a"] * 7 + ["b"] * 10 + ["c"] * 2, dtype=object)
+    seqs = np.r_[[9, 0, 6, 1, 2, 5, 6], np.arange(10)[::-1], [-1, -1]]
+    shuffled = np.random.default_rng(3).permutation(len(seqs))
+    assert seq_health_by_sensor(sensors[shuffled], seqs[shuffled]) == {
+        "a": {"missing": 4, "gaps": 2, "duplicates": 1}, "b": {"missing": 0, "gaps": 0, "duplicates": 0}}
 
 
 def test_report_finds_dropouts_and_counts_dead_letters_and_alerts(redis_url, db):
