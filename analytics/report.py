@@ -1,7 +1,9 @@
 """Per-sensor summary: value statistics, seq gaps and duplicates, dead letters and alerts.
 
-Works page by page (live stream) or chunk by chunk (CSV): statistics merge with Chan's parallel
-formula, and only each sensor's seq numbers are kept in full, to find gaps and duplicates.
+Works page by page (live stream) or chunk by chunk (CSV): each chunk's statistics are computed per
+sensor in one grouped pass and merged with Chan's parallel formula; only the (sensor, seq) pairs
+are kept in full, to find gaps and duplicates with one sort at the end. A fleet's report costs a
+few passes over its readings, not a step per sensor per chunk.
 """
 
 from __future__ import annotations
