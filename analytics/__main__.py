@@ -1,4 +1,5 @@
-"""python -m analytics {export,report,plot}: CSV/Parquet export, per-sensor report, plots."""
+"""python -m analytics {export,report,plot}: CSV, JSON Lines or Parquet export, per-sensor report,
+plots."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def add_filters(parser) -> None:
 def build_parser() -> CommandParser:
     parser = CommandParser(prog="python -m analytics", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
-    exporter = commands.add_parser("export", help="stream a stream to CSV or Parquet",
+    exporter = commands.add_parser("export", help="stream a stream to CSV, JSON Lines or Parquet",
                                    description="Export a stream of every partition, merged in stream-id order, "
                                                "in constant memory; atomic rename at the end.")
     exporter.add_argument("--out", required=True, help="target file (.csv, .csv.gz, .jsonl, .jsonl.gz, .parquet) or - for stdout")

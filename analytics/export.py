@@ -1,5 +1,5 @@
-"""Streams one kind of a pipeline's streams (all partitions, merged in stream-id order) to CSV
-(optionally gzipped) or Parquet in constant memory.
+"""Streams one kind of a pipeline's streams (all partitions, merged in stream-id order) to CSV or
+JSON Lines (either optionally gzipped) or Parquet in constant memory.
 
 The output is written to a temporary file beside the target and renamed over it only when
 complete, so a crash or Ctrl-C never leaves a half-written file under the target's name.

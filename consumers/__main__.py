@@ -1,4 +1,5 @@
-"""python -m consumers {aggregate,alerts,status}: run workers, follow alerts, inspect the pipeline."""
+"""python -m consumers {aggregate,alerts,status,group}: run workers, follow alerts, inspect the
+pipeline, manage consumer groups."""
 
 from __future__ import annotations
 
@@ -87,7 +88,8 @@ def build_parser() -> CommandParser:
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     reset = actions.add_parser("reset", help="start --group over from a position: its state and outputs go")
     reset.add_argument("--to", required=True, metavar="POSITION", help="start, end, or a stream id")
-    actions.add_parser("delete", help="delete --group: the consumer group, its state and outputs")
+    actions.add_parser("delete", help="delete --group: the consumer group, its state, outputs, counters, "
+                                      "leases and members (epochs stay: they only grow)")
     actions.add_parser("prune", help="delete --group's consumers that hold nothing pending")
     for action in actions.choices.values():
         add_redis_arguments(action)

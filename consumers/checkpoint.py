@@ -1,9 +1,10 @@
-"""A partition's checkpoint: loaded by a new owner, and turned into the commit script's arguments.
+"""A partition's checkpoint: loaded by a new owner, and a batch's changes turned into a commit
+request (the commit script's call, or the writes of a checked transaction).
 
 The commit carries only what changed since the last one: the core state of each sensor the batch
 touched and the rolling buckets it added to, the outputs, counter increments and the entry ids to
 acknowledge, and the rolling window's length (readers compute a sensor's rolling view from its
-checkpoint: consumers/rolling_view.py). Every value is text or msgpack built here, so the script
+checkpoint: consumers/rolling_view.py). Every value is text or msgpack built here, so Redis
 parses nothing it could misread.
 """
 

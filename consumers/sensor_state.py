@@ -2,8 +2,8 @@
 alert episodes, and how it is checkpointed.
 
 The checkpoint is one hash per partition (and group). A sensor's core state (windows, watermark,
-seq, alert episodes and the newest rolling bucket, the one readings go to) is one field of about
-200 bytes of msgpack; each older rolling bucket is a field of its own, `sensor#slot`, in a ring of
+seq, alert episodes and the newest rolling bucket, the one readings go to) is one field of 200-300
+bytes of msgpack; each older rolling bucket is a field of its own, `sensor#slot`, in a ring of
 slots, written when it stops being the newest (or a late reading changes it). So a commit
 writes one field per sensor it touched, not the whole rolling window. Bounded: at most a
 window's worth of buckets, and the windows still inside the grace period.

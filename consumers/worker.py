@@ -5,8 +5,8 @@ fenced by the partition's epoch (a checked transaction, or the commit script).
 Taking a partition over follows a fixed order: take the lease (which bumps the epoch and so
 fences the previous owner), load the checkpoint, take over the entries still pending in the
 group, process and commit them in id order, and only then read new entries. Reads are fenced
-too: they run in a MULTI that WATCHes the epochs, so a worker that lost a partition cannot
-hide new entries in its own pending list. A partition lost for any reason (fenced, lease
+too: they run in a MULTI that WATCHes the epochs, after a read of the epochs and lease tokens,
+so a worker that lost a partition cannot hide new entries in its own pending list. A partition lost for any reason (fenced, lease
 lapsed, moved) takes its in-memory state with it; the next owner starts from the checkpoint.
 """
 

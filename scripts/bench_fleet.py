@@ -1,7 +1,7 @@
 """Fleet benchmark: Redis CPU per reading, drain rate and live backlog for a large sensor fleet.
 
 A fleet of many sensors at 1 Hz is the regime where each aggregator commit carries only one or
-two readings per sensor, so per-sensor work in Redis (state, rolling stats, outputs) is paid
+two readings per sensor, so per-sensor work in Redis (the sensor's state, outputs) is paid
 almost once per reading. Redis CPU per reading, not worker speed, then decides how large a fleet
 one Redis serves: at 1 core of Redis, 100 us per reading is 10,000 readings/s.
 
