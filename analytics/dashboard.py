@@ -1,8 +1,8 @@
 """A snapshot of the running pipeline, and two ways to show it: a rich live view or plain text.
 
 Each sensor is read where it lives, in its partition: its latest readings, its producer's seq and
-its rolling stats (rebuilt from the group's checkpoint). Alerts come from every partition's alert stream, merged in id order; lag,
-owners and counters from `status`.
+its rolling stats (rebuilt from the group's checkpoint). Alerts come from every partition's alert
+stream, merged in id order; lag, owners and counters from `status`.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import redis
 
 from consumers.checkpoint import CommitRequest
+from consumers.lease import still_held
 from telemetry.backoff import RETRYABLE
 from telemetry.connection import as_text
 from telemetry.keys import GroupKeys
@@ -90,23 +91,23 @@ class TransactionCommitter(HeldConnection):
 
     def _checked(self, requests: list[CommitRequest]) -> bool:
         """WATCH, then what the commit script checks before its first write."""
-        watched = [key for request in requests
-                   for key in (request.keys.epoch, *(key for key, _ in written_keys(request.keys)))]
+        written = [written_keys(request.keys) for request in requests]
+        watched = [key for request, keys in zip(requests, written) for key in (request.keys.epoch, *dict(keys))]
         reads = []
-        for request in requests:
-            keys = request.keys
+        for request, keys in zip(requests, written):
+            group = request.keys
             # XPENDING fails unless the stream and the group exist: the exchange raises, the script settles it
-            reads += [command("GET", keys.lease), command("GET", keys.epoch), command("HGET", keys.checkpoint, "commit"),
-                      command("XPENDING", keys.readings, keys.group, "-", "+", 1),
-                      *(command("TYPE", key) for key, _ in written_keys(keys))]
+            reads += [command("GET", group.lease), command("GET", group.epoch),
+                      command("HGET", group.checkpoint, "commit"),
+                      command("XPENDING", group.readings, group.group, "-", "+", 1),
+                      *(command("TYPE", key) for key, _ in keys)]
         replies = self.exchange(b"".join([command("WATCH", *watched), *reads]), len(reads) + 1)
         at = 1
-        for request in requests:
-            expected = written_keys(request.keys)
+        for request, expected in zip(requests, written):
             lease, epoch, committed, _, *types = replies[at:at + 4 + len(expected)]
             at += 4 + len(expected)
             # compared as bytes: a corrupted value must not raise between the WATCH and its release
-            if (lease != request.token.encode() or epoch != str(request.epoch).encode()
+            if (not still_held(request.token, request.epoch, epoch, lease)
                     or (committed or b"0") != str(request.commit - 1).encode()):
                 return False
             if any(as_text(found) not in (kind, "none") for found, (_, kind) in zip(types, expected)):

@@ -31,6 +31,13 @@ class Lease:
     valid_until: float  # time.monotonic()
 
 
+def still_held(token: str, epoch: int, epoch_found: bytes | None, token_found: bytes | None) -> bool:
+    """What a read of a partition's epoch and lease keys says of the owner with this token and
+    epoch, as the commit script judges it: the epoch tells a later owner, the token an owner
+    with the same epoch number (a failover that lost an increment)."""
+    return epoch_found == str(epoch).encode() and token_found == token.encode()
+
+
 class LeaseClient:
     def __init__(self, db: redis.Redis, token: str, ttl_ms: int) -> None:
         self.db = db

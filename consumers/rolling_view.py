@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from consumers.checkpoint import restore_sensors
 from consumers.rolling import RollingSpec
 from consumers.sensor_state import bucket_field
+from consumers.settings import DEFAULT_ROLLING_MS
 from consumers.summary import MetricStats
 from telemetry.connection import Client, undecoded_replies
 from telemetry.keys import GroupKeys
-
-DEFAULT_ROLLING_MS = 300_000  # a checkpoint written before commits recorded their window
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +39,7 @@ def rolling_views(db: Client, wanted: list[tuple[GroupKeys, list[str] | None]]) 
     """The views of the sensors each partition is asked for (None: all of its sensors); a sensor no
     commit has written yet has none. Two round trips per server: the windows, then the fields."""
     windows = undecoded_replies(db, [("HGET", keys.checkpoint, "rolling_ms") for keys, _ in wanted])
+    # a checkpoint written before commits recorded their window had the default one
     specs = [RollingSpec(int(window) if window else DEFAULT_ROLLING_MS) for window in windows]
     requests = [("HGETALL", keys.state) if sensors is None else ("HMGET", keys.state, *_fields(sensors, spec))
                 for (keys, sensors), spec in zip(wanted, specs)]

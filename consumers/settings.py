@@ -23,6 +23,9 @@ def flag_of(field_name: str) -> str:
     return "--" + field_name.removesuffix("_ms").replace("_", "-")
 
 
+DEFAULT_ROLLING_MS = 300_000
+
+
 @dataclass(frozen=True, slots=True)
 class AggregatorSettings:
     group: str = "aggregators"
@@ -33,7 +36,7 @@ class AggregatorSettings:
     linger_ms: int = 0  # once new entries arrive, wait this long for the rest of a write that lands in pieces
     window_ms: int = 60_000
     grace_ms: int = 10_000
-    rolling_ms: int = 300_000
+    rolling_ms: int = DEFAULT_ROLLING_MS
     idle_ms: int = 60_000  # a silent sensor's window closes this long after end + grace
     max_skew_ms: int = 300_000
     lease_ms: int = 10_000  # a dead worker's partitions move after at most this long

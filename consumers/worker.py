@@ -6,8 +6,9 @@ Taking a partition over follows a fixed order: take the lease (which bumps the e
 fences the previous owner), load the checkpoint, take over the entries still pending in the
 group, process and commit them in id order, and only then read new entries. Reads are fenced
 too: they run in a MULTI that WATCHes the epochs, after a read of the epochs and lease tokens,
-so a worker that lost a partition cannot hide new entries in its own pending list. A partition lost for any reason (fenced, lease
-lapsed, moved) takes its in-memory state with it; the next owner starts from the checkpoint.
+so a worker that lost a partition cannot hide new entries in its own pending list. A partition
+lost for any reason (fenced, lease lapsed, moved) takes its in-memory state with it; the next
+owner starts from the checkpoint.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from consumers.assignment import Membership, assign
 from consumers.batch import Entry, build_batch, flat_fields, texts
 from consumers.checkpoint import CommitRequest, commit_request, load_checkpoint
 from consumers.commit_transaction import TransactionCommitter
-from consumers.lease import Lease, LeaseClient, LeaseRenewer
+from consumers.lease import Lease, LeaseClient, LeaseRenewer, still_held
 from consumers.processor import Outputs, PartitionProcessor
 from consumers.settings import AggregatorSettings
 from telemetry.backoff import RETRYABLE, Backoff
@@ -250,9 +251,8 @@ class AggregatorWorker:
                 values = [pipeline.get(key) for key in keys] if self.cluster else pipeline.mget(keys)
             except redis.WatchError as error:  # redis-py's word for a connection lost while watching
                 raise redis.ConnectionError(str(error)) from error
-            token = self.token.encode()
             stale = [p.index for p, epoch, lease in zip(owned, values[::2], values[1::2])
-                     if epoch != str(p.lease.epoch).encode() or lease != token]
+                     if not still_held(self.token, p.lease.epoch, epoch, lease)]
             if stale:  # leaving the block UNWATCHes, riding out a dropped connection
                 for index in stale:
                     self._fenced(index)
