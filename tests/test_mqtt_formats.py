@@ -1,0 +1,86 @@
+"""Each device format on payloads as the devices publish them (tests/fixtures/mqtt/<format>.json):
+readings with the right sensor, time, °C and %RH, topics without readings skipped, bad payloads
+refused with a reason."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from producers.mqtt.formats import DEFAULT_TOPICS, FORMATS, FormatOptions, parser_for
+from producers.mqtt.formats.json_mapping import JsonMapping
+from producers.mqtt.message import MAX_PAYLOAD_BYTES, MqttMessage, PayloadError, sensor_name
+from telemetry.errors import UsageError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "mqtt"
+ARRIVAL_MS = 1_700_000_000_000
+
+
+def cases():
+    for name in FORMATS:
+        for case in json.loads((FIXTURES / f"{name}.json").read_text()):
+            yield pytest.param(name, case, id=f"{name}: {case['name']}")
+
+
+def parse(format_name: str, case: dict) -> list[dict]:
+    options = FormatOptions(zone=ZoneInfo(case.get("zone", "UTC")), unit=case.get("unit", "C"),
+                            mapping=JsonMapping.parse(case["map"]) if "map" in case else None)
+    payload = bytes.fromhex(case["payload_hex"]) if "payload_hex" in case else case["payload"].encode()
+    message = MqttMessage(case["topic"], payload, ARRIVAL_MS)
+    return [asdict(reading) for reading in parser_for(format_name, options)(message)]
+
+
+@pytest.mark.parametrize(("format_name", "case"), list(cases()))
+def test_fixture(format_name, case):
+    if "error" in case:
+        with pytest.raises(PayloadError, match=re.escape(case["error"])):
+            parse(format_name, case)
+    else:
+        assert parse(format_name, case) == case["readings"]
+
+
+def test_every_format_has_fixtures_of_readings_and_of_errors():
+    for name in FORMATS:
+        fixture = json.loads((FIXTURES / f"{name}.json").read_text())
+        assert any(case.get("readings") for case in fixture), name
+        assert any("error" in case for case in fixture), name
+
+
+@pytest.mark.parametrize("format_name", sorted(FORMATS))
+def test_a_huge_message_is_refused_before_it_is_read(format_name):
+    options = FormatOptions(mapping=JsonMapping.parse("sensor=topic:0,temperature=t"))
+    topics = {"json": "x", **{name: topic.replace("+", "dev").replace("#", "dev") for name, topic in DEFAULT_TOPICS.items()}}
+    topic = topics[format_name]
+    if format_name == "esphome":
+        topic = "dev/sensor/temperature/state"
+    elif format_name == "shelly":
+        topic = "shellies/dev/sensor/temperature"
+    message = MqttMessage(topic, b"{" + b" " * MAX_PAYLOAD_BYTES + b"}", ARRIVAL_MS)
+    with pytest.raises(PayloadError, match="more than"):
+        parser_for(format_name, options)(message)
+
+
+def test_sensor_names_from_device_names():
+    assert sensor_name("living room/thermometer") == "living_room.thermometer"
+    assert sensor_name("tank", "DS18B20-1") == "tank.DS18B20-1"
+    assert sensor_name("Küche") == "K_che"
+    with pytest.raises(PayloadError):
+        sensor_name("x" * 65)
+
+
+@pytest.mark.parametrize(("spec", "problem"), [
+    ("temperature=t", "say where the sensor"),
+    ("sensor=topic:1", "map temperature"),
+    ("sensor=topic:x,temperature=t", "topic:N"),
+    ("sensor=topic:1,temperature=t,time=ts:weeks", "the format is one of"),
+    ("sensor=topic:1,temperature=t,unit=K", "C or F"),
+    ("sensor=topic:1,colour=t", "PART=VALUE"),
+])
+def test_bad_mappings_name_the_part(spec, problem):
+    with pytest.raises(UsageError, match=problem):
+        JsonMapping.parse(spec)
