@@ -9,6 +9,13 @@ too: they run in a MULTI that WATCHes the epochs, after a read of the epochs and
 so a worker that lost a partition cannot hide new entries in its own pending list. A partition
 lost for any reason (fenced, lease lapsed, moved) takes its in-memory state with it; the next
 owner starts from the checkpoint.
+
+A transport error (a lost reply, a dropped connection) is not a loss: the worker retries at once,
+then with backoff while Redis keeps refusing, and learns in one round trip whether each partition
+is still its own and its last commit stands (consumers/standing.py). Where both hold it keeps its
+in-memory state, processes any entries a lost read delivered to it, and goes on; a lease that
+lapsed while nobody took the partition is taken again with the state kept. Only a partition that
+was really taken over, or whose checkpoint moved, is reloaded.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from consumers.commit_transaction import TransactionCommitter
 from consumers.lease import Lease, LeaseClient, LeaseRenewer, still_held
 from consumers.processor import Outputs, PartitionProcessor
 from consumers.settings import AggregatorSettings
+from consumers.standing import Held, Standing, standings
 from telemetry.backoff import RETRYABLE, Backoff
 from telemetry.connection import Client, as_text, client_like, is_cluster, refresh_topology
 from telemetry.keys import GroupKeys
@@ -55,6 +63,7 @@ class WorkerStats:
     commits: int = 0
     takeovers: int = 0
     fenced: int = 0
+    unseen: int = 0  # entries a read whose reply was lost had delivered, found pending and processed
 
 
 @dataclass(slots=True)
@@ -118,6 +127,7 @@ class AggregatorWorker:
         self.on_commit: Callable[[OwnedPartition, int, float], None] | None = None
         self._groups_ready: set[int] = set()
         self._said_start_ignored = False
+        self.in_doubt = False  # a transport error left what Redis holds unknown: check before going on
 
     def _progressing(self) -> bool:
         """Leases are renewed only while the loop finishes steps well within a lease."""
@@ -155,17 +165,22 @@ class AggregatorWorker:
         if lease is None:
             return  # still held by its previous owner: its lease lapses or it hands over
         self.renewer.hold(index, lease)
-        processing = self.settings.processing()
-        checkpoint = load_checkpoint(self.raw, keys, processing.rolling)
-        processor = PartitionProcessor(processing, checkpoint.sensors, checkpoint.clock_ms)
-        owned = OwnedPartition(index, keys, lease, processor, checkpoint.commit, checkpoint.position)
-        self.owned[index] = owned
-        self.stats.takeovers += 1
         try:
+            processing = self.settings.processing()
+            checkpoint = load_checkpoint(self.raw, keys, processing.rolling)
+            processor = PartitionProcessor(processing, checkpoint.sensors, checkpoint.clock_ms)
+            owned = OwnedPartition(index, keys, lease, processor, checkpoint.commit, checkpoint.position)
+            self.owned[index] = owned
+            self.stats.takeovers += 1
             self._recover_pending(owned)
             self._commit(owned)
         except PartitionLost:
             self._drop(index)
+        except RETRYABLE:
+            # a takeover cut short starts over, at once: the lease is still ours, taking it again is immediate
+            self._drop(index)
+            self.next_beat_ms = 0
+            raise
 
     def _recover_pending(self, owned: OwnedPartition) -> None:
         """Entries pending in the group are the previous owner's uncommitted reads (or ours, before a
@@ -193,14 +208,19 @@ class AggregatorWorker:
             for entry_id, fields in self.raw.xclaim(keys.readings, group, me, 0, chunk) or []:
                 if fields is not None:
                     found[entry_id.decode()] = flat_fields(fields)
-        if mine:
-            ordered = sorted(mine, key=stream_id_key)
-            for entry_id, fields in self.raw.xrange(keys.readings, min=ordered[0], max=ordered[-1]):
-                text_id = entry_id.decode()
-                if text_id in mine:
-                    found[text_id] = flat_fields(fields)
+        found.update(self._own_pending(keys, mine))
         entries: list[Entry] = [(entry_id, found.get(entry_id)) for entry_id in sorted(deliveries, key=stream_id_key)]
         self._apply(owned, entries, deliveries)
+
+    def _own_pending(self, keys: GroupKeys, ids: set[str]) -> dict[str, list[bytes]]:
+        """The fields of entries pending to this worker, read with XRANGE: a transport error is no
+        delivery, so they are not claimed again. An entry trimmed away is absent."""
+        if not ids:
+            return {}
+        ordered = sorted(ids, key=stream_id_key)
+        return {text_id: flat_fields(fields)
+                for entry_id, fields in self.raw.xrange(keys.readings, min=ordered[0], max=ordered[-1])
+                if (text_id := entry_id.decode()) in ids}
 
     def hand_over(self, index: int) -> None:
         """A planned move: commit what is in hand, then release the lease at once."""
@@ -254,8 +274,7 @@ class AggregatorWorker:
             stale = [p.index for p, epoch, lease in zip(owned, values[::2], values[1::2])
                      if not still_held(self.token, p.lease.epoch, epoch, lease)]
             if stale:  # leaving the block UNWATCHes, riding out a dropped connection
-                for index in stale:
-                    self._fenced(index)
+                self.in_doubt = True  # taken over, or a lease that lapsed while nobody took it: the next step says
                 return {}
             pipeline.multi()
             pipeline.xreadgroup(self.settings.group, self.settings.consumer,
@@ -385,12 +404,12 @@ class AggregatorWorker:
     def step(self, now: int) -> int:
         """One unit of work at wall-clock `now`: rebalance when due, read, process, commit.
         Returns the number of entries read."""
+        lapsed = [index for index in self.owned if not self.renewer.valid(index)]
+        if self.in_doubt or lapsed:
+            self._settle_doubt(sorted(self.owned) if self.in_doubt else lapsed)
         if now >= self.next_beat_ms:
             self.next_beat_ms = now + min(1000, self.settings.lease_ms // 5)
             self.rebalance(now)
-        for index in [i for i in self.owned if not self.renewer.valid(i)]:
-            print(f"aggregator: lease of partition {index} lapsed or was lost; dropping it", file=self.log)
-            self._drop(index)
         read = self._fenced_read()
         handled = 0
         self.caught_up = True
@@ -465,18 +484,61 @@ class AggregatorWorker:
                 if self.caught_up:  # another read now would find little or nothing: wait for more
                     self.wait_for_entries()
             except RETRYABLE as error:
+                self.in_doubt = True  # the next step first checks what Redis holds
                 delay = backoff.next_delay()
-                print(f"aggregator: Redis unavailable ({error.__class__.__name__}); retrying in {delay:.1f}s",
-                      file=self.log)
-                self._reload_all()
+                print(f"aggregator: Redis unavailable ({error.__class__.__name__}); retrying "
+                      + (f"in {delay:.1f}s" if delay else "at once"), file=self.log)
+                refresh_topology(self.raw)
                 time.sleep(delay)
                 self.last_progress = time.monotonic()
         return self.stats
 
-    def _reload_all(self) -> None:
-        """After a transport error a read's reply may be lost: entries it delivered are pending to us
-        unseen. Dropping and taking the partitions over again processes them, in order."""
-        for index in list(self.owned):
-            self._drop(index)
+    # -- after a doubt -----------------------------------------------------------------------
+
+    def _settle_doubt(self, indexes: list[int]) -> None:
+        """One round trip says, for each partition, whether it is still ours and its last commit
+        stands; the in-memory state is kept where both hold (consumers/standing.py)."""
+        held = [Held(index, owned.keys, owned.lease.epoch, owned.commit, owned.position)
+                for index in indexes if (owned := self.owned.get(index)) is not None]
+        found = standings(self.raw, self.token, self.settings.consumer, held, self.settings.batch)
+        self.in_doubt = False
+        for standing in found:
+            if self._still_ours(standing):
+                owned = self.owned[standing.index]
+                unseen = set(standing.unseen)
+                found_fields = self._own_pending(owned.keys, unseen)
+                self._apply(owned, [(entry_id, found_fields.get(entry_id)) for entry_id in standing.unseen])
+                self.stats.unseen += len(standing.unseen)
+                self.in_doubt |= standing.more_unseen
+
+    def _still_ours(self, standing: Standing) -> bool:
+        """Keeps the partition, renewing or retaking its lease where it lapsed, or drops it."""
+        index = standing.index
+        owned = self.owned[index]
+        if not standing.held and not standing.lapsed:
+            self._fenced(index)
+            return False
+        if not standing.commit_stands:
+            print(f"aggregator: the checkpoint of partition {index} is not at our last commit (Redis lost writes?); "
+                  "reloading it", file=self.log)
+            return self._reload(index)
+        if standing.lapsed:
+            # taking it again bumps the epoch by one exactly when nobody took it in between
+            lease = self.leases.acquire(owned.keys)
+            if lease is None or lease.epoch != owned.lease.epoch + 1:
+                print(f"aggregator: the lease of partition {index} lapsed and another worker took it; reloading",
+                      file=self.log)
+                return self._reload(index)
+            print(f"aggregator: the lease of partition {index} lapsed while nobody took it; taken again, state kept",
+                  file=self.log)
+            owned.lease = lease
+        elif not self.renewer.valid(index) and not self.leases.renew(owned.lease):
+            return self._reload(index)  # refused between the check and the renewal: taken over
+        self.renewer.hold(index, owned.lease)
+        return True
+
+    def _reload(self, index: int) -> bool:
+        """Drop the partition; the next rebalance, at once, takes it over from its checkpoint."""
+        self._drop(index)
         self.next_beat_ms = 0
-        refresh_topology(self.raw)
+        return False

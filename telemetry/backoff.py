@@ -1,4 +1,6 @@
-"""Exponential backoff with jitter, for long-running commands that outlive a Redis restart."""
+"""Retry delays that fit the fault: at once after a single failure (a lost reply, a dropped
+connection, which a resend on a new connection settles), then exponential with jitter while
+Redis keeps refusing, so that many clients coming back do not arrive together."""
 
 from __future__ import annotations
 
@@ -20,8 +22,12 @@ class Backoff:
     attempt: int = field(default=0)
 
     def next_delay(self) -> float:
-        delay = min(self.max_s, self.initial_s * (2 ** self.attempt))
+        """0 for the first retry since the last reset, then initial_s doubling up to max_s, each
+        drawn from its upper half."""
         self.attempt += 1
+        if self.attempt == 1:
+            return 0.0
+        delay = min(self.max_s, self.initial_s * (2 ** (self.attempt - 2)))
         return delay * random.uniform(0.5, 1.0)
 
     def reset(self) -> None:

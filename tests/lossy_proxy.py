@@ -35,6 +35,7 @@ class LossyProxy:
     lease_requests: int = 0
     checkpoint_reads: int = 0
     _server: socket.socket | None = None
+    lose_next: bytes | None = None  # lose the reply to the next command whose bytes hold this, once
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -79,6 +80,14 @@ class LossyProxy:
             self.dropped += lose
             return lose
 
+    def _chosen(self, data: bytes) -> bool:
+        with self._lock:
+            if self.lose_next is None or self.lose_next not in data:
+                return False
+            self.lose_next = None
+            self.dropped += 1
+            return True
+
     def _count(self, tail: bytes, data: bytes) -> bytes:
         seen = tail + data
         leases = seen.count(LEASE_REQUEST) - tail.count(LEASE_REQUEST)
@@ -100,7 +109,8 @@ class LossyProxy:
                     tail = self._count(tail, data)
                     upper = data.upper()
                     state["script_sent"] = self.kinds == "all" or b"EVALSHA" in upper or b"EXEC\r\n" in upper
-                elif state["script_sent"] and self._lose_this_reply():
+                    state["chosen"] = state.get("chosen", False) or self._chosen(data)
+                elif state.pop("chosen", False) or (state["script_sent"] and self._lose_this_reply()):
                     break  # Redis ran it; the client never hears so
                 sink.sendall(data)
         except OSError:
