@@ -271,10 +271,15 @@ class AggregatorWorker:
                 values = [pipeline.get(key) for key in keys] if self.cluster else pipeline.mget(keys)
             except redis.WatchError as error:  # redis-py's word for a connection lost while watching
                 raise redis.ConnectionError(str(error)) from error
-            stale = [p.index for p, epoch, lease in zip(owned, values[::2], values[1::2])
+            stale = [(p.index, epoch == str(p.lease.epoch).encode() and lease is None)
+                     for p, epoch, lease in zip(owned, values[::2], values[1::2])
                      if not still_held(self.token, p.lease.epoch, epoch, lease)]
             if stale:  # leaving the block UNWATCHes, riding out a dropped connection
-                self.in_doubt = True  # taken over, or a lease that lapsed while nobody took it: the next step says
+                for index, lapsed in stale:
+                    if lapsed:  # nobody took it yet: the next step takes the lease again, state kept
+                        self.in_doubt = True
+                    else:
+                        self._fenced(index)
                 return {}
             pipeline.multi()
             pipeline.xreadgroup(self.settings.group, self.settings.consumer,
