@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help venv test demo bench bench-cluster lint redis-stop clean
+.PHONY: help venv test soak demo bench bench-cluster lint redis-stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -19,6 +19,10 @@ venv: $(VENV)/.installed ## create .venv and install requirements.txt
 
 test: venv ## run the test suite (starts its own redis-server on a free port)
 	$(PY) -m pytest -q
+
+SOAK_MINUTES ?= 60
+soak: venv ## SOAK_MINUTES (default 60) of random faults under load, then every invariant checked (exit 1 on a violation)
+	$(PY) scripts/soak.py --minutes $(SOAK_MINUTES)
 
 demo: venv ## run the whole pipeline for DEMO_SECONDS (default 60), then export to out/
 	$(PY) scripts/demo.py

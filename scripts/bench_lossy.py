@@ -81,8 +81,6 @@ def main() -> None:
                (lossy["checkpoint_reads"] - clean["checkpoint_reads"]) / lost, "reads"),
     ]
     print_figures("settle under lost replies, 12,000 readings", figures, args.json)
-    if lossy["seconds"] is None:
-        sys.exit(f"bench_lossy: the run with {share} had not settled after {args.timeout:.0f} s")
 
 
 if __name__ == "__main__":
