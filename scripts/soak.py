@@ -149,6 +149,10 @@ class Soak:
 
     def check(self, final: bool) -> None:
         db, layout = self.fleet.db, self.fleet.layout
+        # outputs before readings: the producer goes on, and readings only grow, so every reading
+        # an output covers is in the later snapshot
+        aggregates = outputs(db, layout, "aggregates")
+        totals = counters(db, layout)
         readings = pd.DataFrame([(r.sensor, r.ts_ms, r.temperature_c, r.humidity_pct, r.seq)
                                  for r in readings_of(db, layout)],
                                 columns=["sensor", "ts", "temperature_c", "humidity_pct", "seq"])
@@ -158,7 +162,6 @@ class Soak:
             temperature_c_min=("temperature_c", "min"), temperature_c_max=("temperature_c", "max"),
             humidity_pct_mean=("humidity_pct", "mean"), humidity_pct_min=("humidity_pct", "min"),
             humidity_pct_max=("humidity_pct", "max"))
-        aggregates = outputs(db, layout, "aggregates")
         if aggregates.empty:
             self.violated("windows emitted", not final, "no window emitted at all")
             return
@@ -176,7 +179,6 @@ class Soak:
         self.violated("windows equal to pandas", not differing.any(),
                       f"{int(differing.sum())} differ, e.g. {emitted[differing].head(2).to_dict('index')} "
                       f"against {wanted[differing].head(2).to_dict('index')}")
-        totals = counters(db, layout)
         seqs = readings.sort_values(["sensor", "seq"])
         repeated = int(seqs.duplicated(["sensor", "seq"]).sum())
         gaps = int((seqs.groupby("sensor").seq.diff().fillna(1) - 1).clip(lower=0).sum())
