@@ -51,6 +51,8 @@ PRODUCER_ARGS = ("--fleet", "soak-", str(SENSORS), "--rate", str(RATE_HZ), "--sp
 LONGEST_PAUSE_S = 3.0
 AGGREGATE_COLUMNS = ["count", "temperature_c_mean", "temperature_c_min", "temperature_c_max",
                      "humidity_pct_mean", "humidity_pct_min", "humidity_pct_max"]
+FAULTS = ("worker kill -9", "worker SIGSTOP", "producer kill -9", "producer SIGSTOP", "redis kill -9", "redis SIGSTOP",
+          "lossy proxy", "worker added", "worker removed")
 WARM_UP_S = 90  # memory is compared with its first sample after this
 
 
@@ -76,6 +78,7 @@ class Soak:
     violations: list[str] = field(default_factory=list)
     memory: list[tuple[float, float, float]] = field(default_factory=list)  # (s, worker RSS MiB, Redis MiB)
     started: float = field(default_factory=time.monotonic)
+    deck: list[str] = field(default_factory=list)
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -100,8 +103,10 @@ class Soak:
     # -- faults ------------------------------------------------------------------------------
 
     def inject(self) -> None:
-        kind = self.rng.choice(["worker kill -9", "worker SIGSTOP", "producer kill -9", "producer SIGSTOP",
-                                "redis kill -9", "redis SIGSTOP", "lossy proxy", "worker added", "worker removed"])
+        if not self.deck:  # every kind once, in a random order, then again: a short run sees each
+            self.deck = list(FAULTS)
+            self.rng.shuffle(self.deck)
+        kind = self.deck.pop()
         pause = self.rng.uniform(0.3, LONGEST_PAUSE_S)
         workers = self.fleet.workers
         if kind == "worker kill -9":
@@ -125,12 +130,14 @@ class Soak:
             self.proxy.drop_rate = 0.10
             time.sleep(self.rng.uniform(5, 15))
             self.proxy.drop_rate = 0.0
-        elif kind == "worker added" and len(workers) < 4:
+        elif kind == "worker added":
+            if len(workers) >= 4:  # stays between 2 and 4 workers
+                workers.pop(self.rng.choice(sorted(workers))).send_signal(signal.SIGTERM)
             self.fleet.start_worker(f"w{self.fleet.started}")
-        elif kind == "worker removed" and len(workers) > 2:
+        elif kind == "worker removed":
+            if len(workers) <= 2:
+                self.fleet.start_worker(f"w{self.fleet.started}")
             workers.pop(self.rng.choice(sorted(workers))).send_signal(signal.SIGTERM)
-        else:
-            return
         self.faults[kind] += 1
 
     @staticmethod
