@@ -25,6 +25,7 @@ from telemetry.cli import (
     connect_with_retry,
     number_type,
     run_main,
+    until_answered,
 )
 from telemetry.connection import connect
 from telemetry.errors import RedisUnavailable
@@ -117,7 +118,7 @@ def run_aggregate(args, config: PipelineConfig, stop: StopSignal) -> int:
     logstream.install(args.log_json)
     settings = aggregator_settings(args)
     db = connect_with_retry(config, stop)
-    layout = config.layout(db)
+    layout = until_answered("aggregator", lambda: config.layout(db), stop)
     worker = AggregatorWorker(db, layout, config.field_map, settings)
     if args.metrics_port:
         from telemetry.metrics import start_worker_metrics

@@ -23,6 +23,7 @@ from telemetry.cli import (
     number_type,
     replica_wait,
     run_main,
+    until_answered,
 )
 from telemetry.errors import UsageError
 from telemetry.partitions import partition_maxlen
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_csv is not None:
         frame = load_readings_csv(args.from_csv)
         db = connect_with_retry(config, stop)
-        layout = config.layout(db)
+        layout = until_answered("producer", lambda: config.layout(db), stop)
         writer = StreamWriter(db, layout, config.field_map, partition_maxlen(args.maxlen, layout.count),
                           wait=replica_wait(args, "producer"))
         report(replay(frame, writer, config.field_map, args.batch), args.json, stop.requested)
@@ -146,12 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         backfill_start_ms=parse_time_ms(args.start, field="--start") if args.start else None,
     )
     db = connect_with_retry(config, stop)
-    layout = config.layout(db)
+    layout = until_answered("producer", lambda: config.layout(db), stop)
     writer = StreamWriter(db, layout, config.field_map, partition_maxlen(args.maxlen, layout.count),
                           wait=replica_wait(args, "producer"))
     start_ms = settings.backfill_start_ms if settings.backfill_start_ms is not None else now_ms()
     simulation = Simulation(settings, writer, config.field_map, start_ms,
-                            writer.last_seqs(list(settings.names)),
+                            until_answered("producer", lambda: writer.last_seqs(list(settings.names)), stop),
                             TrimGuard(db, [partition.readings for partition in layout.partitions],
                                       partition_maxlen(args.maxlen, layout.count)))
     print(f"producer: {len(settings.names)} sensors at {settings.rate_hz:g} Hz"

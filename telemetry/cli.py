@@ -11,9 +11,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import FrameType
+from typing import TypeVar
 
 from telemetry import __version__
-from telemetry.backoff import Backoff
+from telemetry.backoff import RETRYABLE, Backoff
 from telemetry.connection import RedisTarget, connect, resolve_target
 from telemetry.errors import RedisUnavailable, UsageError
 from telemetry.keys import Keys, validate_name
@@ -130,6 +131,26 @@ def connect_with_retry(config: PipelineConfig, stop: StopSignal):
             delay = backoff.next_delay()
             print(f"{error}; retrying in {delay:.1f}s", file=sys.stderr)
             announce = False
+            time.sleep(delay)
+
+
+Answer = TypeVar("Answer")
+
+
+def until_answered(who: str, call: Callable[[], Answer], stop: StopSignal) -> Answer:
+    """A long-running command's setup (the pipeline record, a producer's saved seqs), retried with
+    backoff while Redis does not answer: a connection that drops right after it was made is a
+    flaky network, not a reason to exit."""
+    backoff = Backoff(max_s=10.0)
+    while True:
+        try:
+            return call()
+        except RETRYABLE as error:
+            if stop.requested:
+                raise
+            delay = backoff.next_delay()
+            print(f"{who}: Redis did not answer ({error.__class__.__name__}); retrying "
+                  + (f"in {delay:.1f}s" if delay else "at once"), file=sys.stderr)
             time.sleep(delay)
 
 

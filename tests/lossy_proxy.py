@@ -35,7 +35,8 @@ class LossyProxy:
     lease_requests: int = 0
     checkpoint_reads: int = 0
     _server: socket.socket | None = None
-    lose_next: bytes | None = None  # lose the reply to the next command whose bytes hold this, once
+    lose_next: bytes | None = None  # lose the reply to the next command whose bytes hold this
+    lose_times: int = 1  # that many times running
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -84,7 +85,9 @@ class LossyProxy:
         with self._lock:
             if self.lose_next is None or self.lose_next not in data:
                 return False
-            self.lose_next = None
+            self.lose_times -= 1
+            if self.lose_times <= 0:
+                self.lose_next = None
             self.dropped += 1
             return True
 

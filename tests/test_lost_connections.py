@@ -127,3 +127,16 @@ def test_backoff_retries_at_once_then_waits_longer_with_jitter_up_to_its_cap():
     assert all(0.5 <= delay <= 1.0 for delay in delays[5:]), "capped"
     backoff.reset()
     assert backoff.next_delay() == 0.0
+
+
+def test_a_producer_whose_first_reads_go_unanswered_retries_instead_of_exiting(db, proxy):
+    """Its saved seqs are read once at start; replies lost there, more times running than
+    redis-py retries a command, are retried with backoff, not a traceback."""
+    from tests.conftest import run_cli
+
+    proxy.lose_next, proxy.lose_times = b"HMGET", 6
+    produced = run_cli("producers", "p", "--count", "20", "--start=-1h", "--partitions", "2",
+                       "--redis-url", proxy.url)
+    assert produced.returncode == 0, produced.stderr[-3000:]
+    assert "Traceback" not in produced.stderr and proxy.dropped == 6
+    assert sum(db.xlen(partition.readings) for partition in layout_of(db, 2).partitions) == 20
