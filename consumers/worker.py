@@ -128,6 +128,9 @@ class AggregatorWorker:
         self._groups_ready: set[int] = set()
         self._said_start_ignored = False
         self.in_doubt = False  # a transport error left what Redis holds unknown: check before going on
+        # retries: at once after a lost reply, then longer while Redis keeps refusing, but never
+        # so long that the heartbeat and the leases lapse over a flaky connection alone
+        self.backoff = Backoff(max_s=min(5.0, settings.lease_ms / 3000))
 
     def _progressing(self) -> bool:
         """Leases are renewed only while the loop finishes steps well within a lease."""
@@ -474,7 +477,7 @@ class AggregatorWorker:
     def _run(self, stop_requested: Callable[[], bool], progress: ProgressLine) -> WorkerStats:
         settings = self.settings
         started = self.clock()
-        backoff = Backoff()
+        backoff = self.backoff
         while not stop_requested():
             if settings.count is not None and self.stats.entries >= settings.count:
                 break
@@ -507,6 +510,7 @@ class AggregatorWorker:
                 for index in indexes if (owned := self.owned.get(index)) is not None]
         found = standings(self.raw, self.token, self.settings.consumer, held, self.settings.batch)
         self.in_doubt = False
+        self.backoff.reset()  # Redis answers: the next lost reply is a single one again, retried at once
         for standing in found:
             if self._still_ours(standing):
                 owned = self.owned[standing.index]

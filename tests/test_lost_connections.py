@@ -140,3 +140,21 @@ def test_a_producer_whose_first_reads_go_unanswered_retries_instead_of_exiting(d
     assert produced.returncode == 0, produced.stderr[-3000:]
     assert "Traceback" not in produced.stderr and proxy.dropped == 6
     assert sum(db.xlen(partition.readings) for partition in layout_of(db, 2).partitions) == 20
+
+
+def test_replies_lost_one_after_another_while_redis_answers_in_between_are_each_retried_at_once(db, proxy):
+    """Backoff is for a Redis that keeps refusing: when the check after each lost reply is
+    answered, the next lost reply is again a single one. Escalating instead (eight lost reads:
+    seconds of sleep) let the leases lapse over a flaky connection alone."""
+    layout = layout_of(db, 2)
+    add_readings(db, layout, readings(0, 100))
+    worker = worker_through(proxy, layout, lease_ms=1_000, block_ms=5_000)
+    with running(worker):
+        wait_for(lambda: counters(db, layout).get("processed") == 100, 20, "the first readings")
+        before = epochs(db, layout)
+        proxy.lose_next, proxy.lose_times = b"XREADGROUP", 8
+        add_readings(db, layout, readings(100, 100))
+        wait_for(lambda: counters(db, layout).get("processed") == 200 and pending(db, layout) == 0, 30,
+                 "the readings after the lost replies")
+    assert proxy.dropped == 8
+    assert epochs(db, layout) == before, "the leases lapsed while the worker backed off"
