@@ -1,4 +1,5 @@
-"""python -m producers NAME [NAME ...]: run simulated sensors until --count, --duration or Ctrl-C."""
+"""python -m producers NAME [NAME ...]: run simulated sensors until --count, --duration or Ctrl-C;
+--from-csv replays an export, --from-mqtt bridges real sensors from a broker."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from producers.csv_replay import load_readings_csv, replay
 from producers.faults import FaultRates
+from producers.mqtt.cli import add_mqtt_arguments, run_bridge
 from producers.simulation import Simulation, SimulationSettings
 from producers.trim_guard import TrimGuard
 from producers.writer import StreamWriter
@@ -59,6 +61,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line (else timestamped text)")
     parser.add_argument("--metrics-port", type=number_type(int, minimum=1, maximum=65535), help="serve Prometheus metrics here")
     add_replica_wait_argument(parser)
+    add_mqtt_arguments(parser)
     add_redis_arguments(parser)
     return parser
 
@@ -133,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     config = PipelineConfig.from_args(args)
     logstream.install(args.log_json)
     stop = StopSignal().install()
+    if args.from_mqtt is not None:
+        return run_bridge(args, config, stop)
     if args.from_csv is not None:
         frame = load_readings_csv(args.from_csv)
         db = connect_with_retry(config, stop)

@@ -64,6 +64,20 @@ class Keys:
         """Sorted set: worker id -> heartbeat deadline (ms); the basis of partition assignment."""
         return self._key(f"{group}:members")
 
+    @property
+    def mqtt_dead_letter(self) -> str:
+        """Stream: MQTT messages the bridge could not turn into readings (topic, payload, reason)."""
+        return self._key("mqtt:dead-letter")
+
+    @property
+    def mqtt_bridges(self) -> str:
+        """Set: client ids of the MQTT bridges that ran on this pipeline (their status keys expire)."""
+        return self._key("mqtt:bridges")
+
+    def mqtt_bridge(self, client_id: str) -> str:
+        """String with a TTL: a running bridge's status as JSON, rewritten every second."""
+        return self._key(f"mqtt:bridge:{client_id}")
+
     def partition(self, index: int, tag: str) -> PartitionKeys:
         readings = self.readings_override if self.readings_override else f"{{{tag}}}:readings"
         return PartitionKeys(index, tag, readings)
@@ -87,6 +101,21 @@ class PartitionKeys:
         """Hash: sensor -> "seq stream-id", saved now and then, so a restarted producer continues its
         sensors' seq (producers/writer.py)."""
         return self._key("producer-seq")
+
+    @property
+    def mqtt_seq(self) -> str:
+        """Hash: sensor -> the last seq the MQTT bridges gave it (assigned in Redis, with the write)."""
+        return self._key("mqtt-seq")
+
+    def mqtt_seen(self, sensor: str) -> str:
+        """Sorted set: the sensor's newest device times written from MQTT, so a redelivered
+        message is recognised (producers/mqtt/sink.py)."""
+        return self._key(f"mqtt-seen:{sensor}")
+
+    @property
+    def mqtt_counters(self) -> str:
+        """Hash: written, duplicates: what the MQTT bridges' writes did here, exact across crashes."""
+        return self._key("mqtt-counters")
 
     def group(self, group: str) -> GroupKeys:
         return GroupKeys(self, group)

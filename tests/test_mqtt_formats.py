@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from producers.mqtt.device_payloads import SIMULATOR_JSON_MAP, device_messages
 from producers.mqtt.formats import DEFAULT_TOPICS, FORMATS, FormatOptions, parser_for
 from producers.mqtt.formats.json_mapping import JsonMapping
 from producers.mqtt.message import MAX_PAYLOAD_BYTES, MqttMessage, PayloadError, sensor_name
@@ -84,3 +85,21 @@ def test_sensor_names_from_device_names():
 def test_bad_mappings_name_the_part(spec, problem):
     with pytest.raises(UsageError, match=problem):
         JsonMapping.parse(spec)
+
+
+@pytest.mark.parametrize("format_name", sorted(FORMATS))
+def test_what_the_simulators_publish_reads_back(format_name):
+    """The simulators' payloads (--to-mqtt) read back as the reading they carry; the split
+    formats as one metric per message, at arrival time."""
+    ts_ms = 1_704_067_200_000 + (0 if format_name == "tasmota" else 123)
+    mapping = JsonMapping.parse(SIMULATOR_JSON_MAP) if format_name == "json" else None
+    parse = parser_for(format_name, FormatOptions(mapping=mapping))
+    readings = [reading for topic, payload in device_messages(format_name, "kitchen-1", ts_ms, 21.5, 48.25)
+                for reading in parse(MqttMessage(topic, payload, ARRIVAL_MS))]
+    split = format_name in ("shelly", "esphome")
+    if split:
+        assert [(r.temperature_c, r.humidity_pct, r.ts_ms) for r in readings] == [
+            (21.5, None, ARRIVAL_MS), (None, 48.25, ARRIVAL_MS)]
+    else:
+        assert [(r.sensor, r.ts_ms, r.device_time, r.temperature_c, r.humidity_pct) for r in readings] == [
+            ("kitchen-1", ts_ms, True, 21.5, 48.25)]

@@ -1,0 +1,281 @@
+"""The MQTT bridge against a private Mosquitto and a private redis-server: every reading a device
+published at QoS 1 lands in the stream exactly once (device time present) through bridge crashes,
+a broker crash and a Redis outage; retained replays and redeliveries are not new readings."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import signal
+import threading
+import time
+import urllib.request
+from collections import Counter
+
+import pytest
+import redis
+
+from producers.mqtt.bridge import MqttBridge
+from producers.mqtt.formats import FormatOptions, parser_for
+from producers.mqtt.formats.json_mapping import JsonMapping
+from producers.mqtt.local_broker import PrivateMosquitto
+from producers.mqtt.settings import BridgeSettings, BrokerTarget
+from producers.mqtt.sink import ReadingSink
+from telemetry.embedded import PrivateRedisServer, free_port
+from telemetry.keys import Keys
+from telemetry.partitions import open_layout
+from telemetry.schema import FieldMap
+from tests.aggregation_helpers import START
+from tests.crash_harness import wait_for
+from tests.mqtt_helpers import PARTITIONS, Publisher, redis_counters, start_bridge, stream_readings, wait_subscribed
+
+SENSORS = [f"dev-{index}" for index in range(5)]
+
+
+@pytest.fixture()
+def broker(tmp_path):
+    with PrivateMosquitto(tmp_path / "mosquitto", max_queued_messages=100_000) as server:
+        yield server
+
+
+def keyed(readings: list[dict]) -> Counter:
+    return Counter((fields["sensor"], int(fields["ts"])) for fields in readings)
+
+
+def publish_steadily(publisher: Publisher, count: int, per_second: float, format_name: str = "zigbee2mqtt",
+                     stop: threading.Event | None = None) -> threading.Thread:
+    """Publish `count` readings per sensor in the background, at device times one second apart."""
+
+    def run() -> None:
+        for tick in range(count):
+            for index, sensor in enumerate(SENSORS):
+                publisher.publish(format_name, sensor, START + tick * 1000 + index, 20 + tick % 7, 40 + index)
+            time.sleep(len(SENSORS) / per_second)
+            if stop is not None and stop.is_set():
+                return
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def assert_exactly_once(redis_url: str, expected: set) -> Counter:
+    readings = stream_readings(redis_url)
+    seen = keyed(readings)
+    doubled = {key: n for key, n in seen.items() if n > 1}
+    assert not doubled, f"written twice: {sorted(doubled)[:10]}"
+    assert set(seen) == expected, f"missing {sorted(expected - set(seen))[:10]}, extra {sorted(set(seen) - expected)[:10]}"
+    for sensor in SENSORS:  # seqs given in Redis, with the write: no gap, no repeat
+        seqs = sorted(int(fields["seq"]) for fields in readings if fields["sensor"] == sensor)
+        assert seqs == list(range(len(seqs)))
+    return seen
+
+
+def test_bridge_killed_ten_times_writes_every_reading_once(broker, redis_url, tmp_path):
+    publisher = Publisher(broker.port)
+    log = tmp_path / "bridge.log"
+    rng = random.Random(19)
+    bridge = start_bridge(broker.url, redis_url, log, "--batch", "50")
+    wait_subscribed(redis_url)
+    publishing = publish_steadily(publisher, 60, per_second=250)
+    kills = 0
+    while kills < 10:
+        time.sleep(rng.uniform(0.6, 1.6))  # the bridge starts in about half a second: some kills hit mid-run
+        bridge.send_signal(signal.SIGKILL)
+        bridge.wait()
+        kills += 1
+        bridge = start_bridge(broker.url, redis_url, log, "--batch", "50")
+    publishing.join(timeout=60)
+    publisher.wait_confirmed(60 * len(SENSORS))
+    expected = set(publisher.confirmed)
+    wait_for(lambda: len(stream_readings(redis_url)) >= len(expected), 30, "every reading in the stream")
+    bridge.terminate()
+    bridge.wait(timeout=20)
+    assert_exactly_once(redis_url, expected)
+    totals = redis_counters(redis_url)
+    assert totals["written"] == len(expected)
+    print(f"10 kills -9: {len(expected)} readings once each; {totals['duplicates']} redeliveries recognised")
+    publisher.close()
+
+
+def metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+OUTAGE_S = 10  # the issue says 30 s; 10 s keeps the suite's time down and fills the bound as surely
+
+
+def test_redis_outage_holds_acknowledgements_within_the_bound(broker, tmp_path):
+    (tmp_path / "redis").mkdir()
+    server = PrivateRedisServer(tmp_path / "redis")
+    server.start()
+    metrics_port = free_port()
+    publisher = Publisher(broker.port)
+    bridge = start_bridge(broker.url, server.url, tmp_path / "bridge.log", "--max-in-flight", "20",
+                          "--batch", "10", "--metrics-port", str(metrics_port))
+    try:
+        wait_subscribed(server.url)
+        for tick in range(5):
+            for sensor in SENSORS:
+                publisher.publish("zigbee2mqtt", sensor, START + tick * 1000, 21.0, 40.0)
+        wait_for(lambda: len(stream_readings(server.url)) == 5 * len(SENSORS), 20, "the first readings")
+        server.stop()
+        publishing = publish_steadily_from(publisher, first_tick=5, ticks=40)
+        in_flight = []
+        deadline = time.monotonic() + OUTAGE_S
+        while time.monotonic() < deadline:
+            in_flight.append(metric(metrics_port, "telemetry_mqtt_in_flight"))
+            time.sleep(0.2)
+        publishing.join(timeout=30)
+        assert max(in_flight) <= 20, f"in flight went past the bound: {max(in_flight)}"
+        assert max(in_flight) == 20, f"the broker never filled the bound ({max(in_flight)}): the test proves nothing"
+        assert metric(metrics_port, "telemetry_mqtt_written_total") == 5 * len(SENSORS)
+        server.start()
+        publisher.wait_confirmed(45 * len(SENSORS))
+        wait_for(lambda: len(stream_readings(server.url)) >= 45 * len(SENSORS), 30, "the backlog written")
+        assert_exactly_once(server.url, set(publisher.confirmed))
+    finally:
+        bridge.terminate()
+        bridge.wait(timeout=20)
+        publisher.close()
+        server.stop()
+
+
+def publish_steadily_from(publisher: Publisher, first_tick: int, ticks: int) -> threading.Thread:
+    def run() -> None:
+        for tick in range(first_tick, first_tick + ticks):
+            for sensor in SENSORS:
+                publisher.publish("zigbee2mqtt", sensor, START + tick * 1000, 22.0, 41.0)
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_broker_killed_and_restarted(broker, redis_url, tmp_path):
+    """What the broker acknowledged after its last autosave is gone with a kill -9 (Mosquitto
+    saves every autosave_interval, 1 s here): the test reports it, and checks that everything
+    the bridge saw is written once and that its count matches the stream."""
+    publisher = Publisher(broker.port)
+    bridge = start_bridge(broker.url, redis_url, tmp_path / "bridge.log", "--batch", "20")
+    wait_subscribed(redis_url)
+    publishing = publish_steadily(publisher, 40, per_second=100)
+    time.sleep(1.5)
+    broker.kill()
+    time.sleep(1.0)
+    broker.start()
+    publishing.join(timeout=60)
+    time.sleep(3)  # publishers and bridge reconnect; the publisher resends what the broker never confirmed
+    published = {(sensor, START + tick * 1000 + index) for tick in range(40) for index, sensor in enumerate(SENSORS)}
+    readings = stream_readings(redis_url)
+    wait_for(lambda: len(stream_readings(redis_url)) == redis_counters(redis_url)["written"], 10, "quiet")
+    seen = keyed(stream_readings(redis_url))
+    assert all(n == 1 for n in seen.values()), "a reading written twice"
+    assert redis_counters(redis_url)["written"] == len(seen)
+    lost = published - set(seen)
+    print(f"broker kill -9: {len(published)} published at QoS 1, {len(seen)} in the stream, {len(lost)} lost "
+          f"at the broker (acknowledged to the publisher, not yet saved)")
+    assert len(readings) > 0 and len(lost) < len(published) / 2
+    bridge.terminate()
+    bridge.wait(timeout=20)
+    publisher.close()
+
+
+def test_retained_replays_are_not_readings(broker, redis_url, tmp_path):
+    publisher = Publisher(broker.port)
+    for index, sensor in enumerate(SENSORS[:3]):
+        publisher.publish("zigbee2mqtt", sensor, START + index, 19.0, 45.0, retain=True)
+    publisher.wait_confirmed(3)
+    log = tmp_path / "bridge.log"
+    for run in range(2):  # every subscribe replays the retained messages
+        bridge = start_bridge(broker.url, redis_url, log)
+        wait_subscribed(redis_url)
+        publisher.publish("zigbee2mqtt", SENSORS[3], START + 10_000 + run, 20.0, 50.0)
+        wait_for(lambda expected=run + 1: len(stream_readings(redis_url)) == expected, 20, "the live reading")
+        time.sleep(0.5)
+        bridge.send_signal(signal.SIGTERM)
+        bridge.wait(timeout=20)
+    assert keyed(stream_readings(redis_url)) == Counter({(SENSORS[3], START + 10_000): 1, (SENSORS[3], START + 10_001): 1})
+    status = json.loads(redis.Redis.from_url(redis_url).get(Keys().mqtt_bridge("test-bridge")))
+    assert status["retained_skipped"] == 3
+    publisher.close()
+
+
+def in_process_bridge(broker: PrivateMosquitto, redis_url: str, format_name: str, mapping: str | None = None
+                      ) -> MqttBridge:
+    db = redis.Redis.from_url(redis_url, decode_responses=True)
+    layout = open_layout(db, Keys(), PARTITIONS)
+    options = FormatOptions(mapping=JsonMapping.parse(mapping) if mapping else None)
+    settings = BridgeSettings(BrokerTarget("127.0.0.1", broker.port, False), format_name, options, "dup-test",
+                              topics=("sensors/#",) if format_name == "json" else ())
+    bridge = MqttBridge(settings, ReadingSink(db, layout, Keys(), FieldMap(), 0, "dup-test"),
+                        parser_for(format_name, options), log=io.StringIO())
+    bridge.start()
+    wait_for(lambda: bridge.connected, 10, "the bridge connected")
+    time.sleep(0.2)  # the subscription in place
+    return bridge
+
+
+def write_and_die_before_acknowledging(broker, redis_url, format_name, mapping, publish) -> MqttBridge:
+    """A bridge writes five readings and dies before its acknowledgements; a second one with the
+    same client id takes the session over and is sent the five again, with DUP set."""
+    first = in_process_bridge(broker, redis_url, format_name, mapping)
+    first.client.ack = lambda mid, qos: None
+    publish()
+    wait_for(lambda: first.step(0.1) == 0 and first.counts.received == 5, 10, "five messages written")
+    first.client.loop_stop()
+    second = in_process_bridge(broker, redis_url, format_name, mapping)
+    wait_for(lambda: second.step(0.1) == 0 and second.counts.received == 5, 10, "five redelivered")
+    second.close()
+    first.client.disconnect()
+    return second
+
+
+def test_redelivered_messages_with_device_time_are_recognised(broker, redis_url):
+    publisher = Publisher(broker.port)
+    second = write_and_die_before_acknowledging(
+        broker, redis_url, "zigbee2mqtt", None,
+        lambda: [publisher.publish("zigbee2mqtt", "attic", START + tick, 20.0, 40.0) for tick in range(5)])
+    assert (second.counts.written, second.counts.duplicates) == (0, 5)
+    assert len(stream_readings(redis_url)) == 5
+    publisher.close()
+
+
+def test_redelivered_messages_at_arrival_time_are_written_and_counted(broker, redis_url):
+    """Without device time a redelivery cannot be told from a new reading: written, and counted."""
+    publisher = Publisher(broker.port)
+    second = write_and_die_before_acknowledging(
+        broker, redis_url, "json", "sensor=topic:1,temperature=t,humidity=h",
+        lambda: [publisher.raw("sensors/attic", json.dumps({"t": 20.0 + tick, "h": 40}).encode()) for tick in range(5)])
+    assert (second.counts.written, second.counts.redelivered_at_arrival_time) == (5, 5)
+    readings = stream_readings(redis_url)
+    assert len(readings) == 10 and all(fields["time"] == "broker" for fields in readings)
+    publisher.close()
+
+
+def test_bad_payloads_are_dead_lettered_and_acknowledged(broker, redis_url, tmp_path):
+    publisher = Publisher(broker.port)
+    bridge = start_bridge(broker.url, redis_url, tmp_path / "bridge.log")
+    wait_subscribed(redis_url)
+    publisher.raw("zigbee2mqtt/attic", b"not json")
+    publisher.raw("zigbee2mqtt/attic", json.dumps({"temperature": "warm", "humidity": 40}).encode())
+    publisher.raw("zigbee2mqtt/attic", b"{" + b" " * 70_000 + b"}")
+    publisher.publish("zigbee2mqtt", "attic", START, 20.0, 40.0)
+    wait_for(lambda: len(stream_readings(redis_url)) == 1, 20, "the good reading")
+    letters = redis.Redis.from_url(redis_url, decode_responses=True).xrange(Keys().mqtt_dead_letter)
+    assert [fields["reason"] for _, fields in letters] == [
+        "not JSON: Expecting value at character 0", "temperature: 'warm' is not a number",
+        "payload of 70002 bytes, more than 65536"]
+    assert all(fields["topic"] == "zigbee2mqtt/attic" for _, fields in letters)
+    assert len(letters[2][1]["payload"]) == 512
+    bridge.terminate()
+    bridge.wait(timeout=20)
+    restarted = start_bridge(broker.url, redis_url, tmp_path / "bridge.log")  # nothing left unacknowledged
+    time.sleep(2)
+    restarted.terminate()
+    restarted.wait(timeout=20)
+    assert len(redis.Redis.from_url(redis_url).xrange(Keys().mqtt_dead_letter)) == 3
+    publisher.close()
