@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 import redis
 
+from telemetry.bridge_status import bridge_statuses, written_totals
 from telemetry.connection import Client, is_cluster
 from telemetry.keys import GroupKeys
 from telemetry.lag import ConsumerInfo, GroupLag, PartitionLag, partition_lags
@@ -66,6 +67,8 @@ class PipelineStatus:
     dead_letter_count: int
     counters: dict[str, int]
     warnings: tuple[str, ...]
+    mqtt_bridges: tuple[dict, ...] = ()  # each MQTT bridge's last status (telemetry/bridge_status.py)
+    mqtt_totals: dict[str, int] | None = None  # what the bridges wrote, exactly; None: no bridge ran
 
     def as_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -184,7 +187,23 @@ def collect_status(db: redis.Redis, layout: Layout, group: str, maxlen: int, *, 
                          for lag, state in zip(lags, states)),
         other_groups=tuple(totals(name) for name in others),
         dead_letter_count=sum(state.dead_letters for state in states), counters=counters,
-        warnings=tuple(_trim_warnings(lags, limit) + _idle_warnings(lags) + _counter_warnings(counters)))
+        warnings=tuple(_trim_warnings(lags, limit) + _idle_warnings(lags) + _counter_warnings(counters)),
+        **_mqtt_status(db, layout))
+
+
+def _mqtt_status(db: redis.Redis, layout: Layout) -> dict:
+    bridges = tuple(bridge_statuses(db, layout.keys))
+    return {"mqtt_bridges": bridges, "mqtt_totals": written_totals(db, layout) if bridges else None}
+
+
+def _bridge_line(bridge: dict) -> str:
+    if "received" not in bridge:
+        return f"mqtt bridge {bridge['client_id']}: no status (stopped without a word, or away from Redis)"
+    state = "stopped" if not bridge["running"] else "connected" if bridge["connected"] else "DISCONNECTED"
+    return (f"mqtt bridge {bridge['client_id']} ({bridge['broker']}): {state}, received {bridge['received']}, "
+            f"written {bridge['written']}, duplicates {bridge['duplicates']}, retained skipped "
+            f"{bridge['retained_skipped']}, dead-lettered {bridge['dead_lettered']}, in flight "
+            f"{bridge['in_flight']} of {bridge['max_in_flight']}")
 
 
 def _age(value: float | None) -> str:
@@ -219,5 +238,9 @@ def render_status(status: PipelineStatus) -> str:
     lines.append(f"dead letters: {status.dead_letter_count}")
     if status.counters:
         lines.append("counters: " + ", ".join(f"{name} {value}" for name, value in sorted(status.counters.items())))
+    lines += [_bridge_line(bridge) for bridge in status.mqtt_bridges]
+    if status.mqtt_totals is not None:
+        lines.append(f"mqtt, all bridges: written {status.mqtt_totals['written']}, "
+                     f"duplicates skipped {status.mqtt_totals['duplicates']}")
     lines += [f"WARNING: {warning}" for warning in status.warnings]
     return "\n".join(lines)

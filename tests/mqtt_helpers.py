@@ -14,7 +14,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from producers.mqtt.device_payloads import device_messages
-from producers.mqtt.status import written_totals
+from telemetry.bridge_status import written_totals
 from telemetry.keys import Keys
 from telemetry.partitions import open_layout
 from tests.crash_harness import spawn

@@ -27,6 +27,7 @@ from telemetry.keys import Keys
 from telemetry.partitions import open_layout
 from telemetry.schema import FieldMap
 from tests.aggregation_helpers import START
+from tests.conftest import run_cli
 from tests.crash_harness import wait_for
 from tests.mqtt_helpers import PARTITIONS, Publisher, redis_counters, start_bridge, stream_readings, wait_subscribed
 
@@ -273,9 +274,31 @@ def test_bad_payloads_are_dead_lettered_and_acknowledged(broker, redis_url, tmp_
     assert len(letters[2][1]["payload"]) == 512
     bridge.terminate()
     bridge.wait(timeout=20)
+    status = json.loads(run_cli("consumers", "status", "--json", "--redis-url", redis_url).stdout)
+    assert status["mqtt_totals"] == {"written": 1, "duplicates": 0}
+    [shown] = status["mqtt_bridges"]
+    assert (shown["client_id"], shown["running"], shown["received"], shown["dead_lettered"]) == (
+        "test-bridge", False, 4, 3)
     restarted = start_bridge(broker.url, redis_url, tmp_path / "bridge.log")  # nothing left unacknowledged
     time.sleep(2)
     restarted.terminate()
     restarted.wait(timeout=20)
     assert len(redis.Redis.from_url(redis_url).xrange(Keys().mqtt_dead_letter)) == 3
     publisher.close()
+
+
+@pytest.mark.parametrize(("args", "env", "problem"), [
+    (["--from-mqtt", "mqtt://bob:secret@127.0.0.1", "--format", "tasmota"], {}, "not in the URL"),
+    (["--from-mqtt", "mqtt://127.0.0.1", "--format", "tasmota"], {"MQTT_PASSWORD": "x"}, "names no user"),
+    (["--from-mqtt", "mqtt://127.0.0.1", "--format", "json"], {}, "needs --map"),
+    (["--from-mqtt", "mqtt://127.0.0.1", "--format", "tasmota", "--topic", "a/#/b"], {}, "not an MQTT topic filter"),
+    (["--from-mqtt", "mqtt://127.0.0.1", "--format", "tasmota", "--tz", "Mars/Base"], {}, "not a time zone"),
+    (["--from-mqtt", "mqtt://127.0.0.1", "--format", "tasmota", "--mqtt-ca", "ca.pem"], {}, "only with mqtts://"),
+    (["--from-mqtt", "http://127.0.0.1", "--format", "tasmota"], {}, "expected mqtt://"),
+    (["--from-mqtt", "mqtt://127.0.0.1"], {}, "needs --format"),
+    (["kitchen", "--from-mqtt", "mqtt://127.0.0.1", "--format", "tasmota"], {}, "name no simulated ones"),
+])
+def test_bad_bridge_flags_exit_2_with_one_line(args, env, problem, redis_url):
+    result = run_cli("producers", *args, "--redis-url", redis_url, env_extra=env, timeout=30)
+    assert result.returncode == 2
+    assert problem in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

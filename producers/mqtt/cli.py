@@ -75,13 +75,13 @@ def bridge_settings(args: argparse.Namespace, prefix: str) -> BridgeSettings:
                           tuple(args.topic), args.share, args.max_in_flight, args.batch, duration_s=duration)
 
 
-def publish_status(db, config: PipelineConfig, bridge: MqttBridge) -> None:
+def publish_status(db, config: PipelineConfig, bridge: MqttBridge, *, stopped: bool = False) -> None:
     """Best effort: `consumers status` shows it; an outage shows as a stale or expired status."""
     try:
         pipeline = db.pipeline(transaction=False)
         pipeline.sadd(config.keys.mqtt_bridges, bridge.settings.client_id)
-        pipeline.set(config.keys.mqtt_bridge(bridge.settings.client_id), json.dumps(bridge.status()),
-                     px=STATUS_TTL_MS)
+        pipeline.set(config.keys.mqtt_bridge(bridge.settings.client_id),
+                     json.dumps({**bridge.status(), "stopped": stopped}), px=None if stopped else STATUS_TTL_MS)
         pipeline.execute()
     except RETRYABLE:
         pass
@@ -121,7 +121,7 @@ def run_bridge(args: argparse.Namespace, config: PipelineConfig, stop: StopSigna
     finally:
         bridge.close()
         progress.close()
-        publish_status(db, config, bridge)
+        publish_status(db, config, bridge, stopped=True)
     counts = bridge.counts.as_dict()
     if args.json:
         print(json.dumps({"stopped_by_signal": stop.requested, "bridge": counts}))

@@ -1,5 +1,6 @@
-"""What `consumers status` shows of the MQTT bridges: each running bridge's own status (counts,
-in flight, broker connection), and what the bridges wrote, summed from the partitions."""
+"""What `consumers status` shows of the MQTT bridges (producers/mqtt/): each bridge's own status
+(counts, in flight, broker connection), and what the bridges wrote, summed from the partitions.
+Read here, in the core, so that status needs nothing of the bridge's package."""
 
 from __future__ import annotations
 
@@ -24,12 +25,13 @@ def written_totals(db, layout: Layout) -> dict[str, int]:
 
 
 def bridge_statuses(db, keys: Keys) -> list[dict]:
-    """The status each bridge last wrote; a bridge whose status expired shows as not running."""
+    """The status each bridge last wrote; one that stopped, or whose status expired (killed, or
+    away from Redis), shows as not running."""
     client_ids = sorted(value.decode() if isinstance(value, bytes) else value
                         for value in db.smembers(keys.mqtt_bridges))
     statuses = []
     for client_id, raw in zip(client_ids, db.mget([keys.mqtt_bridge(client_id) for client_id in client_ids])
                               if client_ids else []):
-        statuses.append({"client_id": client_id, "running": False} if raw is None
-                        else {**json.loads(raw), "running": True})
+        status = {"client_id": client_id, "stopped": True} if raw is None else json.loads(raw)
+        statuses.append({**status, "running": not status.get("stopped", False)})
     return statuses
