@@ -10,7 +10,7 @@ from pathlib import Path
 
 from producers.csv_replay import load_readings_csv, replay
 from producers.faults import FaultRates
-from producers.mqtt.cli import add_mqtt_arguments, run_bridge
+from producers.mqtt.cli import add_mqtt_arguments, device_publisher, run_bridge
 from producers.simulation import Simulation, SimulationSettings
 from producers.trim_guard import TrimGuard
 from producers.writer import StreamWriter
@@ -151,19 +151,23 @@ def main(argv: list[str] | None = None) -> int:
         duration_s=duration_s(args.duration), faults=fault_rates(args), faulty=faulty(args), batch_size=args.batch,
         backfill_start_ms=parse_time_ms(args.start, field="--start") if args.start else None,
     )
-    db = connect_with_retry(config, stop)
-    layout = until_answered("producer", lambda: config.layout(db), stop)
-    writer = StreamWriter(db, layout, config.field_map, partition_maxlen(args.maxlen, layout.count),
-                          wait=replica_wait(args, "producer"))
     start_ms = settings.backfill_start_ms if settings.backfill_start_ms is not None else now_ms()
+    if args.to_mqtt is not None:
+        writer, trim_guard = device_publisher(args), None
+    else:
+        db = connect_with_retry(config, stop)
+        layout = until_answered("producer", lambda: config.layout(db), stop)
+        writer = StreamWriter(db, layout, config.field_map, partition_maxlen(args.maxlen, layout.count),
+                              wait=replica_wait(args, "producer"))
+        trim_guard = TrimGuard(db, [partition.readings for partition in layout.partitions],
+                               partition_maxlen(args.maxlen, layout.count))
     simulation = Simulation(settings, writer, config.field_map, start_ms,
                             until_answered("producer", lambda: writer.last_seqs(list(settings.names)), stop),
-                            TrimGuard(db, [partition.readings for partition in layout.partitions],
-                                      partition_maxlen(args.maxlen, layout.count)))
+                            trim_guard)
     print(f"producer: {len(settings.names)} sensors at {settings.rate_hz:g} Hz"
           + (" (backfill)" if simulation.backfilling else ""), file=sys.stderr)
     planned = planned_readings(settings, start_ms, now_ms())
-    if planned is not None and args.maxlen and planned > args.maxlen:
+    if planned is not None and args.maxlen and planned > args.maxlen and args.to_mqtt is None:
         print(f"producer: WARNING this run writes about {planned:,} readings but the pipeline keeps {args.maxlen:,} "
               f"(--maxlen): the oldest {planned - args.maxlen:,} will be trimmed as it runs; to keep them, pass "
               f"--maxlen {planned} (or 0: no trimming)", file=sys.stderr)

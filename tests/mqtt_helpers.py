@@ -68,11 +68,24 @@ class Publisher:
         self.client.loop_stop()
 
 
+STARTED: list[subprocess.Popen] = []  # killed after each test (tests/test_mqtt_bridge.py), whatever failed
+
+
 def start_bridge(broker_url: str, redis_url: str, log: Path, *args: str, format_name: str = "zigbee2mqtt",
                  client_id: str = "test-bridge") -> subprocess.Popen:
     with log.open("a") as out:
-        return spawn("producers", "--from-mqtt", broker_url, "--format", format_name, "--redis-url", redis_url,
-                     "--client-id", client_id, "--partitions", str(PARTITIONS), *args, stderr=out)
+        process = spawn("producers", "--from-mqtt", broker_url, "--format", format_name, "--redis-url", redis_url,
+                        "--client-id", client_id, "--partitions", str(PARTITIONS), *args, stderr=out)
+    STARTED.append(process)
+    return process
+
+
+def kill_leftovers() -> None:
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def stream_readings(redis_url: str) -> list[dict]:

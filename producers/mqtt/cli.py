@@ -11,6 +11,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from producers.mqtt.bridge import MqttBridge
+from producers.mqtt.device_publisher import DevicePublisher
 from producers.mqtt.formats import FORMATS, FormatOptions, parser_for
 from producers.mqtt.formats.json_mapping import JsonMapping
 from producers.mqtt.settings import PASSWORD_ENV, BridgeSettings, BrokerTarget, default_client_id
@@ -31,6 +32,8 @@ def add_mqtt_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--from-mqtt", metavar="URL",
                        help="bridge a broker's messages into the pipeline: mqtt://[user@]host[:port] or mqtts://; "
                             f"the password from ${PASSWORD_ENV} or --mqtt-password-file")
+    group.add_argument("--to-mqtt", metavar="URL",
+                       help="simulated sensors publish to this broker (QoS 1) in --format instead of writing to Redis")
     group.add_argument("--format", choices=sorted(FORMATS), help="the devices' payload format")
     group.add_argument("--topic", action="append", default=[], metavar="FILTER",
                        help="topic filter to subscribe to, wildcards allowed (repeatable; default: the format's usual one)")
@@ -49,6 +52,17 @@ def add_mqtt_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mqtt-ca", type=Path, metavar="FILE", help="mqtts://: CA certificate(s) to trust")
     group.add_argument("--mqtt-cert", type=Path, metavar="FILE", help="mqtts://: client certificate")
     group.add_argument("--mqtt-key", type=Path, metavar="FILE", help="mqtts://: client key")
+
+
+def device_publisher(args: argparse.Namespace) -> DevicePublisher:
+    if args.format is None:
+        raise UsageError(f"--to-mqtt needs --format ({'|'.join(sorted(FORMATS))})")
+    if args.from_csv is not None:
+        raise UsageError("--to-mqtt publishes simulated sensors, not a CSV")
+    broker = BrokerTarget.from_url(args.to_mqtt, password_file=args.mqtt_password_file, ca_file=args.mqtt_ca,
+                                   cert_file=args.mqtt_cert, key_file=args.mqtt_key, flag="--to-mqtt")
+    print(f"producer: publishing to {broker!r} as {args.format} devices", file=sys.stderr)
+    return DevicePublisher(broker, args.format)
 
 
 def format_options(args: argparse.Namespace) -> FormatOptions:

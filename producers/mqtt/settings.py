@@ -34,26 +34,26 @@ class BrokerTarget:
     @classmethod
     def from_url(cls, url: str, *, password_file: Path | None = None, ca_file: Path | None = None,
                  cert_file: Path | None = None, key_file: Path | None = None,
-                 environ: dict | None = None) -> BrokerTarget:
+                 environ: dict | None = None, flag: str = "--from-mqtt") -> BrokerTarget:
         """The password comes from $MQTT_PASSWORD or --mqtt-password-file, never from the URL,
         where every user of the machine would read it in `ps`."""
         environ = os.environ if environ is None else environ
         parts = urlsplit(url)
         if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
-            raise UsageError(f"--from-mqtt {url!r}: expected mqtt://[user@]host[:port] or mqtts://...")
+            raise UsageError(f"{flag} {url!r}: expected mqtt://[user@]host[:port] or mqtts://...")
         if parts.password is not None:
-            raise UsageError(f"--from-mqtt: put the password in ${PASSWORD_ENV} or a file (--mqtt-password-file), "
+            raise UsageError(f"{flag}: put the password in ${PASSWORD_ENV} or a file (--mqtt-password-file), "
                              "not in the URL")
         try:
             port = parts.port or DEFAULT_PORTS[parts.scheme]
         except ValueError:
-            raise UsageError(f"--from-mqtt {url!r}: the port is not a number from 1 to 65535") from None
+            raise UsageError(f"{flag} {url!r}: the port is not a number from 1 to 65535") from None
         tls = parts.scheme == "mqtts"
-        for flag, path in (("--mqtt-ca", ca_file), ("--mqtt-cert", cert_file), ("--mqtt-key", key_file)):
+        for file_flag, path in (("--mqtt-ca", ca_file), ("--mqtt-cert", cert_file), ("--mqtt-key", key_file)):
             if path is not None and not tls:
-                raise UsageError(f"{flag}: only with mqtts://")
+                raise UsageError(f"{file_flag}: only with mqtts://")
             if path is not None and not path.is_file():
-                raise UsageError(f"{flag} {path}: no such file")
+                raise UsageError(f"{file_flag} {path}: no such file")
         if (cert_file is None) != (key_file is None):
             raise UsageError("--mqtt-cert and --mqtt-key go together")
         password = None
@@ -66,7 +66,7 @@ class BrokerTarget:
             password = environ[PASSWORD_ENV]
         username = unquote(parts.username) if parts.username else None
         if password is not None and username is None:
-            raise UsageError("--from-mqtt: a password is given but the URL names no user (mqtt://user@host)")
+            raise UsageError(f"{flag}: a password is given but the URL names no user (mqtt://user@host)")
         return cls(parts.hostname, port, tls, username, password, ca_file, cert_file, key_file)
 
 
