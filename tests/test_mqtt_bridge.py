@@ -293,6 +293,9 @@ def test_bad_payloads_are_dead_lettered_and_acknowledged(broker, redis_url, tmp_
     [shown] = status["mqtt_bridges"]
     assert (shown["client_id"], shown["running"], shown["received"], shown["dead_lettered"]) == (
         "test-bridge", False, 4, 3)
+    text = run_cli("consumers", "status", "--redis-url", redis_url).stdout
+    assert "mqtt bridge test-bridge (mqtt://127.0.0.1:" in text and "stopped, received 4, written 1" in text
+    assert "mqtt, all bridges: written 1, duplicates skipped 0" in text
     restarted = start_bridge(broker.url, redis_url, tmp_path / "bridge.log")  # nothing left unacknowledged
     time.sleep(2)
     restarted.terminate()
