@@ -17,7 +17,14 @@ from producers.mqtt.formats.json_mapping import JsonMapping
 from producers.mqtt.settings import PASSWORD_ENV, BridgeSettings, BrokerTarget, default_client_id
 from producers.mqtt.sink import ReadingSink
 from telemetry.backoff import RETRYABLE
-from telemetry.cli import PipelineConfig, StopSignal, connect_with_retry, number_type, replica_wait
+from telemetry.cli import (
+    PipelineConfig,
+    StopSignal,
+    connect_with_retry,
+    number_type,
+    replica_wait,
+    until_answered,
+)
 from telemetry.errors import UsageError
 from telemetry.partitions import partition_maxlen
 from telemetry.progress import ProgressLine
@@ -105,7 +112,7 @@ def run_bridge(args: argparse.Namespace, config: PipelineConfig, stop: StopSigna
     settings = bridge_settings(args, config.keys.prefix)
     parse = parser_for(settings.format_name, settings.options)
     db = connect_with_retry(config, stop)
-    layout = config.layout(db)
+    layout = until_answered("bridge", lambda: config.layout(db), stop)
     sink = ReadingSink(db, layout, config.keys, config.field_map, partition_maxlen(args.maxlen, layout.count),
                        settings.client_id, wait=replica_wait(args, "bridge"))
     bridge = MqttBridge(settings, sink, parse)
