@@ -8,6 +8,7 @@ A URL naming any node of a cluster is enough: cluster mode is found with INFO cl
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from collections.abc import Iterator, Mapping
@@ -72,10 +73,20 @@ def resolve_target(flag_url: str | None, env: Mapping[str, str] = os.environ) ->
     return RedisTarget(EmbeddedRedis(home).ensure_running(), f"embedded redis-server, data in {home.name}/")
 
 
+def _no_client_setinfo() -> dict:
+    """CLIENT SETINFO (the library's name and version) costs two replies on every new connection:
+    over a flaky network, two more chances for a reconnect to fail, for a label nothing reads."""
+    parameters = inspect.signature(redis.connection.AbstractConnection.__init__).parameters
+    return {"driver_info": None} if "driver_info" in parameters else {"lib_name": None, "lib_version": None}
+
+
+NO_CLIENT_SETINFO = _no_client_setinfo()
+
+
 def connect(target: RedisTarget, *, announce: bool = True, timeout_s: float = 10.0) -> Client:
     """A client with decoded responses; fails fast with RedisUnavailable if nothing answers."""
     settings = {"decode_responses": True, "socket_connect_timeout": 2.0, "socket_timeout": timeout_s,
-                "health_check_interval": 30}
+                "health_check_interval": 30, **NO_CLIENT_SETINFO}
     database = walrus.Database.from_url(target.url, **settings)
     with _refusals(target):
         database.ping()
