@@ -16,10 +16,12 @@ from telemetry.merge import merge_runs
 from telemetry.stream_reads import last_ids, read_streams
 from telemetry.timeutil import iso_utc
 
+_MARKERS = {"firing": "FIRING  ", "resolved": "resolved", "flapping": "FLAPPING", "flapping_stopped": "flap end"}
+
 
 def format_alert(entry_id: str, fields: dict[str, str]) -> str:
     when = iso_utc(int(fields.get("ts", "0") or 0))
-    marker = "FIRING  " if fields.get("state") == "firing" else "resolved"
+    marker = _MARKERS.get(fields.get("state", ""), fields.get("state", ""))
     return (f"{when} {marker} {fields.get('severity', ''):<8} {fields.get('rule', '')} "
             f"sensor={fields.get('sensor', '')} value={fields.get('value', '')}{fields.get('unit', '')} "
             f"threshold={fields.get('threshold', '')}{fields.get('unit', '')} id={fields.get('alert_id', '')}")

@@ -226,9 +226,7 @@ class PartitionProcessor:
             for start in sorted(state.windows):
                 if clock_ms >= start + settings.window_ms + settings.grace_ms + settings.idle_ms:
                     self._close(sensor, state, state.windows[start], "idle")
-        alerts_before = len(self.outputs.alerts)
-        on_silence(self._emit_alert, settings.rules, sensor, state, clock_ms)
-        if len(self.outputs.alerts) != alerts_before:
+        if on_silence(self._emit_alert, settings.rules, sensor, state, clock_ms):
             self.outputs.changed_sensors.add(sensor)
         self._schedule(sensor)
 

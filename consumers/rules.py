@@ -4,6 +4,7 @@ Rule kinds: threshold (on a reading or a rolling aggregate, with `for` and hyste
 rate_of_change (per minute, over at least `over` of event time, so the sample rate does not matter),
 zscore (against the rolling window),
 silent (no reading for `after`), stuck (the same values for at least `over` and `min_count` readings).
+Every kind takes `flapping`: Nagios' flap detection limits, on by default (consumers/flapping.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from consumers.flapping import FlapLimits
 from telemetry.errors import UsageError
 from telemetry.timeutil import parse_duration_ms
 
@@ -21,6 +23,7 @@ METRICS = ("temperature_c", "humidity_pct")
 SOURCES = ("reading", "mean", "min", "max", "std")
 SEVERITIES = ("warning", "critical")
 METRIC_UNITS = {"temperature_c": "°C", "humidity_pct": "%RH"}
+NAGIOS_LIMITS = FlapLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,7 @@ class AlertRule:
     min_count: int = 10
     after_ms: int = 0
     over_ms: int = 0  # rate_of_change: the shortest span a change is measured over; stuck: unchanged for
+    flapping: FlapLimits | None = NAGIOS_LIMITS  # None: no flap detection
 
     @property
     def unit(self) -> str:
@@ -117,6 +121,19 @@ def _number(where: str, table: dict, key: str, default: float | None = None, min
     return float(value)
 
 
+def _flap_limits(where: str, value: object) -> FlapLimits | None:
+    """`flapping = false`, `true` (Nagios' defaults, 20 and 30), or `{ low = 20, high = 30 }`."""
+    if isinstance(value, bool):
+        return NAGIOS_LIMITS if value else None
+    if not isinstance(value, dict) or set(value) - {"low", "high"}:
+        raise UsageError(f"{where}: flapping = {value!r}, expected true, false or {{ low = 20, high = 30 }}")
+    low = _number(where, value, "low", NAGIOS_LIMITS.low, minimum=0)
+    high = _number(where, value, "high", NAGIOS_LIMITS.high, minimum=0)
+    if not low < high <= 100:  # type: ignore[operator]
+        raise UsageError(f"{where}: flapping needs 0 <= low < high <= 100 (percent state change), got {low:g} and {high:g}")
+    return FlapLimits(low, high)  # type: ignore[arg-type]
+
+
 def _rule(index: int, table: dict, seen: set[str]) -> AlertRule:
     where = f"rule #{index + 1}"
     name = table.get("name")
@@ -129,7 +146,7 @@ def _rule(index: int, table: dict, seen: set[str]) -> AlertRule:
     kind = table.get("kind")
     if kind not in KINDS:
         raise UsageError(f"{where}: kind = {kind!r}, expected one of {', '.join(KINDS)}")
-    unknown = set(table) - {"name", "kind", "severity"} - _ALLOWED[kind]
+    unknown = set(table) - {"name", "kind", "severity", "flapping"} - _ALLOWED[kind]
     if unknown:
         raise UsageError(f"{where}: unknown field(s) for kind {kind}: {', '.join(sorted(unknown))}")
     severity = table.get("severity", "warning")
@@ -149,7 +166,8 @@ def _rule(index: int, table: dict, seen: set[str]) -> AlertRule:
             raise UsageError(f'{where}: {key} must be positive (e.g. "{default}")')
         return value_ms
 
-    common = {"name": name, "kind": kind, "severity": severity, "metric": metric, "for_ms": duration("for")}
+    common = {"name": name, "kind": kind, "severity": severity, "metric": metric, "for_ms": duration("for"),
+              "flapping": _flap_limits(where, table.get("flapping", True))}
     if kind == "threshold":
         source = table.get("source", "reading")
         if source not in SOURCES:
