@@ -1,5 +1,5 @@
-"""python -m consumers {aggregate,alerts,status,group}: run workers, follow alerts, inspect the
-pipeline, manage consumer groups."""
+"""python -m consumers {aggregate,alerts,notify,status,group}: run workers, follow alerts, deliver
+them to people, inspect the pipeline, manage consumer groups."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import redis
 
 from consumers import alerts_tail, groups
+from consumers.notify import cli as notify_cli
 from consumers.rules import load_rules
 from consumers.settings import AggregatorSettings
 from consumers.status import collect_status, render_status
@@ -72,6 +73,8 @@ def build_parser() -> CommandParser:
     alerts.add_argument("--from-start", action="store_true", help="print existing alerts first")
     alerts.add_argument("--no-follow", action="store_true", help="print existing alerts and exit")
     add_redis_arguments(alerts)
+
+    notify_cli.add_parser(commands)
 
     status = commands.add_parser("status", help="partitions, owners, lag, pending and dead letters",
                                  description="Show totals, then each partition's owner, epoch, length, lag and "
@@ -186,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopSignal().install()
     if args.command == "alerts":
         return run_alerts(args, config, stop)
+    if args.command == "notify":
+        return notify_cli.run(args, config, stop)
     return run_aggregate(args, config, stop)
 
 

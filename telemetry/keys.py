@@ -78,6 +78,10 @@ class Keys:
         """String with a TTL: a running bridge's status as JSON, rewritten every second."""
         return self._key(f"mqtt:bridge:{client_id}")
 
+    def notify(self, group: str) -> NotifyKeys:
+        """The keys of a notifier group (python -m consumers notify), under the namespace's tag."""
+        return NotifyKeys(self, validate_name("--notify-group", group))
+
     def partition(self, index: int, tag: str) -> PartitionKeys:
         readings = self.readings_override if self.readings_override else f"{{{tag}}}:readings"
         return PartitionKeys(index, tag, readings)
@@ -180,3 +184,50 @@ class GroupKeys:
         """KEYS of the commit script, in its order (telemetry/lua/commit.lua)."""
         return [self.lease, self.epoch, self.checkpoint, self.state, self.aggregates, self.alerts, self.dead_letter,
                 self.counters, self.readings]
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyKeys:
+    """One notifier group's keys. The group is also the consumer group its notifiers share on every
+    partition's alert stream."""
+
+    keys: Keys
+    group: str
+
+    def _key(self, name: str) -> str:
+        return self.keys._key(f"notify:{self.group}:{name}")
+
+    @property
+    def firing(self) -> str:
+        """Hash: alert id -> the event's fields as JSON: the alerts firing (re-sent to Alertmanager
+        every interval, across restarts) and, for a while, the ones resolved (a tombstone: a late
+        redelivery of their firing event does not bring them back)."""
+        return self._key("firing")
+
+    @property
+    def resend_lock(self) -> str:
+        """String with a TTL: one notifier of the group re-sends per interval."""
+        return self._key("resend-lock")
+
+    @property
+    def dead_letter(self) -> str:
+        """Stream: notices a sink gave up on (4xx, retries exhausted), with reason and response."""
+        return self._key("dead-letter")
+
+    @property
+    def sinks(self) -> str:
+        """Set: the ids of the sinks the group's notifiers delivered to."""
+        return self._key("sinks")
+
+    def sink(self, sink_id: str) -> str:
+        """Hash: one sink's kind, url and counters (delivered, retried, dead_lettered, resent, ...)."""
+        return self._key(f"sink:{sink_id}")
+
+    @property
+    def notifiers(self) -> str:
+        """Set: consumer names of the group's notifiers (their status keys expire)."""
+        return self._key("notifiers")
+
+    def notifier(self, consumer: str) -> str:
+        """String with a TTL: a running notifier's status as JSON (per sink: queued, oldest undelivered)."""
+        return self._key(f"notifier:{consumer}")

@@ -1,0 +1,106 @@
+"""`PrivateAlertmanager`: a throwaway Prometheus Alertmanager (Debian `prometheus-alertmanager`)
+on a free port, clustering off, its data in its own folder, its webhook receiver a URL the caller
+gives: for tests and benchmarks, never an Alertmanager someone runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+from telemetry.embedded import free_port
+from telemetry.errors import UsageError
+
+BINARIES = ("prometheus-alertmanager", "alertmanager")
+START_TIMEOUT_S = 20.0
+
+
+def alertmanager_binary() -> str | None:
+    for name in BINARIES:
+        found = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+        if found:
+            return found
+    return None
+
+
+@dataclass
+class PrivateAlertmanager:
+    data_dir: Path
+    webhook_url: str
+    resolve_timeout: str = "5m"
+    group_wait: str = "1s"
+    group_interval: str = "1s"
+    repeat_interval: str = "1h"
+    inhibit_silent: bool = True  # the README's inhibition: a silent sensor mutes its other alerts
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        inhibit = ("inhibit_rules:\n"
+                   "  - source_matchers: ['kind=\"silent\"']\n"
+                   "    target_matchers: ['kind!=\"silent\"']\n"
+                   "    equal: [pipeline, sensor]\n") if self.inhibit_silent else ""
+        return (f"global:\n  resolve_timeout: {self.resolve_timeout}\n"
+                "route:\n  receiver: test\n  group_by: [alertname, sensor]\n"
+                f"  group_wait: {self.group_wait}\n  group_interval: {self.group_interval}\n"
+                f"  repeat_interval: {self.repeat_interval}\n"
+                "receivers:\n  - name: test\n    webhook_configs:\n"
+                f"      - url: {json.dumps(self.webhook_url)}\n        send_resolved: true\n" + inhibit)
+
+    def start(self) -> None:
+        binary = alertmanager_binary()
+        if binary is None:
+            raise UsageError("Alertmanager is not installed (Debian: apt-get install -y prometheus-alertmanager)")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "alertmanager.yml"
+        config.write_text(self.config())
+        log = (self.data_dir / "alertmanager.log").open("a")
+        self.process = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.path={self.data_dir}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=",
+             f"--web.external-url=http://127.0.0.1:{self.port}"], stdout=log, stderr=log)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                text = (self.data_dir / "alertmanager.log").read_text()[-800:]
+                self.stop()
+                raise UsageError(f"alertmanager did not start on port {self.port}: {text}")
+            time.sleep(0.1)
+
+    def alerts(self) -> list[dict]:
+        """GET /api/v2/alerts: what Alertmanager holds now (active, suppressed)."""
+        with urllib.request.urlopen(f"{self.url}/api/v2/alerts", timeout=5) as response:
+            return json.loads(response.read())
+
+    def stop(self) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            self.process = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

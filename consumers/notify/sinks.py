@@ -1,0 +1,219 @@
+"""A sink delivers notices to one receiver, in the order they were read, from a thread of its own:
+a slow or failing receiver holds up its own queue, never another sink's. Each notice is retried
+with jittered exponential backoff while the receiver fails in a way that may pass (5xx, 429,
+timeouts, refused or reset connections), and given up (dead-lettered, with the reason and the
+response) on any other 4xx or when the attempts run out. Every notice ends either way, and only
+then may the notifier acknowledge it; a notifier stopped mid-retry leaves it unacknowledged, so it
+is sent again after a restart, with the same webhook-id."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from consumers.notify import signing
+from consumers.notify.http_post import HttpTarget, PostResult
+from consumers.notify.messages import Notice, alertmanager_alert, webhook_body
+from telemetry.connection import masked
+from telemetry.timeutil import now_ms, stream_id_ms
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    initial_s: float = 0.5
+    max_s: float = 30.0
+
+    def delay_s(self, retry: int) -> float:
+        """Before retry number `retry` (1, 2, ...): initial_s doubling up to max_s, drawn from its
+        upper half, so receivers coming back are not hit by every sender at once."""
+        return min(self.max_s, self.initial_s * 2 ** (retry - 1)) * random.uniform(0.5, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Rendering:
+    """What every sink's messages say about the pipeline."""
+
+    pipeline: str  # the `pipeline` label: the prefix's namespace
+    external_url: str  # generatorURL base (the web page), the webhook's externalURL
+    receiver: str = "telemetry"
+    horizon_ms: int = 240_000  # a firing alert's endsAt ahead of now: 4 resend intervals, as Prometheus
+
+
+@dataclass(slots=True)
+class SinkCounts:
+    delivered: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    resent: int = 0
+    resend_failed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """A notice (or several, sent together) a sink gave up on, for the dead-letter stream."""
+
+    sink: Sink
+    notices: list[Notice]
+    reason: str
+    result: PostResult
+    attempts: int
+
+
+@dataclass(slots=True)
+class _Resend:
+    alerts: list[dict] = field(default_factory=list)
+
+
+class Sink:
+    kind = ""
+    batch_limit = 1  # notices per request
+
+    def __init__(self, url: str, rendering: Rendering, policy: RetryPolicy, timeout_s: float) -> None:
+        self.url, self.rendering, self.policy = url, rendering, policy
+        self.name = f"{self.kind} {masked(url)}"
+        self.target = HttpTarget(self.endpoint(url), timeout_s)
+        self.counts = SinkCounts()
+        self._on_done: Callable[[Notice], None] = lambda notice: None
+        self._on_give_up: Callable[[GiveUp], bool] = lambda give_up: True
+        self._queue: deque[Notice | _Resend] = deque()
+        self._wake = threading.Condition()
+        self._stopping = threading.Event()
+        self._current: list[Notice] = []
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+
+    def endpoint(self, url: str) -> str:
+        return url
+
+    def bind(self, on_done: Callable[[Notice], None], on_give_up: Callable[[GiveUp], bool]) -> None:
+        """Whom the sink tells, from its thread, that a notice ended: delivered, or given up
+        (`on_give_up` writes the dead letter; False: it could not, the notice stays unfinished)."""
+        self._on_done, self._on_give_up = on_done, on_give_up
+
+    def start(self) -> Sink:
+        self._thread.start()
+        return self
+
+    def submit(self, notices: list[Notice]) -> None:
+        with self._wake:
+            self._queue.extend(notices)
+            self._wake.notify()
+
+    def queued(self) -> int:
+        return len(self._queue) + len(self._current)
+
+    def oldest_undelivered_ms(self) -> int | None:
+        """Write time (the alert entry's id) of the oldest notice this sink has not finished."""
+        current = self._current
+        if current:
+            return stream_id_ms(current[0].entry_id)
+        for item in list(self._queue):
+            if isinstance(item, Notice):
+                return stream_id_ms(item.entry_id)
+        return None
+
+    def stop(self, timeout_s: float) -> None:
+        self._stopping.set()
+        with self._wake:
+            self._wake.notify()
+        self._thread.join(timeout_s)
+        self.target.close()
+
+    def _take(self) -> list[Notice] | _Resend | None:
+        with self._wake:
+            while not self._queue and not self._stopping.is_set():
+                self._wake.wait(1.0)
+            if self._stopping.is_set():
+                return None
+            if isinstance(self._queue[0], _Resend):
+                return self._queue.popleft()
+            batch: list[Notice] = []
+            while self._queue and len(batch) < self.batch_limit and isinstance(self._queue[0], Notice):
+                batch.append(self._queue.popleft())  # type: ignore[arg-type]
+            self._current = batch
+            return batch
+
+    def _run(self) -> None:
+        while (item := self._take()) is not None:
+            if isinstance(item, _Resend):
+                self._resend(item)
+                continue
+            self._deliver(item)
+            self._current = []
+
+    def _deliver(self, notices: list[Notice]) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            body, headers = self.request(notices)
+            result = self.target.post(body, headers)
+            if result.accepted:
+                self.counts.delivered += len(notices)
+                break
+            if not result.retryable or attempt >= self.policy.max_attempts:
+                reason = (f"refused: HTTP {result.status}" if not result.retryable
+                          else f"gave up after {attempt} attempts: "
+                               + (f"HTTP {result.status}" if result.status else result.detail))
+                if not self._on_give_up(GiveUp(self, notices, reason, result, attempt)):
+                    return  # stopped before the dead letter was written: left unacknowledged
+                self.counts.dead_lettered += len(notices)
+                break
+            self.counts.retried += 1
+            if self._stopping.wait(self.policy.delay_s(attempt)):
+                return  # stopped: unacknowledged, so sent again by the next notifier to read it
+        for notice in notices:
+            self._on_done(notice)
+
+    def _resend(self, resend: _Resend) -> None:
+        """Re-sends are repeated every interval anyway: one attempt each."""
+        result = self.target.post(json.dumps(resend.alerts).encode(), {})
+        if result.accepted:
+            self.counts.resent += len(resend.alerts)
+        else:
+            self.counts.resend_failed += len(resend.alerts)
+
+    def request(self, notices: list[Notice]) -> tuple[bytes, dict[str, str]]:
+        raise NotImplementedError
+
+
+class AlertmanagerSink(Sink):
+    """POST /api/v2/alerts, several notices per request; also takes the periodic re-sends of the
+    alerts still firing (Alertmanager resolves an alert it stops hearing about)."""
+
+    kind = "alertmanager"
+    batch_limit = 64
+
+    def endpoint(self, url: str) -> str:
+        return url.rstrip("/") + "/api/v2/alerts"
+
+    def request(self, notices: list[Notice]) -> tuple[bytes, dict[str, str]]:
+        now, r = now_ms(), self.rendering
+        alerts = [alertmanager_alert(n.event, r.pipeline, r.external_url, now, r.horizon_ms) for n in notices]
+        return json.dumps(alerts, ensure_ascii=False).encode(), {}
+
+    def resend(self, alerts: list[dict]) -> None:
+        with self._wake:
+            self._queue.append(_Resend(alerts))
+            self._wake.notify()
+
+
+class WebhookSink(Sink):
+    """One notice per request: Alertmanager's webhook body, signed per Standard Webhooks with a
+    timestamp per attempt and the notice's own webhook-id."""
+
+    kind = "webhook"
+
+    def __init__(self, url: str, rendering: Rendering, policy: RetryPolicy, timeout_s: float, key: bytes) -> None:
+        super().__init__(url, rendering, policy, timeout_s)
+        self._key = key
+
+    def request(self, notices: list[Notice]) -> tuple[bytes, dict[str, str]]:
+        (notice,) = notices
+        r = self.rendering
+        body = webhook_body(notice, r.pipeline, r.external_url, r.receiver)
+        return body, signing.headers(self._key, notice.message_id, int(time.time()), body)

@@ -1,0 +1,163 @@
+"""The notifier against a real redis-server and local HTTP receivers: signed webhooks with retries,
+dead letters, sinks that do not wait for each other, acknowledgement only after every sink."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import pytest
+import redis
+
+from consumers.notify.messages import Notice, fingerprint, webhook_body
+from consumers.notify.notifier import Notifier
+from consumers.notify.signing import headers, parse_secret
+from consumers.notify.sinks import Rendering, RetryPolicy, WebhookSink
+from telemetry.errors import UsageError
+from telemetry.keys import Keys
+from tests.notify_helpers import (
+    SECRET,
+    Receiver,
+    alert_streams,
+    event,
+    pending_count,
+    verify,
+    write_event,
+)
+
+FAST_RETRY = RetryPolicy(max_attempts=6, initial_s=0.02, max_s=0.1)
+
+
+def test_signature_matches_the_spec_written_independently():
+    key = parse_secret(SECRET, "test")
+    body = b'{"hello": "world"}'
+    sent = headers(key, "msg_1", 1_700_000_000, body)
+    assert verify(SECRET, sent, body)
+    assert not verify(SECRET, sent, body + b" ")
+    assert not verify(SECRET, {**sent, "webhook-id": "msg_2"}, body)
+    # The spec's own example (standard-webhooks/spec, "Verifying webhooks"): same secret, id, time, body.
+    example_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    example = headers(parse_secret(example_secret, "spec"), "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330,
+                      b'{"test": 2432232314}')
+    assert example["webhook-signature"] == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def test_secrets_that_are_not_whsec_base64_are_refused_in_one_line():
+    for bad in ("plain-secret", "whsec_not*base64", "whsec_" + base64.b64encode(b"short").decode()):
+        with pytest.raises(UsageError, match="whsec_|base64|bytes"):
+            parse_secret(bad, "TELEMETRY_WEBHOOK_SECRET")
+
+
+def test_webhook_body_is_alertmanagers_version_4():
+    notice = Notice("s", "1-0", event("kitchen", 1), {})
+    body = json.loads(webhook_body(notice, "telemetry", "http://dash:8080", "telemetry"))
+    assert body["version"] == "4" and body["status"] == "firing" and body["receiver"] == "telemetry"
+    (alert,) = body["alerts"]
+    assert alert["labels"] == {"alertname": "hot", "sensor": "kitchen", "severity": "critical",
+                               "kind": "threshold", "pipeline": "telemetry"}
+    assert alert["annotations"]["value"] == "42 °C" and alert["annotations"]["threshold"] == "40 °C"
+    assert alert["endsAt"] == "0001-01-01T00:00:00Z" and alert["startsAt"] == "2023-11-14T22:13:20.001Z"
+    assert alert["generatorURL"] == "http://dash:8080/sensor/kitchen"
+    assert alert["fingerprint"] == fingerprint(alert["labels"]) and body["commonLabels"] == alert["labels"]
+    resolved = json.loads(webhook_body(Notice("s", "2-0", event("kitchen", 1, "resolved"), {}), "telemetry",
+                                       "http://dash:8080", "telemetry"))
+    assert resolved["status"] == "resolved" and resolved["alerts"][0]["endsAt"] == "2023-11-14T22:13:21.001Z"
+
+
+def notifier_for(db, *sinks, **options) -> Notifier:
+    defaults = {"start": "all", "drain": True, "block_ms": 20, "claim_idle_ms": 5_000, "resend_ms": 60_000}
+    return Notifier(db, alert_streams(db), Keys().notify("notifiers"), "test-notifier", list(sinks),
+                    **{**defaults, **options})
+
+
+def webhook(url: str, policy: RetryPolicy = FAST_RETRY, timeout_s: float = 0.5) -> WebhookSink:
+    return WebhookSink(url, Rendering("telemetry", "http://localhost:8080"), policy, timeout_s,
+                       parse_secret(SECRET, "test"))
+
+
+def test_retries_keep_the_webhook_id_and_end_in_one_delivery(db):
+    answers = iter(["500", "hang", "reset", "ok"])
+    with Receiver(lambda number, body: next(answers, "ok"), hang_s=1.0) as receiver:
+        write_event(db, event("kitchen", 1))
+        sink = webhook(receiver.url)
+        notifier_for(db, sink).run(lambda: False)
+        requests = receiver.snapshot()
+    assert [r.answered for r in requests] == ["500", "hang", "reset", "ok"]
+    assert len({r.headers["webhook-id"] for r in requests}) == 1
+    assert all(verify(SECRET, r.headers, r.body) for r in requests)
+    assert (sink.counts.delivered, sink.counts.retried, sink.counts.dead_lettered) == (1, 3, 0)
+    assert pending_count(db) == 0 and db.xlen(Keys().notify("notifiers").dead_letter) == 0
+
+
+def test_a_4xx_and_exhausted_retries_go_to_the_dead_letter_stream_and_are_acknowledged(db):
+    def behaviour(number, body):
+        return "400" if b'"kitchen"' in body else "500"
+
+    with Receiver(behaviour) as receiver:
+        write_event(db, event("kitchen", 1))
+        write_event(db, event("attic", 2))
+        sink = webhook(receiver.url, RetryPolicy(max_attempts=3, initial_s=0.01, max_s=0.02))
+        notifier_for(db, sink).run(lambda: False)
+        attempts = [json.loads(r.body)["alerts"][0]["labels"]["sensor"] for r in receiver.snapshot()]
+    assert sorted(attempts) == ["attic", "attic", "attic", "kitchen"]  # 4xx: never retried
+    letters = {fields["sensor"]: fields for _, fields in db.xrange(Keys().notify("notifiers").dead_letter)}
+    assert letters["kitchen"]["reason"] == "refused: HTTP 400" and "test says no" in letters["kitchen"]["response"]
+    assert letters["attic"]["reason"] == "gave up after 3 attempts: HTTP 500" and letters["attic"]["attempts"] == "3"
+    assert json.loads(letters["attic"]["event"])["alert_id"] == event("attic", 2).alert_id
+    assert sink.counts.dead_lettered == 2 and pending_count(db) == 0
+
+
+def test_a_hanging_receiver_does_not_hold_up_another_sink(db):
+    with Receiver(lambda n, b: "hang", hang_s=5.0) as slow, Receiver() as fast:
+        for number in range(20):
+            write_event(db, event(f"s{number}", number))
+        slow_sink = webhook(slow.url, RetryPolicy(max_attempts=100, initial_s=0.5, max_s=1.0), timeout_s=2.0)
+        fast_sink = webhook(fast.url)
+        notifier = notifier_for(db, slow_sink, fast_sink, drain=False)
+        started = time.monotonic()
+        stop_at = []
+        notifier.run(lambda: len(fast.accepted()) == 20 and not stop_at.append(time.monotonic()), grace_s=0)
+    assert stop_at and stop_at[0] - started < 1.5, "the fast receiver waited for the slow one"
+    assert len(slow.snapshot()) == 1  # still on its first notice, in order
+    assert pending_count(db) == 20, "acknowledged before every sink finished"
+
+
+def test_events_are_acknowledged_only_after_every_sink(db):
+    with Receiver() as first, Receiver(lambda n, b: "500" if n < 3 else "ok") as second:
+        for number in range(5):
+            write_event(db, event("kitchen", number))
+        notifier_for(db, webhook(first.url), webhook(second.url)).run(lambda: False)
+        ids = [[r.headers["webhook-id"] for r in receiver.accepted()] for receiver in (first, second)]
+    assert ids[0] == ids[1] and len(set(ids[0])) == 5  # same ids, same order
+    assert pending_count(db) == 0
+
+
+def test_notify_flags_are_checked_in_one_line(tmp_path):
+    from tests.conftest import run_cli
+
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("not-a-whsec")
+    for args, says in (([], "give at least one sink"),
+                       (["--webhook", "ftp://x"], "expected an http:// or https:// URL"),
+                       (["--webhook", "http://x/hook"], "signing needs a secret"),
+                       (["--webhook", "http://x/hook", "--webhook-secret-file", str(secret_file)], "whsec_"),
+                       (["--alertmanager", "http://am:9093", "--resend", "soon"], "not a duration")):
+        result = run_cli("consumers", "notify", *args, "--redis-url", "redis://127.0.0.1:1",
+                         env_extra={"TELEMETRY_WEBHOOK_SECRET": ""})
+        assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_malformed_alert_entry_is_dead_lettered_not_retried(db):
+    with Receiver() as receiver:
+        stream = alert_streams(db)[0]
+        db.xadd(stream, {"alert_id": "x", "state": "firing"})
+        notifier_for(db, webhook(receiver.url)).run(lambda: False)
+        assert receiver.snapshot() == []
+    (letter,) = [fields for _, fields in db.xrange(Keys().notify("notifiers").dead_letter)]
+    assert letter["reason"].startswith("malformed alert entry") and pending_count(db) == 0
+
+
+@pytest.fixture()
+def redis_client(redis_url):
+    return redis.Redis.from_url(redis_url, decode_responses=True)
