@@ -90,6 +90,10 @@ def build_parser() -> CommandParser:
     actions = group.add_subparsers(dest="action", required=True, parser_class=CommandParser)
     listing = actions.add_parser("list", help="every group on the partition streams, with lag and pending")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
+    create = actions.add_parser("create", help="create the pipeline (--partitions) and --group on every partition, "
+                                               "as the admin role does before producers and workers start")
+    create.add_argument("--to", default="end", metavar="POSITION",
+                        help="where a new group starts: start, end (default) or a stream id")
     reset = actions.add_parser("reset", help="start --group over from a position: its state and outputs go")
     reset.add_argument("--to", required=True, metavar="POSITION", help="start, end, or a stream id")
     actions.add_parser("delete", help="delete --group: the consumer group, its state, outputs, counters, "
@@ -158,7 +162,7 @@ def run_status(args, config: PipelineConfig) -> int:
 
 def run_group(args, config: PipelineConfig) -> int:
     db = connect(config.target(), announce=not getattr(args, "json", False))
-    layout = config.layout(db, create=False)
+    layout = config.layout(db, create=args.action == "create")
     if args.action == "list":
         rows = groups.list_groups(db, layout)
         if args.json:
@@ -168,7 +172,11 @@ def run_group(args, config: PipelineConfig) -> int:
             print(f"{row.name}: {row.partitions} partitions, {row.workers} workers, {row.consumers} consumers, "
                   f"lag {lag}, pending {row.pending}")
         return 0
-    if args.action == "reset":
+    if args.action == "create":
+        count = groups.create_group(db, layout, config.group, args.to)
+        print(f"pipeline {config.keys.namespace_tag}: {layout.count} partitions; group {config.group}: "
+              f"created on {count} partitions (from {args.to}), {layout.count - count} had it")
+    elif args.action == "reset":
         count = groups.reset_group(db, layout, config.group, args.to)
         print(f"group {config.group}: starts over from {args.to} on {count} partitions (state and outputs deleted)")
     elif args.action == "delete":

@@ -61,6 +61,21 @@ def _group_keys(keys: GroupKeys) -> list[str]:
     return [keys.lease, keys.checkpoint, keys.state, keys.aggregates, keys.alerts, keys.dead_letter, keys.counters]
 
 
+def create_group(db: redis.Redis, layout: Layout, group: str, position: str) -> int:
+    """Create the group at `position` on every partition stream where it is missing (the stream
+    too); an existing group keeps its position. Returns the partitions where it was created."""
+    stream_id = {"start": "0", "end": "$"}.get(position, position)
+    created = 0
+    for keys in layout.groups(group):
+        try:
+            db.xgroup_create(keys.readings, group, id=stream_id, mkstream=True)
+            created += 1
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise UsageError(f"--to {position}: {error}") from None
+    return created
+
+
 def reset_group(db: redis.Redis, layout: Layout, group: str, position: str) -> int:
     """Start the group over from `position` (`start`, `end`, or a stream id) on every partition;
     its state, outputs and counters go. Returns the partitions reset."""

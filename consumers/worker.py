@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import NoPermissionError
 from redis.retry import Retry
 
 from consumers.assignment import Membership, assign
@@ -43,6 +44,7 @@ from telemetry.connection import Client, as_text, client_like, is_cluster, refre
 from telemetry.keys import GroupKeys
 from telemetry.partitions import Layout
 from telemetry.progress import ProgressLine
+from telemetry.refusals import retry_reason
 from telemetry.schema import FieldMap
 from telemetry.scripts import ReplicaWait, load_script, run_pipelined, run_until_answered
 from telemetry.stream_reads import read_streams
@@ -491,11 +493,11 @@ class AggregatorWorker:
                     break
                 if self.caught_up:  # another read now would find little or nothing: wait for more
                     self.wait_for_entries()
-            except RETRYABLE as error:
+            except (*RETRYABLE, NoPermissionError) as error:  # an ACL refusal: until an operator fixes it
                 self.in_doubt = True  # the next step first checks what Redis holds
                 delay = backoff.next_delay()
-                print(f"aggregator: Redis unavailable ({error.__class__.__name__}); retrying "
-                      + (f"in {delay:.1f}s" if delay else "at once"), file=self.log)
+                print(f"aggregator: {retry_reason(error)}; retrying " + (f"in {delay:.1f}s" if delay else "at once"),
+                      file=self.log)
                 refresh_topology(self.raw)
                 time.sleep(delay)
                 self.last_progress = time.monotonic()

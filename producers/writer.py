@@ -35,6 +35,7 @@ from telemetry.backoff import Backoff
 from telemetry.connection import Client, is_cluster
 from telemetry.keys import PartitionKeys
 from telemetry.partitions import Layout
+from telemetry.refusals import retry_reason
 from telemetry.schema import FieldMap, entry_layout
 from telemetry.scripts import ReplicaWait, load_script, run_until_answered
 from telemetry.timeutil import stream_id_key
@@ -183,8 +184,8 @@ class StreamWriter:
 
     def _send(self, calls: list, readings: int) -> list:
         def unanswered(failed: Exception, delay: float) -> None:
-            print(f"producer: Redis unavailable ({failed.__class__.__name__}: {failed}); "
-                  f"retrying {readings} unconfirmed readings in {delay:.1f}s", file=self.log)
+            print(f"producer: {retry_reason(failed)}; retrying {readings} unconfirmed readings in {delay:.1f}s",
+                  file=self.log)
 
         return run_until_answered(self.db, self.append, calls, self.wait, Backoff(), unanswered)
 

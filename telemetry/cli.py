@@ -10,15 +10,19 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
+from redis.exceptions import NoPermissionError
+
 from telemetry import __version__
 from telemetry.backoff import RETRYABLE, Backoff
-from telemetry.connection import RedisTarget, connect, resolve_target
+from telemetry.connection import SKIP_VERIFY_FLAG, RedisTarget, connect, resolve_target
 from telemetry.errors import RedisUnavailable, UsageError
 from telemetry.keys import Keys, validate_name
 from telemetry.partitions import Layout, legacy_layout_note, open_layout
+from telemetry.refusals import refusal_line, retry_reason
 from telemetry.schema import FieldMap
 from telemetry.scripts import ReplicaWait
 
@@ -62,7 +66,15 @@ def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every command shares; each means the same in every command."""
     group = parser.add_argument_group("redis")
     group.add_argument("--redis-url", help="redis://, rediss:// or unix:// URL (default: $REDIS_URL, "
-                       "else localhost:6379 if it answers, else the embedded server)")
+                       "else localhost:6379 if it answers, else the embedded server); a password in it is "
+                       "visible in `ps`: prefer $REDIS_URL or --redis-password-file")
+    group.add_argument("--redis-password-file", type=Path,
+                       default=os.environ.get("TELEMETRY_REDIS_PASSWORD_FILE") or None, metavar="FILE",
+                       help="the password of the URL's user, read from FILE (default: "
+                            "$TELEMETRY_REDIS_PASSWORD_FILE); e.g. one written by `python -m telemetry acl --secrets`")
+    group.add_argument(SKIP_VERIFY_FLAG, action="store_true",
+                       help="rediss:// without checking the server's certificate and host name (insecure: "
+                            "anyone on the path can pose as the server)")
     group.add_argument("--prefix", default=os.environ.get("TELEMETRY_PREFIX", "telemetry"),
                        help="key prefix and hash tag (default: $TELEMETRY_PREFIX or 'telemetry')")
     group.add_argument("--stream", dest="stream_key", help="readings stream key, verbatim (default: {PREFIX}:readings)")
@@ -96,12 +108,15 @@ class PipelineConfig:
     field_map: FieldMap
     group: str = "aggregators"
     partitions: int | None = None
+    password_file: Path | None = None
+    tls_skip_verify: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PipelineConfig:
         return cls(redis_url=args.redis_url, keys=Keys(args.prefix, args.stream_key),
                    field_map=FieldMap.parse(args.fields), group=validate_name("--group", args.group),
-                   partitions=args.partitions)
+                   partitions=args.partitions, password_file=args.redis_password_file,
+                   tls_skip_verify=args.redis_tls_skip_verify)
 
     def layout(self, db, *, create: bool = True) -> Layout:
         """The pipeline's partitions (created on first use, unless a reader passes create=False);
@@ -113,7 +128,8 @@ class PipelineConfig:
         return layout
 
     def target(self, env: Mapping[str, str] = os.environ) -> RedisTarget:
-        return resolve_target(self.redis_url, env)
+        return resolve_target(self.redis_url, env, password_file=self.password_file,
+                              tls_skip_verify=self.tls_skip_verify)
 
 
 def connect_with_retry(config: PipelineConfig, stop: StopSignal):
@@ -145,12 +161,12 @@ def until_answered(who: str, call: Callable[[], Answer], stop: StopSignal) -> An
     while True:
         try:
             return call()
-        except RETRYABLE as error:
+        except (*RETRYABLE, NoPermissionError) as error:
             if stop.requested:
                 raise
             delay = backoff.next_delay()
-            print(f"{who}: Redis did not answer ({error.__class__.__name__}); retrying "
-                  + (f"in {delay:.1f}s" if delay else "at once"), file=sys.stderr)
+            print(f"{who}: {retry_reason(error)}; retrying " + (f"in {delay:.1f}s" if delay else "at once"),
+                  file=sys.stderr)
             time.sleep(delay)
 
 
@@ -164,6 +180,9 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     except RedisUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         code = 1
+    except NoPermissionError as error:
+        print(f"error: {refusal_line(error)}", file=sys.stderr)
+        code = 2
     except KeyboardInterrupt:
         code = 130
     except BrokenPipeError:

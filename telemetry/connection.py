@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
+import ssl
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import redis
 import walrus
@@ -23,6 +26,7 @@ from redis.cluster import RedisCluster
 
 from telemetry.embedded import EmbeddedRedis, answers, default_home
 from telemetry.errors import RedisUnavailable, UsageError
+from telemetry.refusals import connection_class
 
 LOCAL_DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -36,41 +40,107 @@ def as_text(value: str | bytes) -> str:
 
 
 def masked(url: str) -> str:
-    """The URL without its password: what every message prints."""
+    """The URL without its password (in the user part, or a unix:// URL's `password=`): what
+    every message prints."""
     parts = urlsplit(url)
-    if not parts.password:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    if "password=" in parts.query:
+        parts = parts._replace(query=re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query))
+    return urlunsplit(parts)
+
+
+# TLS: redis-py reads these from a rediss:// URL's query; each names a file that must be there.
+TLS_FILE_PARAMETERS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
+SKIP_VERIFY_FLAG = "--redis-tls-skip-verify"
 
 
 @dataclass(frozen=True, slots=True)
 class RedisTarget:
+    """Where to connect and as whom. The password from --redis-password-file is kept apart from
+    the URL (and out of repr), so that nothing that prints the URL can print it."""
+
     url: str
     origin: str
+    password: str | None = field(default=None, repr=False)
+    tls_skip_verify: bool = False
 
     @property
     def masked_url(self) -> str:
         return masked(self.url)
 
+    @property
+    def username(self) -> str | None:
+        return urlsplit(self.url).username
+
     def describe(self) -> str:
         return f"redis: {self.masked_url} ({self.origin})"
 
+    def client_settings(self) -> dict:
+        """What the URL does not say: the password from a file, and TLS verification on (host name
+        included) unless --redis-tls-skip-verify was given."""
+        settings: dict = {} if self.password is None else {"password": self.password}
+        if urlsplit(self.url).scheme == "rediss":
+            settings.update({"ssl_cert_reqs": "none", "ssl_check_hostname": False} if self.tls_skip_verify
+                            else {"ssl_cert_reqs": "required", "ssl_check_hostname": True})
+        return settings
 
-def resolve_target(flag_url: str | None, env: Mapping[str, str] = os.environ) -> RedisTarget:
+
+def _checked_url(url: str, origin: str, tls_skip_verify: bool) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise UsageError(f"{origin}: {masked(url)!r} is not a redis://, rediss:// or unix:// URL")
+    try:
+        parts.port  # noqa: B018 - raises on a port outside 0-65535
+    except ValueError:
+        raise UsageError(f"{origin}: {masked(url)!r} has a port outside 1-65535") from None
+    query = dict(parse_qsl(parts.query))
+    tls_options = sorted(name for name in query if name.startswith("ssl_"))
+    if parts.scheme != "rediss":
+        if tls_options:
+            raise UsageError(f"{origin}: {', '.join(tls_options)} given for a {parts.scheme}:// URL, which does not "
+                             "use TLS: use rediss://")
+        if tls_skip_verify:
+            raise UsageError(f"{SKIP_VERIFY_FLAG}: the Redis URL is not rediss://")
+        return url
+    unverified = [f"{name}={query[name]}" for name in ("ssl_cert_reqs", "ssl_check_hostname")
+                  if name in query and query[name].lower() in ("none", "optional", "false", "no", "0", "off")]
+    if unverified and not tls_skip_verify:
+        raise UsageError(f"{origin}: {', '.join(unverified)} turns off checking the server's certificate; "
+                         f"pass {SKIP_VERIFY_FLAG} if that is what you mean")
+    for name in TLS_FILE_PARAMETERS:
+        if name in query and not os.access(query[name], os.R_OK):
+            raise UsageError(f"{origin}: {name}={query[name]}: no such file, or not readable")
+    return url
+
+
+def read_password_file(path: Path) -> str:
+    """The first line of the file, without its line end (files written by `echo` end in one)."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise UsageError(f"--redis-password-file {path}: cannot read it ({error.strerror})") from None
+    password = text.splitlines()[0] if text else ""
+    if not password:
+        raise UsageError(f"--redis-password-file {path}: the file is empty")
+    return password
+
+
+def resolve_target(flag_url: str | None, env: Mapping[str, str] = os.environ, *, password_file: Path | None = None,
+                   tls_skip_verify: bool = False) -> RedisTarget:
+    password = read_password_file(password_file) if password_file else None
     for url, origin in ((flag_url, "--redis-url"), (env.get("REDIS_URL"), "REDIS_URL")):
         if url:
-            parts = urlsplit(url)
-            if parts.scheme not in ("redis", "rediss", "unix"):
-                raise UsageError(f"{origin}: {masked(url)!r} is not a redis://, rediss:// or unix:// URL")
-            try:
-                parts.port  # noqa: B018 - raises on a port outside 0-65535
-            except ValueError:
-                raise UsageError(f"{origin}: {masked(url)!r} has a port outside 1-65535") from None
-            return RedisTarget(url, origin)
+            _checked_url(url, origin, tls_skip_verify)
+            if password is not None and urlsplit(url).password:
+                raise UsageError(f"--redis-password-file: {origin} has a password too; give it once")
+            return RedisTarget(url, origin, password, tls_skip_verify)
+    if tls_skip_verify:
+        raise UsageError(f"{SKIP_VERIFY_FLAG}: no rediss:// URL given")
     if answers(LOCAL_DEFAULT_URL):
-        return RedisTarget(LOCAL_DEFAULT_URL, "server already on localhost:6379")
+        return RedisTarget(LOCAL_DEFAULT_URL, "server already on localhost:6379", password)
     home = default_home()
-    return RedisTarget(EmbeddedRedis(home).ensure_running(), f"embedded redis-server, data in {home.name}/")
+    return RedisTarget(EmbeddedRedis(home).ensure_running(), f"embedded redis-server, data in {home.name}/", password)
 
 
 def _no_client_setinfo() -> dict:
@@ -86,8 +156,9 @@ NO_CLIENT_SETINFO = _no_client_setinfo()
 def connect(target: RedisTarget, *, announce: bool = True, timeout_s: float = 10.0) -> Client:
     """A client with decoded responses; fails fast with RedisUnavailable if nothing answers."""
     settings = {"decode_responses": True, "socket_connect_timeout": 2.0, "socket_timeout": timeout_s,
-                "health_check_interval": 30, **NO_CLIENT_SETINFO}
-    database = walrus.Database.from_url(target.url, **settings)
+                "health_check_interval": 30, **NO_CLIENT_SETINFO, **target.client_settings()}
+    database = walrus.Database.from_url(target.url, connection_class=connection_class(urlsplit(target.url).scheme),
+                                        **settings)
     with _refusals(target):
         database.ping()
         if not _cluster_enabled(database):
@@ -97,32 +168,62 @@ def connect(target: RedisTarget, *, announce: bool = True, timeout_s: float = 10
         database.close()
         cluster = RedisCluster.from_url(target.url, **settings)
         cluster.source_url = target.url  # for client_like: a copy with other settings
+        cluster.source_settings = target.client_settings()
         if announce:
             print(f"{target.describe()}, Redis Cluster of {len(cluster.get_primaries())} masters", file=sys.stderr)
         return cluster
 
 
 def _cluster_enabled(database: redis.Redis) -> bool:
-    """INFO is in the @dangerous ACL category: a user denied it is taken to be on a single server
-    (on a cluster their first command then fails with MOVED, which names the cause)."""
+    """CLUSTER INFO answers on a cluster and is refused elsewhere; the usual way, INFO, is in the
+    @dangerous ACL category, which the roles of `python -m telemetry acl` leave out. A user denied
+    both is taken to be on a single server (on a cluster its first command then fails with MOVED,
+    which names the cause)."""
+    try:
+        database.execute_command("CLUSTER INFO")
+        return True
+    except redis.exceptions.NoPermissionError:
+        pass
+    except redis.ResponseError:  # "This instance has cluster support disabled"
+        return False
     try:
         return bool(int(database.info("cluster").get("cluster_enabled", 0)))
     except redis.exceptions.NoPermissionError:
         return False
 
 
+def _tls_failure(error: BaseException) -> ssl.SSLError | None:
+    """The TLS error under a redis-py ConnectionError, if that is what it was."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 @contextmanager
 def _refusals(target: RedisTarget) -> Iterator[None]:
-    """Connection failures as one-line errors: unreachable is retried by long-running commands,
-    refused credentials or a server that is not Redis are usage errors."""
+    """Connection failures as one-line errors: unreachable is retried by long-running commands;
+    refused credentials, a failed TLS handshake or a server that is not Redis are usage errors,
+    since waiting will not change them."""
     where = target.masked_url
     try:
         yield
     except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as error:
         raise UsageError(f"Redis at {where} refused the credentials: authentication failed ({error})") from None
+    except redis.exceptions.NoPermissionError as error:
+        raise UsageError(f"Redis at {where}: {error}") from None
     except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException,
             redis.exceptions.ClusterError) as error:
-        raise RedisUnavailable(f"cannot reach Redis at {where}: {error}") from None
+        tls = _tls_failure(error) or ("SSL" in str(error) and error)
+        if tls:
+            hint = ("does that port speak TLS?" if "WRONG_VERSION" in str(tls).upper() or "record" in str(tls)
+                    else "check ssl_ca_certs (the CA that signed the server's certificate) and the host name")
+            raise UsageError(f"TLS with Redis at {where} failed: {' '.join(str(tls).split())} ({hint})") from None
+        hint = (" (if that port speaks TLS, use rediss://)" if urlsplit(target.url).scheme == "redis"
+                and "closed" in str(error).lower() else "")
+        raise RedisUnavailable(f"cannot reach Redis at {where}: {error}{hint}") from None
     except redis.ResponseError as error:  # e.g. a database number the server does not have
         raise UsageError(f"Redis at {where} refused the connection: {error}") from None
     except redis.RedisError as error:
@@ -154,8 +255,8 @@ def client_like(db: Client, **overrides) -> Client:
     if is_cluster(db):
         kept = {name: value for name, value in db.get_connection_kwargs().items()
                 if name in ("decode_responses", "socket_connect_timeout", "socket_timeout", "health_check_interval")}
-        copy = RedisCluster.from_url(db.source_url, **{**kept, **overrides})
-        copy.source_url = db.source_url
+        copy = RedisCluster.from_url(db.source_url, **{**kept, **db.source_settings, **overrides})
+        copy.source_url, copy.source_settings = db.source_url, db.source_settings
         return copy
     pool = db.connection_pool
     return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class,

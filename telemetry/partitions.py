@@ -19,6 +19,7 @@ import redis
 from telemetry.connection import as_text
 from telemetry.errors import UsageError
 from telemetry.keys import GroupKeys, Keys, PartitionKeys
+from telemetry.refusals import AclRefusal
 
 HASH_NAME = "crc32"
 DEFAULT_PARTITIONS = 16
@@ -110,21 +111,31 @@ def open_layout(db: redis.Redis, keys: Keys, requested: int | None = None, *, cr
     """
     default = 1 if keys.readings_override else DEFAULT_PARTITIONS
     layout = new_layout(keys, requested if requested is not None else default)
-    if create:
-        record = ["partitions", str(layout.count), "hash", HASH_NAME,
-                  "tags", ",".join(partition.tag for partition in layout.partitions)]
-        flat = db.eval(_CREATE_IF_ABSENT, 1, keys.pipeline, *record)
-        stored = {as_text(name): as_text(value) for name, value in zip(flat[::2], flat[1::2])}
-    else:
-        stored = {as_text(name): as_text(value) for name, value in db.hgetall(keys.pipeline).items()}
-        if not stored:
+    stored = {as_text(name): as_text(value) for name, value in db.hgetall(keys.pipeline).items()}
+    if not stored:
+        if not create:
             return layout
+        stored = _create_record(db, keys, layout)
     existing = _layout_from_record(keys, stored)
     if requested is not None and existing.count != requested:
         raise UsageError(f"--partitions {requested}: pipeline {keys.namespace_tag!r} has {existing.count} partitions; "
                          "changing it is an offline migration (use another --prefix for a new pipeline)")
     return existing
 
+
+def _create_record(db: redis.Redis, keys: Keys, layout: Layout) -> dict[str, str]:
+    """The record as stored: this one, or the one another process created first. Only users
+    allowed to write the record create it (the `admin` role: telemetry/roles.py); the others
+    read it, so a producer cannot rewrite a pipeline."""
+    record = ["partitions", str(layout.count), "hash", HASH_NAME,
+              "tags", ",".join(partition.tag for partition in layout.partitions)]
+    try:
+        flat = db.eval(_CREATE_IF_ABSENT, 1, keys.pipeline, *record)
+    except redis.exceptions.NoPermissionError:
+        raise AclRefusal(f"pipeline {keys.namespace_tag!r} does not exist yet (no {keys.pipeline}), and this Redis "
+                         "user may not create it: create it as the admin role (`python -m consumers group create`)"
+                         ) from None
+    return {as_text(name): as_text(value) for name, value in zip(flat[::2], flat[1::2])}
 
 
 def legacy_layout_note(db: redis.Redis, keys: Keys) -> str | None:

@@ -27,7 +27,9 @@ LUA_DIR = Path(__file__).resolve().parent / "lua"
 
 # A script call's errors after which the same call may be sent again: transport errors, a server
 # that restarted without the script, a cluster slot that moved (the layout is read again first).
-RESENDABLE = (*RETRYABLE, redis.exceptions.NoScriptError, redis.exceptions.AskError)
+# A refusal by an ACL is resent too: an operator may fix the user while the process waits.
+RESENDABLE = (*RETRYABLE, redis.exceptions.NoScriptError, redis.exceptions.AskError,
+              redis.exceptions.NoPermissionError)
 
 # A call: the script's keys (all under one hash tag) and its arguments.
 Call = tuple[list[str], list]
@@ -118,7 +120,8 @@ def _run_on(client: redis.Redis, script: Script, calls: list[Call], wait: Replic
         pipeline.execute_command("WAIT", wait.replicas, wait.timeout_ms)
     try:
         replies = pipeline.execute(raise_on_error=False)
-    except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as error:
+    except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+            redis.exceptions.NoPermissionError) as error:  # the last: SCRIPT EXISTS/LOAD refused
         return [error] * len(calls)
     if wait is not None:
         wait.check(replies.pop())

@@ -1,0 +1,69 @@
+"""python -m telemetry acl: Redis ACL users, one per role (telemetry/roles.py), for a pipeline
+and a consumer group."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from telemetry.acl import acl_file_text, apply_users, role_passwords, write_private
+from telemetry.cli import CommandParser, PipelineConfig, add_redis_arguments, run_main
+from telemetry.connection import connect
+from telemetry.errors import UsageError
+from telemetry.roles import ROLE_NAMES, roles
+
+
+def build_parser() -> CommandParser:
+    parser = CommandParser(prog="python -m telemetry", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
+    acl = commands.add_parser(
+        "acl", help="print an ACL file with one user per role (producer, bridge, worker, notifier, reader, admin)",
+        description="Print an ACL file (for redis.conf's aclfile, or ACL LOAD) with one user per role, each the "
+                    "least its processes need on the pipeline --prefix and the group --group. Passwords are "
+                    "generated and only their SHA-256 hashes go in the file.")
+    acl.add_argument("--secrets", type=Path, metavar="DIR",
+                     help="write each role's password to DIR/<role> (mode 0600), for --redis-password-file; "
+                          "passwords already there are kept")
+    acl.add_argument("--rotate", action="store_true", help="with --secrets: new passwords, even where DIR has some")
+    acl.add_argument("--out", type=Path, metavar="FILE", help="write the ACL file here (mode 0600) instead of stdout")
+    acl.add_argument("--role", action="append", choices=ROLE_NAMES, metavar="ROLE",
+                     help="only this role (repeatable; default all)")
+    acl.add_argument("--apply", action="store_true",
+                     help="also set the users on the Redis of --redis-url/$REDIS_URL (every node of a cluster), "
+                          "whose user must be allowed to (ACL SETUSER); ACL SAVE where the server has an aclfile")
+    add_redis_arguments(acl)
+    return parser
+
+
+def run_acl(args, config: PipelineConfig) -> int:
+    if args.rotate and args.secrets is None:
+        raise UsageError("--rotate: only with --secrets DIR (where the new passwords go)")
+    if args.apply and args.secrets is None:
+        raise UsageError("--apply: give --secrets DIR too, or the passwords of the users it sets are lost")
+    chosen = [role for role in roles(config.keys, config.group) if not args.role or role.name in args.role]
+    users = role_passwords(chosen, args.secrets, rotate=args.rotate)
+    text = acl_file_text(users)
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        write_private(args.out, text)
+    where = f"; passwords in {args.secrets}/<role>" if args.secrets else " (passwords not kept: give --secrets DIR)"
+    print(f"acl: {len(users)} users for pipeline {config.keys.namespace_tag!r}, group {config.group!r}{where}",
+          file=sys.stderr)
+    if args.apply:
+        db = connect(config.target())
+        for applied in apply_users(db, users):
+            print(f"acl: {applied.users} users set on {applied.node}"
+                  + ("" if applied.saved else " (no aclfile on that server: they last until it restarts)"),
+                  file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = PipelineConfig.from_args(args)
+    return run_acl(args, config)
+
+
+if __name__ == "__main__":
+    run_main(main)

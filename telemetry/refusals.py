@@ -1,0 +1,105 @@
+"""ACL refusals as one line that names what is missing.
+
+Redis answers a command its user may not run with `NOPERM`, naming the command at best and never
+the key ("no permissions to access one of the keys used as arguments"). The connections made by
+`telemetry.connection` remember the command they sent last and its first key, so the error can
+say "user 'reader' may not run XADD on key '{telemetry:p3.41}:readings'": enough to fix the ACL
+without reading the server's ACL LOG. In a pipeline redis-py names the command itself.
+"""
+
+from __future__ import annotations
+
+import re
+
+import redis
+from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.exceptions import NoPermissionError
+
+# redis-py's note on a pipeline's failed command: "Command # 2 (XADD {t}:readings * ...) of pipeline caused error: "
+_PIPELINE_NOTE = re.compile(r"Command # \d+ \((\S+)(?: (\S+))?[^)]*\) of pipeline caused error: ")
+_DENIED_COMMAND = re.compile(r"run the '([^']+)' command")
+
+
+class AclRefusal(NoPermissionError):
+    """A NOPERM reply, with the user it was given to; `named` once its message names the command."""
+
+    def __init__(self, message: str, user: str | None = None, named: bool = True) -> None:
+        super().__init__(message)
+        self.user = user
+        self.named = named
+
+
+def refusal_line(error: NoPermissionError, user: str | None = None, command: tuple = ()) -> str:
+    """One line: who may not do what, then Redis's own words."""
+    if getattr(error, "named", False):
+        return str(error)
+    user = user or getattr(error, "user", None)
+    text = " ".join(str(error).split())
+    note = _PIPELINE_NOTE.search(text)
+    if note:
+        command = tuple(part for part in note.groups() if part)
+        text = text[note.end():]
+    who = f"Redis user {user!r}" if user else "the Redis user"
+    name = command[0].upper() if command else None
+    denied = _DENIED_COMMAND.search(text)
+    if denied:
+        what = f"may not run {denied.group(1).upper()} (ACL +{denied.group(1).lower()})"
+    elif "keys" in text and name:
+        key = f" on key {command[1]!r}" if len(command) > 1 else ""
+        what = f"may not run {name}{key} (no key pattern of the user allows it)"
+    elif "channel" in text:
+        what = "may not use that Pub/Sub channel"
+    else:
+        what = f"was refused {name}" if name else "was refused a command"
+    return f"{who} {what}: {text}"
+
+
+def retry_reason(error: Exception) -> str:
+    """Why a long-running command retries: Redis away, or an ACL that an operator may yet fix."""
+    if isinstance(error, NoPermissionError):
+        return refusal_line(error)
+    return f"Redis did not answer ({error.__class__.__name__})"
+
+
+def _as_text(value) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+class _NamesRefusals:
+    """Keeps the last command sent alone (not a pipeline's packed ones) to name it in a refusal."""
+
+    _last_command: tuple = ()
+
+    def send_packed_command(self, *args, **kwargs):
+        self._last_command = ()
+        return super().send_packed_command(*args, **kwargs)
+
+    def send_command(self, *args, **kwargs):
+        super().send_command(*args, **kwargs)
+        self._last_command = tuple(_as_text(part)[:200] for part in args[:2])
+
+    def read_response(self, *args, **kwargs):
+        try:
+            return super().read_response(*args, **kwargs)
+        except AclRefusal:
+            raise
+        except NoPermissionError as error:
+            if not self._last_command:  # in a pipeline: redis-py adds the command to the message
+                raise AclRefusal(str(error), self.username, named=False) from None
+            raise AclRefusal(refusal_line(error, self.username, self._last_command), self.username) from None
+
+
+class NamingConnection(_NamesRefusals, Connection):
+    pass
+
+
+class NamingSSLConnection(_NamesRefusals, SSLConnection):
+    pass
+
+
+class NamingUnixConnection(_NamesRefusals, UnixDomainSocketConnection):
+    pass
+
+
+def connection_class(scheme: str) -> type[redis.connection.AbstractConnection]:
+    return {"rediss": NamingSSLConnection, "unix": NamingUnixConnection}.get(scheme, NamingConnection)

@@ -1,0 +1,214 @@
+"""Every process under its ACL role (`python -m telemetry acl`) on a private redis-server that
+knows only those users: each role runs its commands end to end with nothing refused, and is
+refused what it must not do."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+import redis
+
+from tests.acl_helpers import AclServer
+from tests.crash_harness import spawn
+
+PARTITIONS = "4"
+
+
+@pytest.fixture(scope="module")
+def acl_server(tmp_path_factory):
+    server = AclServer(tmp_path_factory.mktemp("acl"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def acl(acl_server: AclServer) -> AclServer:
+    acl_server.clean()
+    return acl_server
+
+
+def ok(result) -> str:
+    assert result.returncode == 0, result.stderr
+    assert "NOPERM" not in result.stderr and "may not" not in result.stderr, result.stderr
+    return result.stdout
+
+
+def test_each_role_runs_its_commands_end_to_end_and_nothing_is_refused(acl, tmp_path):
+    ok(acl.run("admin", "consumers", "group", "create", "--partitions", PARTITIONS, "--to", "start"))
+    ok(acl.run("producer", "producers", "--fleet", "acl-", "6", "--count", "120", "--start=-10m",
+               "--spike-rate", "432"))
+    ok(acl.run("producer", "producers", "--fleet", "acl-", "6", "--count", "10", "--start=-5m"))
+    ok(acl.run("worker", "consumers", "aggregate", "--drain", "--window", "10s", "--grace", "1s",
+               "--start", "all", "--settle", "0s"))
+    assert acl.denials() == []
+    status = json.loads(ok(acl.run("reader", "consumers", "status", "--json")))
+    assert status["counters"]["processed"] == 6 * 130, status["counters"]
+    ok(acl.run("reader", "consumers", "status"))
+    alerts = ok(acl.run("reader", "consumers", "alerts", "--no-follow", "--json"))
+    assert alerts.strip(), "the run fired no alert"
+    ok(acl.run("reader", "consumers", "group", "list", "--json"))
+    ok(acl.run("reader", "analytics", "export", "--out", str(tmp_path / "readings.csv")))
+    ok(acl.run("reader", "analytics", "export", "--kind", "aggregates", "--out", str(tmp_path / "windows.csv")))
+    assert len((tmp_path / "readings.csv").read_text().splitlines()) == 6 * 130 + 1
+    ok(acl.run("reader", "analytics", "report", "--json"))
+    ok(acl.run("reader", "analytics", "plot", "--sensor", "acl-0001", "--out", str(tmp_path / "acl.png")))
+    ok(acl.run("admin", "consumers", "group", "prune"))
+    ok(acl.run("admin", "consumers", "group", "reset", "--to", "start"))
+    ok(acl.run("admin", "consumers", "group", "delete"))
+    assert acl.denials() == []
+
+
+# (role, command..., allowed): what each role may and may not do, asked of the server with ACL
+# DRYRUN, which checks a command against the user's permissions without running it.
+R, G, OTHER = "{telemetry:p2.7}", "aggregators", "other"
+DRYRUN_TABLE = [
+    ("producer", ("XADD", f"{R}:readings", "*", "sensor", "a"), True),
+    ("producer", ("SET", f"{R}:producer-batch:host-1", "5", "PX", "100"), True),
+    ("producer", ("XRANGE", f"{R}:{G}:alerts", "-", "+"), False),
+    ("producer", ("HGETALL", f"{R}:{G}:state"), False),
+    ("producer", ("XTRIM", f"{R}:readings", "MAXLEN", "0"), False),
+    ("producer", ("DEL", f"{R}:readings"), False),
+    ("producer", ("XDEL", f"{R}:readings", "1-1"), False),
+    ("producer", ("SET", f"{R}:readings", "x"), False),
+    ("producer", ("XREADGROUP", "GROUP", G, "c", "STREAMS", f"{R}:readings", ">"), False),
+    ("producer", ("HSET", "{telemetry}:pipeline", "partitions", "1"), False),
+    ("producer", ("SCAN", "0"), False),
+    ("producer", ("KEYS", "*"), False),
+    ("bridge", ("XADD", "{telemetry}:mqtt:dead-letter", "*", "reason", "x"), True),
+    ("bridge", ("HINCRBY", f"{R}:mqtt-counters", "written", "1"), True),
+    ("bridge", ("XRANGE", f"{R}:readings", "-", "+"), False),
+    ("bridge", ("DEL", f"{R}:readings"), False),
+    ("bridge", ("HSET", f"{R}:{G}:state", "s", "x"), False),
+    ("worker", ("XREADGROUP", "GROUP", G, "c", "STREAMS", f"{R}:readings", ">"), True),
+    ("worker", ("XACK", f"{R}:readings", G, "1-1"), True),
+    ("worker", ("XAUTOCLAIM", f"{R}:readings", G, "c", "0", "0"), True),
+    ("worker", ("HSET", f"{R}:{G}:state", "s", "x"), True),
+    ("worker", ("XADD", f"{R}:{G}:alerts", "*", "state", "firing"), True),
+    ("worker", ("EVALSHA", "0" * 40, "2", f"{R}:{G}:checkpoint", f"{R}:readings"), True),
+    ("worker", ("XADD", f"{R}:readings", "*", "sensor", "a"), False),
+    ("worker", ("XTRIM", f"{R}:readings", "MAXLEN", "0"), False),
+    ("worker", ("DEL", f"{R}:readings"), False),
+    ("worker", ("HSET", f"{R}:{OTHER}:state", "s", "x"), False),
+    ("worker", ("XADD", f"{R}:{OTHER}:alerts", "*", "state", "firing"), False),
+    ("worker", ("SET", f"{R}:{OTHER}:lease", "me"), False),
+    ("worker", ("EVALSHA", "0" * 40, "1", f"{R}:{OTHER}:checkpoint"), False),
+    ("worker", ("SET", f"{R}:producer-batch:host-1", "5"), False),
+    ("worker", ("FLUSHALL",), False),
+    ("notifier", ("XREADGROUP", "GROUP", "notifiers", "n", "STREAMS", f"{R}:{G}:alerts", ">"), True),
+    ("notifier", ("XACK", f"{R}:{G}:alerts", "notifiers", "1-1"), True),
+    ("notifier", ("XRANGE", f"{R}:{G}:dead-letter", "-", "+"), True),
+    ("notifier", ("XADD", "{telemetry}:notify:dead-letter", "*", "reason", "x"), True),
+    ("notifier", ("XADD", f"{R}:{G}:alerts", "*", "state", "firing"), False),
+    ("notifier", ("XRANGE", f"{R}:readings", "-", "+"), False),
+    ("notifier", ("XADD", f"{R}:{G}:dead-letter", "*", "x", "y"), False),
+    ("reader", ("XRANGE", f"{R}:readings", "-", "+"), True),
+    ("reader", ("HGETALL", f"{R}:{OTHER}:state"), True),
+    ("reader", ("XREAD", "STREAMS", f"{R}:{G}:alerts", "0"), True),
+    ("reader", ("XADD", f"{R}:readings", "*", "sensor", "a"), False),
+    ("reader", ("SET", f"{R}:{G}:lease", "me"), False),
+    ("reader", ("HSET", f"{R}:{G}:state", "s", "x"), False),
+    ("reader", ("EVAL", "return 1", "0"), False),
+    ("reader", ("XREADGROUP", "GROUP", G, "c", "STREAMS", f"{R}:readings", ">"), False),
+    ("reader", ("XGROUP", "CREATE", f"{R}:readings", "g2", "$"), False),
+    ("reader", ("SCAN", "0"), False),
+    ("reader", ("KEYS", "*"), False),
+    ("reader", ("GET", "{elsewhere}:secret"), False),
+    ("admin", ("DEL", f"{R}:{G}:state"), True),
+    ("admin", ("XGROUP", "DESTROY", f"{R}:readings", G), True),
+    ("admin", ("EVAL", "return 1", "1", "{telemetry}:pipeline"), True),
+    ("admin", ("GET", "{elsewhere}:secret"), False),
+    ("admin", ("FLUSHALL",), False),
+    ("admin", ("CONFIG", "GET", "*"), False),
+    ("admin", ("ACL", "LIST"), False),
+]
+
+
+def test_acl_dryrun_table(acl):
+    root = acl.root()
+    wrong = []
+    for role, command, allowed in DRYRUN_TABLE:
+        answer = root.execute_command("ACL", "DRYRUN", role, *command)
+        if (answer == "OK") != allowed:
+            wrong.append(f"{role} {' '.join(command)}: {answer}")
+    assert not wrong, "\n".join(wrong)
+
+
+def refused(client: redis.Redis, *command) -> bool:
+    try:
+        client.execute_command(*command)
+    except redis.exceptions.NoPermissionError:
+        return True
+    return False
+
+
+def test_real_connections_are_refused_what_their_role_must_not_do(acl):
+    ok(acl.run("admin", "consumers", "group", "create", "--partitions", PARTITIONS))
+    ok(acl.run("producer", "producers", "a", "b", "--count", "5", "--start=-1m"))
+    readings = next(key for key in acl.root().scan_iter("*:readings"))
+    tag = readings[:readings.index("}") + 1]
+    producer, reader, worker = acl.client("producer"), acl.client("reader"), acl.client("worker")
+    assert refused(producer, "XRANGE", f"{tag}:aggregators:alerts", "-", "+")
+    assert refused(producer, "XTRIM", readings, "MAXLEN", "0")
+    assert refused(producer, "DEL", readings)
+    assert refused(reader, "XADD", readings, "*", "sensor", "x")
+    assert refused(reader, "EVAL", "return redis.call('DEL', KEYS[1])", "1", readings)
+    assert refused(reader, "SCAN", "0")
+    assert refused(worker, "XADD", readings, "*", "sensor", "x")
+    assert refused(worker, "HSET", f"{tag}:other:state", "s", "x")
+    # a script the worker may run is still held to the worker's permissions, call by call
+    with pytest.raises(redis.ResponseError, match="can't access"):
+        worker.eval("return redis.call('XADD', KEYS[2], '*', 'sensor', 'x')", 2, f"{tag}:aggregators:checkpoint",
+                    readings)
+    assert acl.root().xlen(readings) > 0
+    assert sum(acl.root().xlen(key) for key in acl.root().scan_iter("*:readings")) == 10
+
+
+def test_a_one_shot_command_refused_says_which_permission_in_one_line_and_exits_2(acl):
+    result = acl.run("producer", "consumers", "status")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "Redis user 'producer' may not run" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    result = acl.run("reader", "consumers", "group", "delete")
+    assert result.returncode == 2 and "Redis user 'reader' may not run" in result.stderr, result.stderr
+
+
+def test_a_producer_waits_for_the_admin_to_create_the_pipeline(acl, tmp_path):
+    log = tmp_path / "producer.log"
+    with open(log, "w") as stderr:
+        producer = spawn("producers", "a", "b", "--count", "20", "--rate", "50", env_extra=acl.env("producer"),
+                         stderr=stderr)
+    try:
+        deadline = time.monotonic() + 30
+        while "may not create it" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert producer.poll() is None and "retrying" in log.read_text(), log.read_text()
+        ok(acl.run("admin", "consumers", "group", "create", "--partitions", PARTITIONS))
+        assert producer.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+    assert sum(acl.root().xlen(key) for key in acl.root().scan_iter("*:readings")) == 40
+
+
+def test_a_long_running_process_refused_says_so_and_keeps_retrying(acl, tmp_path):
+    ok(acl.run("admin", "consumers", "group", "create", "--partitions", PARTITIONS))
+    log = tmp_path / "producer.log"
+    with open(log, "w") as stderr:
+        producer = spawn("producers", "a", "--rate", "20", env_extra=acl.env("reader"), stderr=stderr)
+    try:
+        deadline = time.monotonic() + 30
+        while log.read_text().count("may not run") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert producer.poll() is None, log.read_text()
+        assert "Redis user 'reader' may not run" in log.read_text() and "retrying" in log.read_text()
+    finally:
+        producer.terminate()
+        try:
+            producer.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            producer.kill()
