@@ -14,6 +14,7 @@ from telemetry.bridge_status import bridge_statuses, written_totals
 from telemetry.connection import Client, is_cluster
 from telemetry.keys import GroupKeys
 from telemetry.lag import ConsumerInfo, GroupLag, PartitionLag, partition_lags
+from telemetry.notify_status import NotifyGroupStatus, notify_statuses, render_notify
 from telemetry.partitions import Layout, partition_maxlen
 from telemetry.timeutil import now_ms, stream_id_key, stream_id_ms
 
@@ -69,6 +70,7 @@ class PipelineStatus:
     warnings: tuple[str, ...]
     mqtt_bridges: tuple[dict, ...] = ()  # each MQTT bridge's last status (telemetry/bridge_status.py)
     mqtt_totals: dict[str, int] | None = None  # what the bridges wrote, exactly; None: no bridge ran
+    notify: tuple[NotifyGroupStatus, ...] = ()  # the notifier groups on the alert streams, per sink
 
     def as_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -188,6 +190,7 @@ def collect_status(db: redis.Redis, layout: Layout, group: str, maxlen: int, *, 
         other_groups=tuple(totals(name) for name in others),
         dead_letter_count=sum(state.dead_letters for state in states), counters=counters,
         warnings=tuple(_trim_warnings(lags, limit) + _idle_warnings(lags) + _counter_warnings(counters)),
+        notify=tuple(notify_statuses(db, layout.keys, [keys.alerts for keys in layout.groups(group)])),
         **_mqtt_status(db, layout))
 
 
@@ -242,5 +245,6 @@ def render_status(status: PipelineStatus) -> str:
     if status.mqtt_totals is not None:
         lines.append(f"mqtt, all bridges: written {status.mqtt_totals['written']}, "
                      f"duplicates skipped {status.mqtt_totals['duplicates']}")
+    lines += [line for notify in status.notify for line in render_notify(notify)]
     lines += [f"WARNING: {warning}" for warning in status.warnings]
     return "\n".join(lines)

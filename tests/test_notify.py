@@ -16,6 +16,7 @@ from consumers.notify.signing import headers, parse_secret
 from consumers.notify.sinks import Rendering, RetryPolicy, WebhookSink
 from telemetry.errors import UsageError
 from telemetry.keys import Keys
+from tests.crash_harness import wait_for
 from tests.notify_helpers import (
     SECRET,
     Receiver,
@@ -161,3 +162,58 @@ def test_a_malformed_alert_entry_is_dead_lettered_not_retried(db):
 @pytest.fixture()
 def redis_client(redis_url):
     return redis.Redis.from_url(redis_url, decode_responses=True)
+
+
+def test_status_shows_each_sink_delivered_retried_dead_lettered_and_the_oldest_undelivered(db, redis_url):
+    from consumers.status import collect_status, render_status
+    from telemetry.partitions import open_layout
+
+    with Receiver(lambda n, b: "500" if n == 0 else "400" if b'"attic"' in b else "ok") as receiver, \
+            Receiver(lambda n, b: "hang", hang_s=3.0) as stuck:
+        write_event(db, event("kitchen", 1))
+        write_event(db, event("attic", 2))
+        notifier_for(db, webhook(receiver.url)).run(lambda: False)
+        layout = open_layout(db, Keys(), 4)
+        (group,) = collect_status(db, layout, "aggregators", 0).notify
+        (sink,) = group.sinks
+        assert (sink.kind, sink.url, sink.delivered, sink.retried, sink.dead_lettered) == (
+            "webhook", receiver.url, 1, 1, 1)
+        assert sink.oldest_undelivered_s is None and group.pending == 0 and group.dead_letters == 1
+        # A notifier stuck on a hanging receiver: its event's age shows, for that sink only.
+        write_event(db, event("cellar", 3))
+        stuck_notifier = notifier_for(db, webhook(stuck.url, RetryPolicy(100, 0.5, 1.0), timeout_s=2.0),
+                                      drain=False)
+        thread_result = []
+        import threading
+
+        runner = threading.Thread(target=lambda: thread_result.append(
+            stuck_notifier.run(lambda: len(thread_result) > 0 or time.monotonic() > deadline, grace_s=0)))
+        deadline = time.monotonic() + 4
+        runner.start()
+        wait_for(lambda: len(stuck.snapshot()) >= 1, 5, "the stuck receiver's first request")
+        time.sleep(1.5)
+        status = collect_status(db, layout, "aggregators", 0)
+        shown = render_status(status)
+        stuck_row = next(s for s in status.notify[0].sinks if s.url == stuck.url)
+        assert stuck_row.oldest_undelivered_s is not None and stuck_row.oldest_undelivered_s >= 1.0
+        assert f"webhook {receiver.url}: delivered 1, retried 1, dead-lettered 1" in shown
+        runner.join()
+
+
+def test_while_a_sensor_is_silent_its_other_events_are_marked_inhibited_for_webhooks(db):
+    with Receiver() as receiver:
+        write_event(db, event("cellar", 0))  # before the silence: not inhibited
+        write_event(db, event("cellar", 1, rule="sensor-silent", kind="silent"))
+        write_event(db, event("cellar", 0, "resolved"))  # while silent
+        write_event(db, event("garage", 2))  # another sensor
+        write_event(db, event("cellar", 1, "resolved", rule="sensor-silent", kind="silent"))
+        write_event(db, event("cellar", 3))  # after the silence
+        notifier_for(db, webhook(receiver.url)).run(lambda: False)
+        marks = [(r.json["alerts"][0]["labels"]["sensor"], r.json["alerts"][0]["labels"]["alertname"],
+                  r.json["status"], r.json["alerts"][0]["annotations"].get("inhibited_by"))
+                 for r in receiver.accepted()]
+    silent_id = event("cellar", 1, rule="sensor-silent").alert_id
+    assert sorted(marks, key=str) == sorted([
+        ("cellar", "hot", "firing", None), ("cellar", "sensor-silent", "firing", None),
+        ("cellar", "hot", "resolved", silent_id), ("garage", "hot", "firing", None),
+        ("cellar", "sensor-silent", "resolved", None), ("cellar", "hot", "firing", None)], key=str)

@@ -26,6 +26,7 @@ class Notice:
     entry_id: str
     event: AlertEvent
     fields: dict[str, str]  # the entry as written, for the dead-letter stream
+    inhibited_by: str | None = None  # the sensor's silent alert firing as this event came
 
     @property
     def key(self) -> tuple[str, str]:
@@ -64,15 +65,18 @@ def _with_unit(value: float | None, unit: str) -> str:
     return f"{text} {unit}" if unit else text
 
 
-def annotations(event: AlertEvent) -> dict[str, str]:
+def annotations(event: AlertEvent, inhibited_by: str | None = None) -> dict[str, str]:
     value, threshold = _with_unit(event.value, event.unit), _with_unit(event.threshold, event.unit)
     if event.state.startswith("flapping"):
         what = "started flapping" if event.state == "flapping" else "stopped flapping"
         summary = f"{event.rule} on {event.sensor} {what}: {value} state change (limit {threshold})"
     else:
         summary = f"{event.rule} on {event.sensor}: {value} (threshold {threshold})"
-    return {"summary": summary, "value": value, "threshold": threshold, "alert_id": event.alert_id,
-            "event": event.state, "event_time": iso_utc(event.ts)}
+    found = {"summary": summary, "value": value, "threshold": threshold, "alert_id": event.alert_id,
+             "event": event.state, "event_time": iso_utc(event.ts)}
+    if inhibited_by:
+        found["inhibited_by"] = inhibited_by  # the sensor is silent: this alert is about stale readings
+    return found
 
 
 def generator_url(external_url: str, sensor: str) -> str:
@@ -105,7 +109,7 @@ def webhook_body(notice: Notice, pipeline: str, external_url: str, receiver: str
     event = notice.event
     status = "resolved" if notice.ending else "firing"
     alert_labels = labels(event, pipeline)
-    alert_annotations = annotations(event)
+    alert_annotations = annotations(event, notice.inhibited_by)
     alert = {"status": status, "labels": alert_labels, "annotations": alert_annotations,
              "startsAt": iso_utc(started_ms(event)), "endsAt": iso_utc(event.ts) if notice.ending else ZERO_TIME,
              "generatorURL": generator_url(external_url, event.sensor), "fingerprint": fingerprint(alert_labels)}

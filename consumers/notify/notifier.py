@@ -19,7 +19,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis
 
@@ -196,7 +196,7 @@ class Notifier:
             notices.append(Notice(stream, entry_id, event, fields))
         if not notices:
             return
-        self._remember_firing(notices)
+        notices = self._remember_firing(notices)
         now = time.monotonic()
         for notice in notices:
             self.in_flight[notice.key] = len(self.sinks)
@@ -204,17 +204,34 @@ class Notifier:
         for sink in self.sinks:
             sink.submit(notices)
 
-    def _remember_firing(self, notices: list[Notice]) -> None:
+    def _remember_firing(self, notices: list[Notice]) -> list[Notice]:
         """Before any sink sends: firing alerts are added unless already known (a resolution that
-        overtook its firing event, read by another notifier, wins); endings replace them."""
+        overtook its firing event, read by another notifier, wins); endings replace them. The
+        sensors' silent alerts are followed too (`silent:<sensor>`), and each other notice of a
+        sensor whose silent alert fires is marked inhibited by it, in stream order."""
+        sensors = sorted({notice.event.sensor for notice in notices})
+        silent = dict(zip(sensors, self.db.hmget(self.keys.firing, [f"silent:{sensor}" for sensor in sensors])))
         pipeline = self.db.pipeline(transaction=False)
+        marked = []
         for notice in notices:
+            event = notice.event
             value = json.dumps(notice.fields, ensure_ascii=False)
-            if notice.event.state in ENDING_STATES:
-                pipeline.hset(self.keys.firing, notice.event.alert_id, value)
+            ending = event.state in ENDING_STATES
+            if ending:
+                pipeline.hset(self.keys.firing, event.alert_id, value)
             else:
-                pipeline.hsetnx(self.keys.firing, notice.event.alert_id, value)
+                pipeline.hsetnx(self.keys.firing, event.alert_id, value)
+            if event.kind == "silent" and not event.alert_id.endswith(":flapping"):
+                silent[event.sensor] = None if ending else event.alert_id
+                if ending:
+                    pipeline.hdel(self.keys.firing, f"silent:{event.sensor}")
+                else:
+                    pipeline.hset(self.keys.firing, f"silent:{event.sensor}", event.alert_id)
+            elif silent.get(event.sensor):
+                notice = replace(notice, inhibited_by=silent[event.sensor])
+            marked.append(notice)
         pipeline.execute()
+        return marked
 
     # -- completion ---------------------------------------------------------------------------
 
@@ -322,6 +339,8 @@ class Notifier:
         now = now_ms()
         alerts, expired = [], []
         for alert_id, value in self.db.hgetall(self.keys.firing).items():
+            if alert_id.count(":") == 1:
+                continue  # silent:<sensor>, not an alert (alert ids have three or four parts)
             event = AlertEvent.decode(json.loads(value))
             if event.state in ENDING_STATES and now - event.ts > RESOLVED_RETENTION_MS:
                 expired.append(alert_id)
