@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help venv test soak demo bench bench-cluster lint redis-stop clean
+.PHONY: help venv test soak demo serve bench bench-cluster lint redis-stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -26,6 +26,10 @@ soak: venv ## SOAK_MINUTES (default 60) of random faults under load, then every 
 
 demo: venv ## run the whole pipeline for DEMO_SECONDS (default 60), then export to out/
 	$(PY) scripts/demo.py
+
+SERVE_ARGS ?=
+serve: venv ## the live web page alone (python -m analytics serve $(SERVE_ARGS)), on http://127.0.0.1:8080/
+	$(PY) -m analytics serve $(SERVE_ARGS)
 
 bench: venv ## run every benchmark and print one table
 	$(PY) scripts/bench_all.py

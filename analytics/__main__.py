@@ -1,5 +1,5 @@
-"""python -m analytics {export,report,plot}: CSV, JSON Lines or Parquet export, per-sensor report,
-plots."""
+"""python -m analytics {export,report,plot,serve}: CSV, JSON Lines or Parquet export, per-sensor
+report, plots, and the live web page."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from analytics.plot import alert_episodes, sensor_figure
 from analytics.report import build_report, summarise
 from analytics.streams import STREAM_KINDS, RowFilter, iter_frames, load_frame
 from consumers.rolling_view import rolling_views
-from telemetry.cli import CommandParser, PipelineConfig, add_redis_arguments, run_main
+from consumers.rules import load_rules
+from telemetry.cli import CommandParser, PipelineConfig, add_redis_arguments, number_type, run_main
 from telemetry.connection import connect
 from telemetry.errors import UsageError
 from telemetry.gc_tuning import tune_for_batches
 from telemetry.keys import GroupKeys
-from telemetry.timeutil import parse_time_ms
+from telemetry.timeutil import parse_duration_ms, parse_time_ms
 
 CSV_CHUNK_ROWS = 200_000
 
@@ -64,6 +65,18 @@ def build_parser() -> CommandParser:
     plot.add_argument("--until", help="before this time")
     plot.add_argument("--csv", type=Path, help="read readings from an exported CSV instead of Redis")
     add_redis_arguments(plot)
+
+    serve = commands.add_parser("serve", help="the live web page of the fleet (read-only)",
+                                description="Serve the fleet, sensor and alerts pages, their JSON API and live "
+                                            "event streams; reads the pipeline, writes nothing.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=number_type(int, minimum=0, maximum=65535), default=8080,
+                       help="port (default 8080; 0 picks a free one)")
+    serve.add_argument("--rules", type=Path, help="the workers' rules file, for the thresholds drawn on the "
+                                                  "charts (default: the built-in rules)")
+    serve.add_argument("--stale", default="30s", help="a sensor with no reading this long is drawn silent "
+                                                      "(default 30s)")
+    add_redis_arguments(serve)
     return parser
 
 
@@ -165,11 +178,19 @@ def run_plot(args, config: PipelineConfig) -> int:
     return 0
 
 
+def run_serve(args, config: PipelineConfig) -> int:
+    from analytics.web.serve import serve  # the web stack loads only for this command
+
+    return serve(config, host=args.host, port=args.port, rules=load_rules(args.rules),
+                 stale_ms=parse_duration_ms(args.stale, field="--stale"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = PipelineConfig.from_args(args)
     tune_for_batches()  # merged pages outlive young collections: default thresholds cost a third of an export
-    return {"export": run_export, "report": run_report, "plot": run_plot}[args.command](args, config)
+    commands = {"export": run_export, "report": run_report, "plot": run_plot, "serve": run_serve}
+    return commands[args.command](args, config)
 
 
 def entry() -> None:

@@ -212,10 +212,11 @@ def raw_xrange(db: redis.Redis, key: str, start: str, count: int) -> Page:
         pool.release(connection)
 
 
-def iter_entries(db: redis.Redis, key: str, page_size: int = PAGE_SIZE) -> Iterator[Page]:
-    """Pages of XRANGE, each entry as (id, [name, value, ...]): memory stays at one page whatever
-    the stream's length, and skipping redis-py's per-entry dict building doubles the read rate."""
-    cursor = "-"
+def iter_entries(db: redis.Redis, key: str, page_size: int = PAGE_SIZE, start: str = "-") -> Iterator[Page]:
+    """Pages of XRANGE from `start` (an id, inclusive), each entry as (id, [name, value, ...]):
+    memory stays at one page whatever the stream's length, and skipping redis-py's per-entry dict
+    building doubles the read rate."""
+    cursor = start
     while True:
         page = raw_xrange(db, key, cursor, page_size)
         if not page:

@@ -1,6 +1,6 @@
 """make demo: five named sensors (one faulty), their last hour backfilled first, and two aggregator
-workers, each its own process; a live view for DEMO_SECONDS (default 60) or until Ctrl-C, then CSV
-exports and a plot in out/."""
+workers, each its own process, and the live web page (DEMO_PORT, default 8080, else a free port);
+a live view for DEMO_SECONDS (default 60) or until Ctrl-C, then CSV exports and a plot in out/."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import argparse
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,6 +48,23 @@ def spawn(url: str, log: Path, module: str, *args: str) -> subprocess.Popen:
                              "--partitions", str(PARTITIONS), "--group", GROUP],
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
                             stderr=log.open("w"), start_new_session=True)
+
+
+def web_port() -> int:
+    """DEMO_PORT (default 8080) when it is free, else any free port: a demo should not fail for a
+    busy 8080."""
+    text = os.environ.get("DEMO_PORT", "8080")
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        print(f"demo: DEMO_PORT={text!r}: give a port, 1-65535", file=sys.stderr)
+        raise SystemExit(2)
+    wanted = int(text)
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", wanted))
+            return wanted
+        except OSError:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
 
 
 def stop_all(processes: list[subprocess.Popen]) -> None:
@@ -112,6 +130,9 @@ def main() -> int:
     processes = [spawn(target.url, logs / f"worker-{n}.log", "consumers", "aggregate", "--consumer", f"demo-worker-{n}",
                        *WORKER_FLAGS) for n in (1, 2)]
     processes.append(spawn(target.url, logs / "producer.log", "producers", *producer_args))
+    port = web_port()
+    processes.append(spawn(target.url, logs / "web.log", "analytics", "serve", "--port", str(port)))
+    print(f"demo: the live web page is at http://127.0.0.1:{port}/ while the demo runs", flush=True)
     console = Console(stderr=False)
     interactive = console.is_terminal
     print(f"demo: {len(SENSORS)} sensors ({FAULTY} with faults) and 2 workers for {seconds:g}s; Ctrl-C stops early")

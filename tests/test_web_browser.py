@@ -1,0 +1,143 @@
+"""What a person sees on the web page, in Debian's Chromium driven by Playwright, against a live
+pipeline (producer, worker and server as real processes on a private redis-server). Screenshots
+of each page go to artifacts/web/ (TELEMETRY_ARTIFACTS to move it)."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from analytics.web.fleet import STATE_NAMES
+from tests.conftest import run_cli
+from tests.web_harness import ARTIFACTS, HOT, PIPELINE_FLAGS, SENSORS, web_pipeline_in
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run"]
+RED, GREEN = "#d93025", "#2e9d57"  # the grid's critical and ok colours (static/fleet.js)
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    with web_pipeline_in(tmp_path_factory.mktemp("web-browser")) as pipeline:
+        yield pipeline
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        raise RuntimeError("Chromium is not installed (Debian: apt-get install -y chromium); .ci/run installs it")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, url: str) -> Page:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.errors = []
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    page.goto(url)
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    return page
+
+
+def shoot(page: Page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_the_grid_has_one_cell_per_sensor(web, browser):
+    page = open_page(browser, web.url + "/")
+    assert page.locator("#grid").get_attribute("data-cells") == str(SENSORS + 1)
+    assert page.evaluate("fleet.names.length") == SENSORS + 1
+    assert page.evaluate("fleet.colourOf('web-0001')") == GREEN
+    assert page.locator("#partitions tbody tr").count() == 4
+    page.wait_for_function("() => document.querySelector('#counters').textContent.includes('readings / s')")
+    shoot(page, "fleet")
+    assert page.errors == []
+    page.close()
+
+
+def test_an_out_of_range_reading_turns_its_cell_red_and_adds_an_alert_row_within_3s(web, browser):
+    fleet = open_page(browser, web.url + "/")
+    alerts = open_page(browser, web.url + "/alerts")
+    fleet.wait_for_function("() => document.body.dataset.live === 'open'", timeout=10_000)
+    alerts.wait_for_function("() => document.body.dataset.live === 'open'", timeout=10_000)
+    assert fleet.evaluate(f"fleet.colourOf('{HOT}')") != RED
+    written = time.monotonic()
+    web.write(HOT, 95.0)
+    fleet.wait_for_function(f"() => fleet.colourOf('{HOT}') === '{RED}'", timeout=3_000, polling=50)
+    row = alerts.locator("#firing tbody tr", has_text=HOT)
+    row.wait_for(timeout=max(1, 3_000 - (time.monotonic() - written) * 1000))
+    elapsed = time.monotonic() - written
+    assert elapsed < 3.0
+    assert "temperature-high" in row.inner_text() and "critical" in row.inner_text()
+    assert alerts.locator("#events tbody tr", has_text=HOT).first.inner_text().count("firing") == 1
+    shoot(fleet, "fleet-alert")
+    shoot(alerts, "alerts")
+    cell = fleet.evaluate(f"fleet.states[fleet.index.get('{HOT}')]")
+    assert STATE_NAMES[cell] == "critical"
+    web.write(HOT, 21.0)  # resolved again for the tests after this one
+    alerts.locator("#firing tbody tr", has_text=HOT).wait_for(state="detached", timeout=5_000)
+    assert fleet.errors == [] and alerts.errors == []
+    fleet.close()
+    alerts.close()
+
+
+def latest_windows(csv_text: str) -> pd.DataFrame:
+    """The export's windows, the latest revision of each (an export before revisions has none)."""
+    frame = pd.read_csv(io.StringIO(csv_text))
+    frame["revision"] = frame["revision"].fillna(0) if "revision" in frame else 0
+    frame["order"] = range(len(frame))
+    return frame.sort_values(["revision", "order"]).drop_duplicates(["sensor", "window_start"], keep="last")
+
+
+def test_the_sensor_chart_holds_the_window_means_the_export_gives(web, browser):
+    sensor = "web-0004"
+    exported = run_cli("analytics", "export", "--kind", "aggregates", "--sensor", sensor, "--since=-15m", "--out", "-",
+                       "--redis-url", web.redis_url, *PIPELINE_FLAGS)
+    assert exported.returncode == 0, exported.stderr
+    windows = latest_windows(exported.stdout)
+    assert len(windows) >= 3, "the worker should have closed a few 2 s windows by now"
+    page = open_page(browser, f"{web.url}/sensors/{sensor}?range=15m")
+    for metric in ("temperature_c", "humidity_pct"):
+        # (x in ms, window mean) of each point the chart's 'window mean' series draws
+        points = page.evaluate(f"""(() => {{
+            const chart = sensorView.charts.{metric};
+            const series = chart.series.findIndex((s) => s.label === 'window mean');
+            return chart.data[0].map((x, i) => [Math.round(x * 1000), chart.data[series][i]])
+                                .filter(([, y]) => y !== null && y !== undefined);
+        }})()""")
+        drawn = dict(points)
+        for start, mean in zip(windows["window_start"], windows[f"{metric}_mean"]):
+            assert drawn.get(int(start)) == pytest.approx(float(mean), abs=1e-9), (metric, start)
+    assert page.locator("#thresholds tr").count() == 2
+    assert "/export.csv?" in page.locator("#csv").get_attribute("href")
+    shoot(page, "sensor")
+    assert page.errors == []
+    page.close()
+
+
+def test_a_server_restart_shows_the_lost_connection_then_live_data_again(web, browser):
+    page = open_page(browser, web.url + "/")
+    page.wait_for_function("() => document.body.dataset.live === 'open'", timeout=10_000)
+    web.stop_server()
+    notice = page.locator("#connection")
+    page.wait_for_function("() => document.body.dataset.live === 'lost'", timeout=10_000)
+    assert notice.is_visible() and "Lost the connection" in notice.inner_text()
+    shoot(page, "fleet-lost-connection")
+    web.start_server()
+    page.wait_for_function("() => document.body.dataset.live === 'open'", timeout=20_000)
+    assert "again" in notice.inner_text()
+    events = int(page.evaluate("document.body.dataset.events"))
+    page.wait_for_function(f"() => Number(document.body.dataset.events) > {events} + 2", timeout=10_000)
+    before = page.evaluate("fleet.ts[fleet.index.get('web-0001')]")
+    page.wait_for_function(f"() => fleet.ts[fleet.index.get('web-0001')] > {before}", timeout=5_000)
+    assert page.errors == []
+    page.close()
