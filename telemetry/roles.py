@@ -34,8 +34,8 @@ SCRIPTS = ("eval", "evalsha", "script|load", "script|exists")
 STREAM_READ = ("xrange", "xrevrange", "xread", "xlen", "xinfo|stream", "xinfo|groups", "xinfo|consumers", "xpending")
 CONSUMER = ("xreadgroup", "xack", "xclaim", "xautoclaim", "xgroup|create", "xgroup|createconsumer", "xpending",
             "xrange", "xrevrange", "xread", "xlen", "xinfo|stream", "xinfo|groups", "xinfo|consumers")
-KEY_READ = ("exists", "type", "ttl", "pttl", "get", "mget", "hget", "hmget", "hgetall", "hlen", "hexists", "smembers",
-            "scard", "sismember", "zcard", "zrange", "zrangebyscore", "zscore", "zcount")
+KEY_READ = ("exists", "type", "ttl", "pttl", "get", "mget", "hget", "hmget", "hgetall", "hkeys", "hlen", "hexists",
+            "smembers", "scard", "sismember", "zcard", "zrange", "zrangebyscore", "zscore", "zcount")
 
 # The notifier (issue 20) and the web page (issue 21) are being built: their keys are assumed
 # here, from the key layout, and adjusted in this one place. The notifier reads alerts through

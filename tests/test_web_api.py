@@ -185,7 +185,7 @@ def test_redis_unreachable_is_a_page_that_recovers(tmp_path):
             except OSError:
                 return None
 
-        wait_for(lambda: page() is not None, 30, "the web server")
+        wait_for(lambda: page() is not None and b"Starting" not in page()[2], 30, "the web server")
         status, _, body = page()
         assert status == 503 and b"Redis unreachable" in body and b'http-equiv="refresh"' in body
         api = fetch(f"http://127.0.0.1:{port}/api/fleet")

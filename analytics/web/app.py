@@ -89,8 +89,10 @@ def create_app(settings: ServeSettings) -> Starlette:
     tracker = FleetTracker(source.open, config.group, config.field_map)
 
     def ready() -> tuple[Client, Layout]:
-        if tracker.state is None or tracker.error:
-            raise Unavailable(tracker.error or "reading the pipeline")
+        if tracker.error:
+            raise Unavailable(tracker.error)
+        if tracker.state is None:
+            raise Unavailable("reading the pipeline from Redis, a moment")
         return source.client(), tracker.state.layout
 
     async def in_thread(call: Callable, *args):
@@ -208,8 +210,11 @@ def create_app(settings: ServeSettings) -> Starlette:
         return error(request, 400, "Bad request", str(exc))
 
     async def on_unavailable(request: Request, exc: Exception) -> Response:
+        message = str(exc)
+        if tracker.state is None and not tracker.error:
+            return error(request, 503, "Starting", message, RETRY_PAGE_S)
         return error(request, 503, "Redis unreachable",
-                     f"{exc} — {settings.target.masked_url}; the page shows the fleet again once Redis answers",
+                     f"{message} ({settings.target.masked_url}); the page shows the fleet again once Redis answers",
                      RETRY_PAGE_S)
 
     @asynccontextmanager

@@ -121,7 +121,7 @@ class FleetTracker:
         self.field_map = field_map
         self.lock = threading.Lock()
         self.state: FleetState | None = None
-        self.error: str | None = "connecting to Redis"
+        self.error: str | None = None  # why Redis cannot be read now
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._arrivals: deque[tuple[float, int]] = deque()  # (monotonic s, readings applied)
