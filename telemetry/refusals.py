@@ -18,6 +18,8 @@ from redis.exceptions import NoPermissionError
 # redis-py's note on a pipeline's failed command: "Command # 2 (XADD {t}:readings * ...) of pipeline caused error: "
 _PIPELINE_NOTE = re.compile(r"Command # \d+ \((\S+)(?: (\S+))?[^)]*\) of pipeline caused error: ")
 _DENIED_COMMAND = re.compile(r"run the '([^']+)' command")
+# A script's own call refused by the caller's ACL comes back as a plain error (ERR), not NOPERM.
+SCRIPT_CALL_DENIED = "The user executing the script"
 
 
 class AclRefusal(NoPermissionError):
@@ -47,6 +49,8 @@ def refusal_line(error: NoPermissionError, user: str | None = None, command: tup
     elif "keys" in text and name:
         key = f" on key {command[1]!r}" if len(command) > 1 else ""
         what = f"may not run {name}{key} (no key pattern of the user allows it)"
+    elif SCRIPT_CALL_DENIED in text:
+        what = f"may not make a call its script makes{f' ({name})' if name else ''}"
     elif "channel" in text:
         what = "may not use that Pub/Sub channel"
     else:
@@ -83,7 +87,9 @@ class _NamesRefusals:
             return super().read_response(*args, **kwargs)
         except AclRefusal:
             raise
-        except NoPermissionError as error:
+        except redis.ResponseError as error:
+            if not isinstance(error, NoPermissionError) and SCRIPT_CALL_DENIED not in str(error):
+                raise
             if not self._last_command:  # in a pipeline: redis-py adds the command to the message
                 raise AclRefusal(str(error), self.username, named=False) from None
             raise AclRefusal(refusal_line(error, self.username, self._last_command), self.username) from None

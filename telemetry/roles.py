@@ -32,7 +32,7 @@ CONNECTION = ("ping", "echo", "hello", "select", "readonly", "readwrite", "time"
 TRANSACTIONS = ("multi", "exec", "discard", "unwatch")
 SCRIPTS = ("eval", "evalsha", "script|load", "script|exists")
 STREAM_READ = ("xrange", "xrevrange", "xread", "xlen", "xinfo|stream", "xinfo|groups", "xinfo|consumers", "xpending")
-CONSUMER = ("xreadgroup", "xack", "xclaim", "xautoclaim", "xgroup|create", "xgroup|createconsumer", "xpending",
+CONSUMER = ("type", "xreadgroup", "xack", "xclaim", "xautoclaim", "xgroup|create", "xgroup|createconsumer", "xpending",
             "xrange", "xrevrange", "xread", "xlen", "xinfo|stream", "xinfo|groups", "xinfo|consumers")
 KEY_READ = ("exists", "type", "ttl", "pttl", "get", "mget", "hget", "hmget", "hgetall", "hkeys", "hlen", "hexists",
             "smembers", "scard", "sismember", "zcard", "zrange", "zrangebyscore", "zscore", "zcount")

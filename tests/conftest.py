@@ -34,6 +34,18 @@ def redis_url(redis_server: PrivateRedisServer) -> str:
 
 
 @pytest.fixture(scope="session")
+def acl_server(tmp_path_factory):
+    """A private redis-server that knows only the ACL roles of `python -m telemetry acl` (and a
+    root user for the tests' own checks): tests/acl_helpers.py."""
+    from tests.acl_helpers import AclServer
+
+    server = AclServer(tmp_path_factory.mktemp("acl"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory) -> PrivateRedisCluster:
     """Three masters on free ports, shared by the session's cluster tests."""
     cluster = PrivateRedisCluster(tmp_path_factory.mktemp("cluster"), masters=3)

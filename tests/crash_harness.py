@@ -61,7 +61,8 @@ class Fleet:
     redis_url: str
     rules_path: str
     log_dir: Path  # each worker's log, as no one reads a pipe while the test runs
-    worker_url: str | None = None  # workers may reach Redis through a proxy
+    worker_url: str | None = None  # workers may reach Redis through a proxy, or as an ACL user
+    worker_env: dict[str, str] = field(default_factory=dict)  # e.g. the ACL user's password file
     workers: dict[str, subprocess.Popen] = field(default_factory=dict)
     kills: int = 0
     kills_with_uncommitted_batch: int = 0
@@ -80,7 +81,7 @@ class Fleet:
         with open(self.log_dir / f"{name}.log", "a") as log:
             self.workers[name] = spawn("consumers", "aggregate", "--consumer", name, *WORKER_FLAGS,
                                        "--rules", self.rules_path, "--redis-url", self.worker_url or self.redis_url,
-                                       stderr=log)
+                                       env_extra=self.worker_env, stderr=log)
 
     def log_of(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text()

@@ -17,14 +17,6 @@ from tests.crash_harness import spawn
 PARTITIONS = "4"
 
 
-@pytest.fixture(scope="module")
-def acl_server(tmp_path_factory):
-    server = AclServer(tmp_path_factory.mktemp("acl"))
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture()
 def acl(acl_server: AclServer) -> AclServer:
     acl_server.clean()

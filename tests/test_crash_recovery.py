@@ -33,8 +33,27 @@ def fleet(redis_url, tmp_path):
 
 @pytest.mark.slow
 def test_workers_killed_at_random_moments_and_rescaled_lose_and_double_nothing(redis_url, fleet):
+    kill_drill(fleet, spawn("producers", *PRODUCER_ARGS, "--redis-url", redis_url))
+
+
+@pytest.mark.slow
+def test_the_kill_drill_with_every_process_under_its_acl_role(acl_server, tmp_path):
+    """The same drill on a server that knows only the ACL roles: the admin creates the pipeline,
+    the producer and every worker connect as their roles, with passwords from files."""
+    acl_server.clean()
+    created = acl_server.run("admin", "consumers", "group", "create", "--partitions", str(PARTITIONS), "--to", "start")
+    assert created.returncode == 0, created.stderr
+    with fleet_on(acl_server.root_url, tmp_path) as fleet:
+        fleet.worker_url = acl_server.url("worker")
+        fleet.worker_env = {"TELEMETRY_REDIS_PASSWORD_FILE": str(acl_server.secrets / "worker")}
+        kill_drill(fleet, spawn("producers", *PRODUCER_ARGS, env_extra=acl_server.env("producer")))
+    assert acl_server.denials() == []
+
+
+def kill_drill(fleet, producer) -> None:
+    """kill -9 workers at random moments, some between read and commit, and rescale, while the
+    producer runs; then every window, alert and seq as one uninterrupted worker's."""
     fleet.start_worker("w0")
-    producer = spawn("producers", *PRODUCER_ARGS, "--redis-url", redis_url)
     run_kill_loop(fleet, producer, random.Random(7), sizes=(1, 2, 3, 3, 3, 3, 3, 2, 1), min_kills=20)
     assert producer.returncode == 0, producer.stderr.read()
     if not fleet.workers:
