@@ -203,3 +203,58 @@ def test_a_long_running_process_refused_says_so_and_keeps_retrying(acl, tmp_path
             producer.wait(timeout=10)
         except subprocess.TimeoutExpired:
             producer.kill()
+
+
+def test_the_web_page_as_reader_and_the_notifier_as_notifier(acl, tmp_path):
+    """The two processes of the edges, each under its role: every page and API of `analytics
+    serve` as the reader, `consumers notify` delivering every alert to a webhook as the notifier."""
+    from telemetry.embedded import free_port
+    from tests.notify_helpers import SECRET, Receiver
+    from tests.web_harness import fetch
+
+    ok(acl.run("admin", "consumers", "group", "create", "--partitions", PARTITIONS, "--to", "start"))
+    ok(acl.run("producer", "producers", "--fleet", "acl-", "4", "--count", "120", "--start=-5m",
+               "--spike-rate", "432"))
+    ok(acl.run("worker", "consumers", "aggregate", "--drain", "--window", "10s", "--grace", "1s", "--settle", "0s"))
+    alerts = ok(acl.run("reader", "consumers", "alerts", "--no-follow", "--json")).splitlines()
+    assert alerts
+    with Receiver() as receiver:
+        result = acl_run_env(acl, "notifier", {"TELEMETRY_WEBHOOK_SECRET": SECRET}, "consumers", "notify",
+                             "--webhook", receiver.url, "--start", "all", "--drain")
+        ok(result)
+        assert len(receiver.accepted()) >= 1
+    port = free_port()
+    with open(tmp_path / "serve.log", "w") as log:
+        server = spawn("analytics", "serve", "--port", str(port), env_extra=acl.env("reader"), stderr=log)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if fetch(f"{base}/api/status")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        for path in ("/", "/alerts", "/sensors/acl-0001", "/api/fleet", "/api/status", "/api/alerts",
+                     "/api/sensors/acl-0001", "/api/sensors/acl-0001/export.csv"):
+            status, _, body = fetch(base + path)
+            assert status == 200, (path, status, body[:300])
+            if path.startswith(("/api/fleet", "/api/alerts", "/api/sensors/")):
+                assert b"acl-000" in body, (path, body[:300])  # the sensors' data, read as the reader
+        for path in ("/api/events/fleet", "/api/events/alerts", "/api/events/sensors/acl-0001"):
+            try:
+                fetch(base + path, timeout=1.5)
+            except OSError:
+                pass  # an event stream never ends: read until the timeout
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+    assert "may not" not in (tmp_path / "serve.log").read_text()
+    assert acl.denials() == []
+
+
+def acl_run_env(acl: AclServer, role: str, extra: dict, module: str, *args: str):
+    from tests.conftest import run_cli
+
+    return run_cli(module, *args, env_extra={**acl.env(role), **extra})
