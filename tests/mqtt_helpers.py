@@ -72,10 +72,11 @@ STARTED: list[subprocess.Popen] = []  # killed after each test (tests/test_mqtt_
 
 
 def start_bridge(broker_url: str, redis_url: str, log: Path, *args: str, format_name: str = "zigbee2mqtt",
-                 client_id: str = "test-bridge") -> subprocess.Popen:
+                 client_id: str = "test-bridge", env_extra: dict | None = None) -> subprocess.Popen:
     with log.open("a") as out:
         process = spawn("producers", "--from-mqtt", broker_url, "--format", format_name, "--redis-url", redis_url,
-                        "--client-id", client_id, "--partitions", str(PARTITIONS), *args, stderr=out)
+                        "--client-id", client_id, "--partitions", str(PARTITIONS), *args, env_extra=env_extra,
+                        stderr=out)
     STARTED.append(process)
     return process
 

@@ -258,3 +258,41 @@ def acl_run_env(acl: AclServer, role: str, extra: dict, module: str, *args: str)
     from tests.conftest import run_cli
 
     return run_cli(module, *args, env_extra={**acl.env(role), **extra})
+
+
+def test_the_mqtt_bridge_as_bridge_over_mqtts(acl, tmp_path):
+    """Devices publish to Mosquitto; the bridge takes them over mqtts:// (certificate checked
+    against the test CA) and writes them to Redis as the bridge role."""
+    from producers.mqtt.local_broker import PrivateMosquitto
+    from telemetry.embedded import free_port
+    from tests.mqtt_helpers import Publisher, kill_leftovers, start_bridge
+    from tests.tls_helpers import make_tls_files
+
+    certs = make_tls_files(tmp_path / "certs")
+    tls_port = free_port()
+    listener = (f"listener {tls_port} 127.0.0.1", f"cafile {certs.ca}", f"certfile {certs.server_cert}",
+                f"keyfile {certs.server_key}")
+    ok(acl.run("admin", "consumers", "group", "create", "--partitions", "4"))
+    with PrivateMosquitto(tmp_path / "mosquitto", listeners=listener) as broker:
+        try:
+            bridge = start_bridge(f"mqtts://127.0.0.1:{tls_port}", acl.url("bridge"), tmp_path / "bridge.log",
+                                  "--mqtt-ca", str(certs.ca), env_extra=acl.env("bridge"))
+            publisher = Publisher(broker.port)
+            sent = 0
+            deadline = time.monotonic() + 30
+            root = acl.root()
+            while time.monotonic() < deadline:
+                publisher.publish("zigbee2mqtt", f"dev-{sent % 3}", 1_700_000_000_000 + sent * 1000, 20.0, 50.0)
+                sent += 1
+                written = sum(root.xlen(key) for key in root.scan_iter("*:readings"))
+                if written >= 10:
+                    break
+                time.sleep(0.2)
+            assert written >= 10, (tmp_path / "bridge.log").read_text()
+            assert bridge.poll() is None
+            publisher.close()
+        finally:
+            kill_leftovers()
+    log = (tmp_path / "bridge.log").read_text()
+    assert "may not" not in log and "mqtts://127.0.0.1" in log, log
+    assert acl.denials() == []

@@ -29,6 +29,7 @@ class PrivateMosquitto:
     port: int = field(default_factory=free_port)
     max_queued_messages: int = 1000  # Mosquitto's default: what it keeps per absent client
     autosave_interval_s: int = 1  # persistence: what a kill -9 loses is at most this old
+    listeners: tuple[str, ...] = ()  # more config lines, e.g. a TLS listener with its cafile, certfile, keyfile
     process: subprocess.Popen | None = None
 
     @property
@@ -46,6 +47,7 @@ class PrivateMosquitto:
             f"user {getpass.getuser()}",
             f"log_dest file {self.data_dir}/mosquitto.log",
             "log_type error", "log_type warning", "log_type notice", "log_type information",
+            *self.listeners,
             "",
         ])
 
