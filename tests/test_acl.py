@@ -11,7 +11,8 @@ import time
 import pytest
 import redis
 
-from tests.acl_helpers import AclServer
+from telemetry.roles import ROLE_NAMES
+from tests.acl_helpers import AclServer, require_redis_7
 from tests.crash_harness import spawn
 
 PARTITIONS = "4"
@@ -296,3 +297,36 @@ def test_the_mqtt_bridge_as_bridge_over_mqtts(acl, tmp_path):
     log = (tmp_path / "bridge.log").read_text()
     assert "may not" not in log and "mqtts://127.0.0.1" in log, log
     assert acl.denials() == []
+
+
+def test_apply_sets_the_users_on_every_cluster_node_and_the_roles_run_there(redis_cluster, cluster_url, tmp_path):
+    """`--apply` on a cluster (users are not replicated) reaches every node from one URL; then
+    the admin, producer, worker and reader run on the cluster as their roles."""
+    from tests.conftest import run_cli
+
+    require_redis_7()
+    secrets = tmp_path / "secrets"
+    applied = run_cli("telemetry", "acl", "--secrets", str(secrets), "--apply", "--redis-url", cluster_url)
+    assert applied.returncode == 0, applied.stderr
+    ports = [node.port for node in redis_cluster.nodes]
+    assert all(f":{port}" in applied.stderr for port in ports), applied.stderr
+    nodes = [redis.Redis(port=port, decode_responses=True) for port in ports]
+    try:
+        assert all("worker" in node.acl_users() for node in nodes)
+        host = cluster_url.split("//")[1].split("/")[0]
+
+        def run(role: str, module: str, *args: str) -> str:
+            env = {"REDIS_URL": f"redis://{role}@{host}/0", "TELEMETRY_REDIS_PASSWORD_FILE": str(secrets / role)}
+            return ok(run_cli(module, *args, env_extra=env))
+
+        run("admin", "consumers", "group", "create", "--partitions", "6", "--to", "start")
+        run("producer", "producers", "--fleet", "cl-", "6", "--count", "30", "--start=-2m")
+        run("worker", "consumers", "aggregate", "--drain", "--window", "10s", "--grace", "1s", "--settle", "0s")
+        status = json.loads(run("reader", "consumers", "status", "--json"))
+        assert status["counters"]["processed"] == 180
+        assert [entry for node in nodes for entry in node.acl_log()] == []
+    finally:
+        for node in nodes:
+            node.execute_command("ACL", "DELUSER", *ROLE_NAMES)
+            node.execute_command("ACL", "LOG", "RESET")
+            node.close()
