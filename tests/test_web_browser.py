@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import io
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from analytics.web.fleet import STATE_NAMES
+from analytics.web.headless import launch_chromium
 from tests.conftest import run_cli
 from tests.web_harness import ARTIFACTS, HOT, PIPELINE_FLAGS, SENSORS, web_pipeline_in
 
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run"]
 RED, GREEN = "#d93025", "#2e9d57"  # the grid's critical and ok colours (static/fleet.js)
 
 
@@ -30,11 +27,9 @@ def web(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
-        raise RuntimeError("Chromium is not installed (Debian: apt-get install -y chromium); .ci/run installs it")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        chromium = launch_chromium(playwright)  # no skip: .ci/run installs chromium
         yield chromium
         chromium.close()
 

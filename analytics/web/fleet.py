@@ -7,6 +7,9 @@ sensors are then about 400 kB of JSON that the page draws on one canvas.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
@@ -23,16 +26,14 @@ STATE_NAMES = ("ok", "silent", "warning", "critical")
 TOP = 10
 
 
-def cell_states(state: FleetState, names: list[str], silent: np.ndarray) -> np.ndarray:
-    """Firing critical beats firing warning beats silent (no reading for the stale time) beats ok."""
-    states = np.where(silent, SILENT, OK)
-    index = {name: position for position, name in enumerate(names)}
+def firing_levels(state: FleetState) -> dict[str, int]:
+    """Each sensor with a firing alert, and the highest severity firing: critical beats warning
+    beats silent (no reading for the stale time) beats ok."""
+    levels: dict[str, int] = {}
     for tracked in state.firing.values():
-        position = index.get(tracked.event.sensor)
-        if position is not None:
-            level = CRITICAL if tracked.event.severity == "critical" else WARNING
-            states[position] = max(states[position], level)
-    return states
+        level = CRITICAL if tracked.event.severity == "critical" else WARNING
+        levels[tracked.event.sensor] = max(levels.get(tracked.event.sensor, OK), level)
+    return levels
 
 
 def robust_deviation(values: np.ndarray) -> np.ndarray:
@@ -47,22 +48,65 @@ def robust_deviation(values: np.ndarray) -> np.ndarray:
     return np.nan_to_num(np.abs(values - median) / spread, nan=0.0)
 
 
-def fleet_snapshot(tracker: FleetTracker, db: Client, *, stale_ms: int) -> dict:
+class StatusCache:
+    """The pipeline's status (owners, lags, counters: some 130 commands for 16 partitions) read at
+    most every `max_age_s`, in a thread of its own, whatever the number of pages open: a request
+    takes the last one read and, when it is older than that, asks for a new read without waiting
+    for it. Only the first request waits."""
+
+    def __init__(self, read: Callable[[], PipelineStatus], max_age_s: float = 2.0) -> None:
+        self.read = read
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._value: PipelineStatus | None = None
+        self._taken = 0.0
+        self._reading = False
+
+    def get(self) -> PipelineStatus:
+        with self._lock:
+            value, stale = self._value, time.monotonic() - self._taken > self.max_age_s
+            start = stale and value is not None and not self._reading
+            self._reading |= start
+        if value is None:
+            return self._refresh()
+        if start:
+            threading.Thread(target=self._refresh_quietly, name="status-read", daemon=True).start()
+        return value
+
+    def _refresh(self) -> PipelineStatus:
+        value = self.read()
+        with self._lock:
+            self._value, self._taken, self._reading = value, time.monotonic(), False
+        return value
+
+    def _refresh_quietly(self) -> None:
+        try:
+            self._refresh()
+        except Exception:  # noqa: BLE001 - Redis away: the next request tries again
+            with self._lock:
+                self._reading = False
+
+
+def fleet_snapshot(tracker: FleetTracker, status: StatusCache, *, stale_ms: int) -> dict:
     now = now_ms()
     with tracker.lock:
         state = tracker.state
         names = sorted(state.known)
         latest = [state.latest.get(name) for name in names]
-        latest_ts = np.array([-1 if value is None else value.ts for value in latest], dtype=np.int64)
-        temperatures = np.array([np.nan if value is None else value.temperature_c for value in latest])
-        humidities = np.array([np.nan if value is None else value.humidity_pct for value in latest])
-        silent = (latest_ts < 0) | (now - latest_ts > stale_ms)
-        states = cell_states(state, names, silent)
         firing = sorted((tracked for tracked in state.firing.values()), key=lambda t: t.event.ts)
         episodes = state.episodes.most_common(TOP)
-        last_id, layout = state.last_id, state.layout
-    status = collect_status(db, layout, tracker.group, maxlen=0)
-    deviation = robust_deviation(temperatures)
+        last_id = state.last_id
+        levels = firing_levels(state)
+    ts = [None if value is None else value.ts for value in latest]
+    temperatures = [None if value is None else value.temperature_c for value in latest]
+    humidities = [None if value is None else value.humidity_pct for value in latest]
+    latest_ts = np.array([-1 if value is None else value for value in ts], dtype=np.int64)
+    silent = (latest_ts < 0) | (now - latest_ts > stale_ms)
+    states = np.where(silent, SILENT, OK)
+    for position, name in enumerate(names):
+        if name in levels:
+            states[position] = max(states[position], levels[name])
+    deviation = robust_deviation(np.array(temperatures, dtype=float))
     staleness = np.where(latest_ts < 0, np.inf, (now - latest_ts) / 1000)
 
     def top(order: np.ndarray, values: np.ndarray) -> list[dict]:
@@ -73,10 +117,8 @@ def fleet_snapshot(tracker: FleetTracker, db: Client, *, stale_ms: int) -> dict:
         "taken_ms": now,
         "last_id": last_id,
         "stale_after_s": stale_ms / 1000,
-        "sensors": {"names": names, "states": states.tolist(),
-                    "ts": [None if ts < 0 else int(ts) for ts in latest_ts.tolist()],
-                    "temperature_c": [None if np.isnan(v) else v for v in temperatures.tolist()],
-                    "humidity_pct": [None if np.isnan(v) else v for v in humidities.tolist()]},
+        "sensors": {"names": names, "states": states.tolist(), "ts": ts, "temperature_c": temperatures,
+                    "humidity_pct": humidities},
         "counters": {"sensors": len(names), "reporting": int((~silent).sum()), "silent": int(silent.sum()),
                      "firing": {"critical": sum(t.event.severity == "critical" for t in firing),
                                 "warning": sum(t.event.severity != "critical" for t in firing)},
@@ -85,7 +127,7 @@ def fleet_snapshot(tracker: FleetTracker, db: Client, *, stale_ms: int) -> dict:
         "top": {"alerts": [{"sensor": sensor, "value": count} for sensor, count in episodes],
                 "stale": top(np.argsort(-staleness, kind="stable"), staleness),
                 "deviation": top(np.argsort(-deviation, kind="stable"), deviation)},
-        **pipeline_figures(status),
+        **pipeline_figures(status.get()),
     }
 
 

@@ -39,8 +39,9 @@ def fleet_page() -> str:
   <div><h2>Stalest</h2><table id="top-stale"></table></div>
   <div><h2>Farthest from the fleet</h2><table id="top-deviation"></table></div>
 </section>
-<section><h2>Partitions</h2><table id="partitions"><thead><tr><th>partition</th><th>owner</th><th>epoch</th>
-  <th>length</th><th>lag</th><th>lag s</th><th>pending</th></tr></thead><tbody></tbody></table></section>
+<section><h2>Partitions</h2><table id="partitions"><thead><tr><th class="num">partition</th><th>owner</th>
+  <th class="num">epoch</th><th class="num">length</th><th class="num">lag</th><th class="num">lag s</th>
+  <th class="num">pending</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Dead letters and losses</h2><dl id="losses" class="figures"></dl><ul id="warnings"></ul></section>
 """
     return _page("Fleet · telemetry", body, ("live.js", "fleet.js"))
@@ -82,11 +83,11 @@ def alerts_page() -> str:
   <label>sensor <input name="sensor" placeholder="greenhouse-*"></label>
 </form>
 <section><h2>Firing now <span id="firing-count"></span></h2>
-<table id="firing"><thead><tr><th>severity</th><th>rule</th><th>sensor</th><th>since</th><th>for</th><th>value</th>
-  <th>threshold</th></tr></thead><tbody></tbody></table></section>
+<table id="firing"><thead><tr><th>severity</th><th>rule</th><th>sensor</th><th>since</th><th>for</th><th class="num">value</th>
+  <th class="num">threshold</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Recent events</h2>
-<table id="events"><thead><tr><th>time</th><th>state</th><th>severity</th><th>rule</th><th>sensor</th><th>value</th>
-  <th>threshold</th></tr></thead><tbody></tbody></table></section>
+<table id="events"><thead><tr><th>time</th><th>state</th><th>severity</th><th>rule</th><th>sensor</th><th class="num">value</th>
+  <th class="num">threshold</th></tr></thead><tbody></tbody></table></section>
 """
     return _page("Alerts · telemetry", body, ("live.js", "alerts.js"))
 

@@ -32,6 +32,7 @@ from telemetry.schema import FieldMap, Reading, SchemaError
 from telemetry.stream_reads import read_streams
 
 TAIL_PER_SENSOR = 3  # entries read back per known sensor at start, to find each one's latest reading
+MIN_TAIL = 1_000  # per partition: enough to find a new pipeline's sensors before any checkpoint names them
 MAX_TAIL = 50_000  # per partition: a bound on the start-up read however large the partition
 READ_COUNT = 5_000  # entries per stream per XREAD
 REFRESH_SENSORS_S = 30.0  # how often the known sensors (and the layout) are read again
@@ -161,7 +162,7 @@ class FleetTracker:
         per_partition = Counter(layout.partition_for(name).index for name in state.known)
         pipeline = db.pipeline(transaction=False)
         for partition in layout.partitions:
-            pipeline.xrevrange(partition.readings, count=min(MAX_TAIL, max(100, TAIL_PER_SENSOR
+            pipeline.xrevrange(partition.readings, count=min(MAX_TAIL, max(MIN_TAIL, TAIL_PER_SENSOR
                                                                          * per_partition[partition.index])))
         for partition, entries in zip(layout.partitions, pipeline.execute()):
             state.positions[partition.readings] = entries[0][0] if entries else "0-0"

@@ -120,6 +120,7 @@ function yRange(metric) {
 function makeChart(metric, unit, colour, element) {
   const options = {
     width: element.clientWidth || 900, height: 300,
+    tzDate: (seconds) => uPlot.tzDate(new Date(seconds * 1000), "Etc/UTC"),  // UTC, as every time on the page
     scales: {x: {time: true, range: () => [view.range.since / 1000, view.range.until / 1000]}, y: {range: yRange(metric)}},
     series: [
       {label: "time (UTC)", value: (u, v) => v === null ? "-" : Live.time(v * 1000)},
