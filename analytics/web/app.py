@@ -180,8 +180,10 @@ def create_app(settings: ServeSettings) -> Starlette:
 
     async def events_fleet(request: Request) -> Response:
         db, layout = ready()
-        status = lambda: {k: v for k, v in fleet_snapshot(tracker, db, stale_ms=settings.stale_ms).items()
-                          if k != "sensors"}
+        def status() -> dict:  # the page's counters, tables and partitions; the cells come as events
+            snapshot = fleet_snapshot(tracker, status_cache, stale_ms=settings.stale_ms)
+            return {name: value for name, value in snapshot.items() if name != "sensors"}
+
         return event_response(request, db, feeds.fleet_source(layout, config.group, config.field_map, status))
 
     async def events_sensor(request: Request) -> Response:
