@@ -16,7 +16,6 @@ from analytics.web.sensor import BadRequest, TimeRange, latest_revisions, window
 from telemetry.embedded import PrivateRedisServer, free_port
 from telemetry.keys import Keys
 from telemetry.partitions import open_layout
-from tests.acl_helpers import AclServer
 from tests.conftest import run_cli
 from tests.crash_harness import spawn, wait_for
 from tests.web_harness import HOT, PIPELINE_FLAGS, SENSORS, fetch, get_json, web_pipeline_in
@@ -210,45 +209,3 @@ def test_serve_flags_are_checked(tmp_path):
         result = run_cli("analytics", "serve", "--port", str(port), "--redis-url", "redis://127.0.0.1:1/0")
     assert result.returncode == 2 and "in use" in result.stderr and len(result.stderr.strip().splitlines()) <= 2
 
-
-def test_the_reader_acl_role_serves_every_page_with_nothing_refused(tmp_path):
-    """The server under `telemetry acl`'s reader role (read-only: no write command at all) answers
-    every API and event stream, and Redis logs no refusal."""
-    acl = AclServer(tmp_path / "acl")
-    (tmp_path / "acl").mkdir()
-    acl.start()
-    port = free_port()
-    web = None
-    try:
-        assert acl.run("admin", "consumers", "group", "create", "--partitions", "4", "--to", "start").returncode == 0
-        assert acl.run("producer", "producers", "--fleet", "acl-", "4", "--count", "30", "--start=-5m",
-                       "--spike-rate", "720").returncode == 0
-        assert acl.run("worker", "consumers", "aggregate", "--drain", "--window", "10s", "--grace", "1s", "--start",
-                       "all", "--settle", "0s").returncode == 0
-        web = spawn("analytics", "serve", "--port", str(port), env_extra=acl.env("reader"),
-                    stderr=(tmp_path / "server.log").open("w"))
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: fetch(f"{base}/api/fleet", timeout=2)[0] == 200 if _listening(port) else False, 30,
-                 "the server")
-        assert len(get_json(f"{base}/api/fleet")["sensors"]["names"]) == 4
-        detail = get_json(f"{base}/api/sensors/acl-0001?range=24h")
-        assert detail["readings"]["ts"] and detail["windows"]["window_start"] and detail["rolling"]
-        get_json(f"{base}/api/alerts")
-        get_json(f"{base}/api/status")
-        assert fetch(f"{base}/api/sensors/acl-0001/export.csv?range=24h")[0] == 200
-        for stream in ("fleet", "alerts", "sensors/acl-0001"):
-            read_events(f"{base}/api/events/{stream}", 1.5, "0-0")
-        assert acl.denials() == []
-    finally:
-        if web is not None:
-            web.terminate()
-            web.wait(timeout=20)
-        acl.stop()
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
