@@ -44,10 +44,11 @@ HISTORY = "-1h"  # backfilled first, so windows, rolling stats, alerts and the p
 
 
 def spawn(url: str, log: Path, module: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module, *args, "--redis-url", url, "--prefix", PREFIX,
+    """The URL goes in the environment, not the arguments, which `ps` shows: it may hold a password."""
+    return subprocess.Popen([sys.executable, "-m", module, *args, "--prefix", PREFIX,
                              "--partitions", str(PARTITIONS), "--group", GROUP],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
-                            stderr=log.open("w"), start_new_session=True)
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": url},
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True)
 
 
 def web_port() -> int:

@@ -68,8 +68,7 @@ def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--redis-url", help="redis://, rediss:// or unix:// URL (default: $REDIS_URL, "
                        "else localhost:6379 if it answers, else the embedded server); a password in it is "
                        "visible in `ps`: prefer $REDIS_URL or --redis-password-file")
-    group.add_argument("--redis-password-file", type=Path,
-                       default=os.environ.get("TELEMETRY_REDIS_PASSWORD_FILE") or None, metavar="FILE",
+    group.add_argument("--redis-password-file", type=Path, metavar="FILE",
                        help="the password of the URL's user, read from FILE (default: "
                             "$TELEMETRY_REDIS_PASSWORD_FILE); e.g. one written by `python -m telemetry acl --secrets`")
     group.add_argument(SKIP_VERIFY_FLAG, action="store_true",

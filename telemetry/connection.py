@@ -53,6 +53,7 @@ def masked(url: str) -> str:
 # TLS: redis-py reads these from a rediss:// URL's query; each names a file that must be there.
 TLS_FILE_PARAMETERS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
 SKIP_VERIFY_FLAG = "--redis-tls-skip-verify"
+PASSWORD_FILE_ENV = "TELEMETRY_REDIS_PASSWORD_FILE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,10 @@ def read_password_file(path: Path) -> str:
 
 def resolve_target(flag_url: str | None, env: Mapping[str, str] = os.environ, *, password_file: Path | None = None,
                    tls_skip_verify: bool = False) -> RedisTarget:
+    """The URL, then its password: --redis-password-file, else $TELEMETRY_REDIS_PASSWORD_FILE (so
+    that scripts and the processes they start find it as the commands do)."""
+    if password_file is None and env.get(PASSWORD_FILE_ENV):
+        password_file = Path(env[PASSWORD_FILE_ENV])
     password = read_password_file(password_file) if password_file else None
     for url, origin in ((flag_url, "--redis-url"), (env.get("REDIS_URL"), "REDIS_URL")):
         if url:
