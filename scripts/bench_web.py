@@ -37,6 +37,7 @@ SNAPSHOTS = 60
 PAGE_LOADS = 3
 DELAY_SECONDS = 20
 FLAGS = ("--prefix", "benchweb", "--partitions", "16")
+ARTIFACTS = Path(os.environ.get("TELEMETRY_ARTIFACTS", ROOT / "artifacts")) / "web"
 # Records each event's id and arrival time (installed over the page's own EventSource, so the
 # figure is what the page itself receives).
 RECORD_EVENTS = """
@@ -121,6 +122,8 @@ def page_loads(browser, url: str) -> list[float]:
         cells = page.locator("#grid").get_attribute("data-cells")
         if int(cells) < SENSORS:
             sys.exit(f"bench_web: the grid drew {cells} cells")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"fleet-{SENSORS}.png"), full_page=True)
         page.close()
     return times
 

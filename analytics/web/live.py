@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import anyio
 from sse_starlette.event import ServerSentEvent
 
+from telemetry.backoff import RETRYABLE
 from telemetry.connection import Client
 from telemetry.stream_reads import last_ids, read_streams
 from telemetry.timeutil import stream_id_key
@@ -74,7 +75,18 @@ class LiveSource:
 
 async def events(db: Client, source: LiveSource, start_after: str | None,
                  is_disconnected: Callable[[], object]) -> AsyncIterator[ServerSentEvent]:
-    """`start_after`: a Last-Event-ID (or a snapshot's last_id) to resume from; None: from now."""
+    """`start_after`: a Last-Event-ID (or a snapshot's last_id) to resume from; None: from now.
+    Redis going away ends the stream: the browser reconnects with its last id, and while Redis
+    stays away the page is told so (503) and tries again."""
+    try:
+        async for event in _events(db, source, start_after, is_disconnected):
+            yield event
+    except RETRYABLE:
+        return
+
+
+async def _events(db: Client, source: LiveSource, start_after: str | None,
+                  is_disconnected: Callable[[], object]) -> AsyncIterator[ServerSentEvent]:
     if start_after is None:
         positions = await anyio.to_thread.run_sync(last_ids, db, source.streams)
     else:
