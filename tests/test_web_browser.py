@@ -80,9 +80,12 @@ def test_an_out_of_range_reading_turns_its_cell_red_and_adds_an_alert_row_within
     assert STATE_NAMES[cell] == "critical"
     web.write(HOT, 21.0)  # resolved again for the tests after this one
     alerts.locator("#firing tbody tr", has_text=HOT).wait_for(state="detached", timeout=5_000)
-    assert fleet.errors == [] and alerts.errors == []
-    fleet.close()
-    alerts.close()
+    sensor = open_page(browser, f"{web.url}/sensors/{HOT}?range=15m")
+    assert "temperature-high" in sensor.locator("#episodes").inner_text()
+    shoot(sensor, "sensor-alert")
+    assert fleet.errors == [] and alerts.errors == [] and sensor.errors == []
+    for page in (fleet, alerts, sensor):
+        page.close()
 
 
 def latest_windows(csv_text: str) -> pd.DataFrame:

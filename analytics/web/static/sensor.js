@@ -82,6 +82,8 @@ function decorations(metric) {
       context.save();
       context.setLineDash([6, 4]);
       context.font = `${11 * devicePixelRatio}px system-ui`;
+      context.textAlign = "left";
+      context.textBaseline = "bottom";
       for (const rule of view.data.thresholds) {
         if (rule.metric !== metric) continue;
         for (const limit of [rule.above, rule.below]) {
