@@ -47,7 +47,8 @@ from typing import Self
 
 import redis
 
-from telemetry.embedded import PrivateRedisServer
+from telemetry.embedded import PrivateRedisServer, free_port
+from tests.tls_helpers import make_tls_files
 
 ROOT = Path(__file__).resolve().parent.parent
 START_MS = 1_700_000_000_000
@@ -171,12 +172,17 @@ def start_workers(processes: Processes, count: int, *extra: str) -> list[Child]:
 
 
 @contextmanager
-def fresh_pipeline() -> Iterator[tuple[redis.Redis, Processes]]:
-    """A private redis-server (AOF on) in a temporary folder, a client for the samplers, and the children."""
-    with (tempfile.TemporaryDirectory(prefix="telemetry-fleet-") as folder,
-          PrivateRedisServer(Path(folder)) as server,
-          Processes(Path(folder), server.url) as processes):
-        yield redis.Redis.from_url(server.url, decode_responses=True), processes
+def fresh_pipeline(tls: bool = False) -> Iterator[tuple[redis.Redis, Processes]]:
+    """A private redis-server (AOF on) in a temporary folder, a client for the samplers, and the
+    children; with `tls`, the children connect over TLS with client certificates (a throwaway CA),
+    the samplers on the plain port."""
+    with tempfile.TemporaryDirectory(prefix="telemetry-fleet-") as folder:
+        files = make_tls_files(Path(folder) / "certs") if tls else None
+        tls_port = free_port()
+        with (PrivateRedisServer(Path(folder), extra_args=files.server_args(tls_port) if files else ()) as server,
+              Processes(Path(folder), f"rediss://127.0.0.1:{tls_port}/0?{files.query()}" if files else server.url)
+              as processes):
+            yield redis.Redis.from_url(server.url, decode_responses=True), processes
 
 
 # -- what Redis says ---------------------------------------------------------------------------
@@ -322,9 +328,9 @@ def backfill(db: redis.Redis, processes: Processes, label: str, sensors: int,
     return streams, total_length(db, streams), redis_cpu_s(db) - cpu_before
 
 
-def drain(workers: int, sensors: int, readings: int) -> list[Figure]:
-    label = f"drain {workers}w"
-    with fresh_pipeline() as (db, processes):
+def drain(workers: int, sensors: int, readings: int, tls: bool = False) -> list[Figure]:
+    label = f"{'TLS ' if tls else ''}drain {workers}w"
+    with fresh_pipeline(tls) as (db, processes):
         child_cpu_before = redis_child_cpu_s(db)
         streams, written, producer_cpu = backfill(db, processes, label, sensors, readings)
         cpu_before = redis_cpu_s(db)

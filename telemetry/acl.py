@@ -70,9 +70,9 @@ def role_passwords(roles: Iterable[Role], secrets_dir: Path | None, *, rotate: b
         path = secrets_dir / role.name if secrets_dir is not None else None
         password = None
         if path is not None and path.exists() and not rotate:
-            password = path.read_text().splitlines()[0] if path.read_text() else None
             if path.stat().st_mode & 0o077:
                 raise UsageError(f"--secrets: {path} is readable by others (chmod 600 it, or --rotate)")
+            password = next(iter(path.read_text().splitlines()), None)
         if not password:
             password = secrets.token_urlsafe(32)
             if path is not None:

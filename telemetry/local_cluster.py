@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -50,7 +51,12 @@ class PrivateRedisCluster:
     masters: int = 3
     replicas: int = 0
     node_timeout_ms: int = 2000
+    # TLS: given a node's TLS port, the certificate arguments. Nodes then talk TLS on the bus and
+    # to replicas (tls-cluster, tls-replication) and tell TLS clients their TLS ports; the plain
+    # ports stay for setting the cluster up.
+    tls_args: Callable[[int], tuple[str, ...]] | None = None
     nodes: list[PrivateRedisServer] = field(default_factory=list)
+    tls_ports: list[int] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -62,7 +68,11 @@ class PrivateRedisCluster:
         for index in range(count):
             data = self.data_dir / f"node-{index}"
             data.mkdir(parents=True, exist_ok=True)
-            node = PrivateRedisServer(data, free_cluster_port(), extra_args=node_args(self.node_timeout_ms))
+            extra = node_args(self.node_timeout_ms)
+            if self.tls_args is not None:
+                self.tls_ports.append(free_cluster_port())
+                extra += (*self.tls_args(self.tls_ports[-1]), "--tls-cluster", "yes", "--tls-replication", "yes")
+            node = PrivateRedisServer(data, free_cluster_port(), extra_args=extra)
             node.start()
             self.nodes.append(node)
         clients = [redis.Redis(port=node.port, decode_responses=True) for node in self.nodes]
@@ -71,8 +81,9 @@ class PrivateRedisCluster:
         for index, client in enumerate(clients[:self.masters]):
             low, high = index * CLUSTER_SLOTS // self.masters, (index + 1) * CLUSTER_SLOTS // self.masters
             client.execute_command("CLUSTER ADDSLOTS", *range(low, high))
-        for node in self.nodes[1:]:
-            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port)
+        bus_bases = self.tls_ports or [node.port for node in self.nodes]  # the bus is at base + 10000
+        for base in bus_bases[1:]:
+            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", base)
         self._wait(lambda: all(len(known(client)) == count for client in clients), "nodes to meet")
         master_ids = [client.execute_command("CLUSTER MYID") for client in clients[:self.masters]]
         for index, client in enumerate(clients[self.masters:]):

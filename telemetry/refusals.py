@@ -46,11 +46,11 @@ def refusal_line(error: NoPermissionError, user: str | None = None, command: tup
     denied = _DENIED_COMMAND.search(text)
     if denied:
         what = f"may not run {denied.group(1).upper()} (ACL +{denied.group(1).lower()})"
+    elif SCRIPT_CALL_DENIED in text:
+        what = f"may not make a call its script makes{f' ({name})' if name else ''}"
     elif "keys" in text and name:
         key = f" on key {command[1]!r}" if len(command) > 1 else ""
         what = f"may not run {name}{key} (no key pattern of the user allows it)"
-    elif SCRIPT_CALL_DENIED in text:
-        what = f"may not make a call its script makes{f' ({name})' if name else ''}"
     elif "channel" in text:
         what = "may not use that Pub/Sub channel"
     else:

@@ -37,11 +37,10 @@ CONSUMER = ("type", "xreadgroup", "xack", "xclaim", "xautoclaim", "xgroup|create
 KEY_READ = ("exists", "type", "ttl", "pttl", "get", "mget", "hget", "hmget", "hgetall", "hkeys", "hlen", "hexists",
             "smembers", "scard", "sismember", "zcard", "zrange", "zrangebyscore", "zscore", "zcount")
 
-# The notifier (issue 20) and the web page (issue 21) are being built: their keys are assumed
-# here, from the key layout, and adjusted in this one place. The notifier reads alerts through
-# its own consumer group on the alerts streams and keeps what it owns under `notify`.
-NOTIFIER_OWN = ("{{{prefix}}}:notify:*", "{{{tag}}}:notify:*")
-
+# The notifier (python -m consumers notify) reads alerts through a consumer group of its own on
+# the alert streams and keeps its keys under {prefix}:notify:<notify group>: (telemetry/keys.py,
+# NotifyKeys); any notifier group of the pipeline may run under this role.
+NOTIFIER_OWN = "{{{prefix}}}:notify:*"
 
 ROLE_NAMES = ("producer", "bridge", "worker", "notifier", "reader", "admin")
 
@@ -130,7 +129,7 @@ class KeyPatterns:
 
     @property
     def notifier_own(self) -> tuple[str, ...]:
-        return tuple(pattern.format(prefix=self.namespace, tag=self.partition.tag) for pattern in NOTIFIER_OWN)
+        return (NOTIFIER_OWN.format(prefix=self.namespace),)
 
     @property
     def everything(self) -> tuple[str, ...]:

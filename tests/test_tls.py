@@ -100,3 +100,27 @@ def test_tls_settings_are_checked_before_connecting(tls):
     assert missing.returncode == 2 and "ssl_ca_certs=/nonexistent/ca.pem: no such file" in one_error_line(missing)
     not_tls = status_with(tls, f"redis://reader@127.0.0.1:{tls.port}/0?ssl_ca_certs={tls.tls.ca}")
     assert not_tls.returncode == 2 and "use rediss://" in one_error_line(not_tls)
+
+
+def test_a_tls_cluster_runs_the_pipeline(tmp_path):
+    """Three masters speaking TLS to clients (client certificates required), on the bus and to
+    each other (tls-cluster): producer, worker and reader find the cluster from one rediss:// URL
+    and reach every master on its TLS port."""
+    from telemetry.local_cluster import PrivateRedisCluster
+    from tests.acl_helpers import require_redis_7
+
+    require_redis_7()
+    files = make_tls_files(tmp_path / "certs")
+    with PrivateRedisCluster(tmp_path / "cluster", masters=3, tls_args=files.server_args) as cluster:
+        url = f"rediss://127.0.0.1:{cluster.tls_ports[0]}/0?{files.query()}"
+        for module, *args in (("producers", "--fleet", "tc-", "6", "--count", "20", "--start=-2m"),
+                              ("consumers", "aggregate", "--drain", "--start", "all", "--window", "10s",
+                               "--settle", "0s")):
+            result = run_cli(module, *args, "--redis-url", url)
+            assert result.returncode == 0, result.stderr
+            assert "Redis Cluster of 3 masters" in result.stderr
+        status = run_cli("consumers", "status", "--json", "--redis-url", url)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["counters"]["processed"] == 120
+        plain = run_cli("consumers", "status", "--redis-url", f"redis://127.0.0.1:{cluster.tls_ports[1]}/0")
+        assert plain.returncode == 1 and "use rediss://" in plain.stderr
