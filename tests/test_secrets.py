@@ -1,6 +1,6 @@
 """Passwords stay out of sight: every command run with its password in REDIS_URL (as `ps` does not
 show it), and the password searched for in everything the command printed, its JSON logs, its
-Prometheus metrics, `status --json`, the errors of refused or failed connections, and every key
+Prometheus metrics, `status --json`, the web page, the errors of refused or failed connections, and every key
 the pipeline wrote to Redis."""
 
 from __future__ import annotations
@@ -34,6 +34,30 @@ def metrics_while_running(acl: AclServer, role: str, module: str, *args: str) ->
     return page, stderr
 
 
+def web_pages(acl: AclServer) -> str:
+    """What `analytics serve` shows as the reader: its pages, its JSON and its log."""
+    from tests.web_harness import fetch
+
+    port = free_port()
+    server = spawn("analytics", "serve", "--port", str(port), env_extra=url_with_password(acl, "reader"))
+    shown = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not shown:
+            try:
+                shown.append(fetch(f"http://127.0.0.1:{port}/api/status")[2].decode())
+            except OSError:
+                time.sleep(0.2)
+        for path in ("/", "/alerts", "/sensors/pw-0001", "/api/fleet", "/api/alerts", "/api/sensors/pw-0001"):
+            status, _, body = fetch(f"http://127.0.0.1:{port}{path}")
+            assert status == 200, (path, body[:200])
+            shown.append(body.decode())
+    finally:
+        server.terminate()
+        shown.append(server.communicate(timeout=15)[1])
+    return "\n".join(shown)
+
+
 def test_no_command_shows_a_password(acl_server: AclServer, tmp_path):
     acl = acl_server
     acl.clean()
@@ -61,6 +85,7 @@ def test_no_command_shows_a_password(acl_server: AclServer, tmp_path):
                  ("analytics", "report", "--json"),
                  ("analytics", "plot", "--sensor", "pw-0001", "--out", str(tmp_path / "pw.png"))):
         run("reader", *args)
+    seen["web page"] = web_pages(acl)
     # failures: a refused command, a wrong password, a server away, a bad URL
     run("reader", "consumers", "group", "delete", code=2)
     run("reader", "consumers", "status", env=url_with_password(acl, "reader", "not-" + passwords["reader"]), code=2)
