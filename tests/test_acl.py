@@ -330,3 +330,39 @@ def test_apply_sets_the_users_on_every_cluster_node_and_the_roles_run_there(redi
             node.execute_command("ACL", "DELUSER", *ROLE_NAMES)
             node.execute_command("ACL", "LOG", "RESET")
             node.close()
+
+
+def test_the_web_page_and_the_notifier_refused_say_so_and_keep_trying(acl, tmp_path):
+    """As the wrong role: the page answers 503 naming the refusal, the notifier logs it, and both
+    keep running, so a fixed ACL takes effect without a restart."""
+    from telemetry.embedded import free_port
+    from tests.notify_helpers import SECRET
+    from tests.web_harness import fetch
+
+    ok(acl.run("admin", "consumers", "group", "create", "--partitions", PARTITIONS))
+    port = free_port()
+    log = tmp_path / "notify.log"
+    with open(log, "w") as stderr:
+        notifier = spawn("consumers", "notify", "--webhook", "http://127.0.0.1:9/", env_extra={
+            **acl.env("reader"), "TELEMETRY_WEBHOOK_SECRET": SECRET}, stderr=stderr)
+    server = spawn("analytics", "serve", "--port", str(port), env_extra=acl.env("producer"))
+    try:
+        page, deadline = (0, {}, b""), time.monotonic() + 30
+        while b"may not" not in page[2] and time.monotonic() < deadline:
+            try:
+                page = fetch(f"http://127.0.0.1:{port}/api/fleet")
+            except OSError:
+                pass
+            time.sleep(0.3)
+        assert page[0] == 503 and b"Redis user 'producer' may not run" in page[2], page
+        while "may not" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "Redis user 'reader' may not run" in log.read_text() and "retrying" in log.read_text()
+        assert server.poll() is None and notifier.poll() is None
+    finally:
+        for process in (server, notifier):
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()

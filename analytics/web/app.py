@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+from redis.exceptions import NoPermissionError
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -40,6 +41,7 @@ from telemetry.cli import PipelineConfig
 from telemetry.connection import Client, RedisTarget, connect
 from telemetry.errors import RedisUnavailable
 from telemetry.partitions import Layout, open_layout
+from telemetry.refusals import refusal_line
 from telemetry.schema import SENSOR_NAME
 
 STATIC = Path(__file__).parent / "static"
@@ -102,6 +104,8 @@ def create_app(settings: ServeSettings) -> Starlette:
             return await anyio.to_thread.run_sync(call, *args)
         except REDIS_ERRORS as error:
             raise Unavailable(f"Redis unreachable: {error}") from None
+        except NoPermissionError as error:
+            raise Unavailable(refusal_line(error)) from None
 
     def known_sensor(name: str) -> str:
         with tracker.lock:
@@ -218,7 +222,8 @@ def create_app(settings: ServeSettings) -> Starlette:
         message = str(exc)
         if tracker.state is None and not tracker.error:
             return error(request, 503, "Starting", message, RETRY_PAGE_S)
-        return error(request, 503, "Redis unreachable",
+        title = "Redis refused" if " may not " in message else "Redis unreachable"
+        return error(request, 503, title,
                      f"{message} ({settings.target.masked_url}); the page shows the fleet again once Redis answers",
                      RETRY_PAGE_S)
 

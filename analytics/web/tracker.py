@@ -20,6 +20,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from redis.exceptions import NoPermissionError
+
 from analytics.streams import as_dict, iter_entries
 from telemetry.backoff import RETRYABLE, Backoff
 from telemetry.connection import Client, undecoded_replies
@@ -28,6 +30,7 @@ from telemetry.keys import GroupKeys
 from telemetry.merge import merged_pages
 from telemetry.partitions import Layout
 from telemetry.records import AlertEvent
+from telemetry.refusals import refusal_line
 from telemetry.schema import FieldMap, Reading, SchemaError
 from telemetry.stream_reads import read_streams
 
@@ -152,8 +155,8 @@ class FleetTracker:
                 self._load(db, layout)
                 backoff.reset()
                 self._follow(db, layout)
-            except (RedisUnavailable, *RETRYABLE) as error:
-                self.error = f"Redis unreachable: {error}"
+            except (RedisUnavailable, *RETRYABLE, NoPermissionError) as error:  # the last: until the ACL is fixed
+                self.error = refusal_line(error) if isinstance(error, NoPermissionError) else f"Redis unreachable: {error}"
                 self._stop.wait(backoff.next_delay() or 0.2)
 
     def _load(self, db: Client, layout: Layout) -> None:

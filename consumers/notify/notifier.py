@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import redis
+from redis.exceptions import NoPermissionError
 
 from consumers.notify.messages import ENDING_STATES, Notice, alertmanager_alert
 from consumers.notify.sinks import AlertmanagerSink, GiveUp, Sink
@@ -29,6 +30,7 @@ from telemetry.backoff import RETRYABLE, Backoff
 from telemetry.connection import Client, as_text, is_cluster
 from telemetry.keys import NotifyKeys
 from telemetry.records import AlertEvent
+from telemetry.refusals import retry_reason
 from telemetry.timeutil import now_ms
 
 STATUS_EVERY_S = 1.0
@@ -100,10 +102,9 @@ class Notifier:
                 if not self.step():
                     break
                 backoff.reset()
-            except RETRYABLE as error:
+            except (*RETRYABLE, NoPermissionError) as error:  # the last: until an operator fixes the ACL
                 delay = backoff.next_delay()
-                print(f"notify: Redis did not answer ({error.__class__.__name__}); retrying in {delay:.1f}s",
-                      file=sys.stderr)
+                print(f"notify: {retry_reason(error)}; retrying in {delay:.1f}s", file=sys.stderr)
                 time.sleep(delay)
             except redis.ResponseError as error:
                 if "NOGROUP" not in str(error):
@@ -406,7 +407,9 @@ class Notifier:
         while True:
             try:
                 return call()
-            except RETRYABLE:
+            except (*RETRYABLE, NoPermissionError) as error:
                 if self._stop_requested():
                     raise
+                if isinstance(error, NoPermissionError):
+                    print(f"notify: {retry_reason(error)}; retrying", file=sys.stderr)
                 time.sleep(backoff.next_delay())
