@@ -3,6 +3,7 @@ and a consumer group."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,9 @@ def run_acl(args, config: PipelineConfig) -> int:
         raise UsageError("--rotate: only with --secrets DIR (where the new passwords go)")
     if args.apply and args.secrets is None:
         raise UsageError("--apply: give --secrets DIR too, or the passwords of the users it sets are lost")
+    if args.apply and not (args.redis_url or os.environ.get("REDIS_URL")):
+        raise UsageError("--apply: name the server whose users it sets (--redis-url or REDIS_URL); it does not "
+                         "fall back to localhost or the embedded server")
     chosen = [role for role in roles(config.keys, config.group) if not args.role or role.name in args.role]
     users = role_passwords(chosen, args.secrets, rotate=args.rotate)
     text = acl_file_text(users)

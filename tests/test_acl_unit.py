@@ -57,6 +57,8 @@ def test_patterns_follow_the_prefix_group_and_a_verbatim_stream():
 
 def test_acl_command_flags(tmp_path):
     assert run_cli("telemetry", "acl", "--apply").returncode == 2
+    no_server = run_cli("telemetry", "acl", "--apply", "--secrets", str(tmp_path / "s"), env_extra={"REDIS_URL": ""})
+    assert no_server.returncode == 2 and "name the server" in no_server.stderr
     assert run_cli("telemetry", "acl", "--rotate").returncode == 2
     only = run_cli("telemetry", "acl", "--role", "reader", "--group", "night")
     assert only.returncode == 0 and only.stdout.startswith("user reader on #") and len(only.stdout.splitlines()) == 1
