@@ -120,7 +120,7 @@ def test_a_hanging_receiver_does_not_hold_up_another_sink(db):
         stop_at = []
         notifier.run(lambda: len(fast.accepted()) == 20 and not stop_at.append(time.monotonic()), grace_s=0)
     assert stop_at and stop_at[0] - started < 1.5, "the fast receiver waited for the slow one"
-    assert len(slow.snapshot()) == 1  # still on its first notice, in order
+    assert len(slow.snapshot()) <= 4  # each of its 4 connections still on its first notice, in order
     assert pending_count(db) == 20, "acknowledged before every sink finished"
 
 

@@ -48,6 +48,8 @@ def add_parser(commands) -> None:
         notify.add_argument(f"--{flag}", default=default, help=f"{text} (default {default})")
     notify.add_argument("--max-attempts", type=number_type(int, minimum=1), default=8,
                         help="attempts per event and sink before it is dead-lettered (default 8)")
+    notify.add_argument("--webhook-connections", type=number_type(int, minimum=1, maximum=64), default=4,
+                        help="connections per webhook; each sensor's events use one, in order (default 4)")
     notify.add_argument("--max-in-flight", type=number_type(int, minimum=1), default=1000,
                         help="events read and not yet acknowledged, at most (default 1000)")
     notify.add_argument("--external-url", default="http://localhost:8080",
@@ -71,6 +73,7 @@ def notify_settings(args: argparse.Namespace) -> NotifySettings:
         resend_ms=parse_duration_ms(args.resend, field="--resend"),
         claim_idle_ms=parse_duration_ms(args.claim_idle, field="--claim-idle"),
         max_in_flight=args.max_in_flight, external_url=args.external_url, drain=args.drain,
+        webhook_connections=args.webhook_connections,
         duration_ms=parse_duration_ms(args.duration, field="--duration") if args.duration else None)
 
 
@@ -78,8 +81,8 @@ def build_sinks(settings: NotifySettings, pipeline: str) -> list[Sink]:
     rendering = Rendering(pipeline, settings.external_url, settings.receiver, settings.horizon_ms)
     sinks: list[Sink] = [AlertmanagerSink(url, rendering, settings.retry, settings.timeout_s)
                          for url in settings.alertmanagers]
-    sinks += [WebhookSink(url, rendering, settings.retry, settings.timeout_s, settings.webhook_key)
-              for url in settings.webhooks]  # type: ignore[arg-type]
+    sinks += [WebhookSink(url, rendering, settings.retry, settings.timeout_s, settings.webhook_key,  # type: ignore[arg-type]
+                          settings.webhook_connections) for url in settings.webhooks]
     return sinks
 
 

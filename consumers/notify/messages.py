@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote
 
 from telemetry.records import AlertEvent
@@ -95,9 +96,14 @@ def alertmanager_alert(event: AlertEvent, pipeline: str, external_url: str, now_
 def fingerprint(label_set: dict[str, str]) -> str:
     """Alertmanager's fingerprint of a label set (prometheus/common model: FNV-1a 64 over the
     sorted names and values, each followed by 0xff), as its webhooks carry it."""
+    return _fingerprint(tuple(sorted(label_set.items())))
+
+
+@lru_cache(maxsize=65_536)  # a sensor's alerts repeat their label sets
+def _fingerprint(pairs: tuple[tuple[str, str], ...]) -> str:
     value = _FNV_OFFSET
-    for name in sorted(label_set):
-        for part in (name, label_set[name]):
+    for pair in pairs:
+        for part in pair:
             for byte in part.encode():
                 value = ((value ^ byte) * _FNV_PRIME) & _MASK
             value = ((value ^ _SEPARATOR) * _FNV_PRIME) & _MASK

@@ -29,6 +29,7 @@ class NotifySettings:
     resend_ms: int = 60_000  # Alertmanager re-send interval of the alerts still firing
     claim_idle_ms: int = 30_000  # a dead notifier's unacknowledged notices move after this long
     max_in_flight: int = 1000
+    webhook_connections: int = 4  # lanes per webhook: a sensor's events keep to one, in order
     external_url: str = "http://localhost:8080"
     receiver: str = "telemetry"
     block_ms: int = 100

@@ -1,5 +1,5 @@
-"""A sink delivers notices to one receiver, in the order they were read, from a thread of its own:
-a slow or failing receiver holds up its own queue, never another sink's. Each notice is retried
+"""A sink delivers notices to one receiver, each sensor's in the order they were read, from threads
+of its own: a slow or failing receiver holds up its own queues, never another sink's. Each notice is retried
 with jittered exponential backoff while the receiver fails in a way that may pass (5xx, 429,
 timeouts, refused or reset connections), and given up (dead-lettered, with the reason and the
 response) on any other 4xx or when the attempts run out. Every notice ends either way, and only
@@ -12,6 +12,7 @@ import json
 import random
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,72 +71,45 @@ class _Resend:
     alerts: list[dict] = field(default_factory=list)
 
 
-class Sink:
-    kind = ""
-    batch_limit = 1  # notices per request
+class _Lane:
+    """One thread, one connection, one queue: the notices of the sensors hashed to it, in order."""
 
-    def __init__(self, url: str, rendering: Rendering, policy: RetryPolicy, timeout_s: float) -> None:
-        self.url, self.rendering, self.policy = url, rendering, policy
-        self.name = f"{self.kind} {masked(url)}"
-        self.target = HttpTarget(self.endpoint(url), timeout_s)
+    def __init__(self, sink: Sink, index: int, timeout_s: float) -> None:
+        self.sink = sink
+        self.target = HttpTarget(sink.endpoint(sink.url), timeout_s)
         self.counts = SinkCounts()
-        self._on_done: Callable[[Notice], None] = lambda notice: None
-        self._on_give_up: Callable[[GiveUp], bool] = lambda give_up: True
-        self._queue: deque[Notice | _Resend] = deque()
-        self._wake = threading.Condition()
-        self._stopping = threading.Event()
-        self._current: list[Notice] = []
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self.queue: deque[Notice | _Resend] = deque()
+        self.wake = threading.Condition()
+        self.current: list[Notice] = []
+        self.thread = threading.Thread(target=self._run, name=f"{sink.name} #{index}", daemon=True)
 
-    def endpoint(self, url: str) -> str:
-        return url
+    def put(self, items: list) -> None:
+        with self.wake:
+            self.queue.extend(items)
+            self.wake.notify()
 
-    def bind(self, on_done: Callable[[Notice], None], on_give_up: Callable[[GiveUp], bool]) -> None:
-        """Whom the sink tells, from its thread, that a notice ended: delivered, or given up
-        (`on_give_up` writes the dead letter; False: it could not, the notice stays unfinished)."""
-        self._on_done, self._on_give_up = on_done, on_give_up
-
-    def start(self) -> Sink:
-        self._thread.start()
-        return self
-
-    def submit(self, notices: list[Notice]) -> None:
-        with self._wake:
-            self._queue.extend(notices)
-            self._wake.notify()
-
-    def queued(self) -> int:
-        return len(self._queue) + len(self._current)
-
-    def oldest_undelivered_ms(self) -> int | None:
-        """Write time (the alert entry's id) of the oldest notice this sink has not finished."""
-        current = self._current
+    def oldest_ms(self) -> int | None:
+        current = self.current
         if current:
             return stream_id_ms(current[0].entry_id)
-        for item in list(self._queue):
+        for item in list(self.queue):
             if isinstance(item, Notice):
                 return stream_id_ms(item.entry_id)
         return None
 
-    def stop(self, timeout_s: float) -> None:
-        self._stopping.set()
-        with self._wake:
-            self._wake.notify()
-        self._thread.join(timeout_s)
-        self.target.close()
-
     def _take(self) -> list[Notice] | _Resend | None:
-        with self._wake:
-            while not self._queue and not self._stopping.is_set():
-                self._wake.wait(1.0)
-            if self._stopping.is_set():
+        stopping = self.sink.stopping
+        with self.wake:
+            while not self.queue and not stopping.is_set():
+                self.wake.wait(1.0)
+            if stopping.is_set():
                 return None
-            if isinstance(self._queue[0], _Resend):
-                return self._queue.popleft()
+            if isinstance(self.queue[0], _Resend):
+                return self.queue.popleft()  # type: ignore[return-value]
             batch: list[Notice] = []
-            while self._queue and len(batch) < self.batch_limit and isinstance(self._queue[0], Notice):
-                batch.append(self._queue.popleft())  # type: ignore[arg-type]
-            self._current = batch
+            while self.queue and len(batch) < self.sink.batch_limit and isinstance(self.queue[0], Notice):
+                batch.append(self.queue.popleft())  # type: ignore[arg-type]
+            self.current = batch
             return batch
 
     def _run(self) -> None:
@@ -144,30 +118,30 @@ class Sink:
                 self._resend(item)
                 continue
             self._deliver(item)
-            self._current = []
+            self.current = []
 
     def _deliver(self, notices: list[Notice]) -> None:
-        attempt = 0
+        sink, attempt = self.sink, 0
         while True:
             attempt += 1
-            body, headers = self.request(notices)
+            body, headers = sink.request(notices)
             result = self.target.post(body, headers)
             if result.accepted:
                 self.counts.delivered += len(notices)
                 break
-            if not result.retryable or attempt >= self.policy.max_attempts:
+            if not result.retryable or attempt >= sink.policy.max_attempts:
                 reason = (f"refused: HTTP {result.status}" if not result.retryable
                           else f"gave up after {attempt} attempts: "
                                + (f"HTTP {result.status}" if result.status else result.detail))
-                if not self._on_give_up(GiveUp(self, notices, reason, result, attempt)):
+                if not sink.on_give_up(GiveUp(sink, notices, reason, result, attempt)):
                     return  # stopped before the dead letter was written: left unacknowledged
                 self.counts.dead_lettered += len(notices)
                 break
             self.counts.retried += 1
-            if self._stopping.wait(self.policy.delay_s(attempt)):
+            if sink.stopping.wait(sink.policy.delay_s(attempt)):
                 return  # stopped: unacknowledged, so sent again by the next notifier to read it
         for notice in notices:
-            self._on_done(notice)
+            sink.on_done(notice)
 
     def _resend(self, resend: _Resend) -> None:
         """Re-sends are repeated every interval anyway: one attempt each."""
@@ -176,6 +150,72 @@ class Sink:
             self.counts.resent += len(resend.alerts)
         else:
             self.counts.resend_failed += len(resend.alerts)
+
+
+class Sink:
+    """A receiver, served by `lanes` threads with a connection each; a sensor's notices always go
+    to the same lane, so they arrive in order, while other sensors' overlap the wait for answers."""
+
+    kind = ""
+    batch_limit = 1  # notices per request
+
+    def __init__(self, url: str, rendering: Rendering, policy: RetryPolicy, timeout_s: float, lanes: int = 1) -> None:
+        self.url, self.rendering, self.policy = url, rendering, policy
+        self.name = f"{self.kind} {masked(url)}"
+        self.on_done: Callable[[Notice], None] = lambda notice: None
+        self.on_give_up: Callable[[GiveUp], bool] = lambda give_up: True
+        self.stopping = threading.Event()
+        self.lanes = [_Lane(self, index, timeout_s) for index in range(lanes)]
+
+    def endpoint(self, url: str) -> str:
+        return url
+
+    def bind(self, on_done: Callable[[Notice], None], on_give_up: Callable[[GiveUp], bool]) -> None:
+        """Whom the sink tells, from its threads, that a notice ended: delivered, or given up
+        (`on_give_up` writes the dead letter; False: it could not, the notice stays unfinished)."""
+        self.on_done, self.on_give_up = on_done, on_give_up
+
+    def start(self) -> Sink:
+        for lane in self.lanes:
+            lane.thread.start()
+        return self
+
+    @property
+    def counts(self) -> SinkCounts:
+        """Summed over the lanes (each lane counts alone: no lock on the hot path)."""
+        total = SinkCounts()
+        for lane in self.lanes:
+            for name in SinkCounts.__slots__:
+                setattr(total, name, getattr(total, name) + getattr(lane.counts, name))
+        return total
+
+    def submit(self, notices: list[Notice]) -> None:
+        if len(self.lanes) == 1:
+            self.lanes[0].put(notices)
+            return
+        by_lane: list[list[Notice]] = [[] for _ in self.lanes]
+        for notice in notices:
+            by_lane[zlib.crc32(notice.event.sensor.encode()) % len(self.lanes)].append(notice)
+        for lane, items in zip(self.lanes, by_lane):
+            if items:
+                lane.put(items)
+
+    def queued(self) -> int:
+        return sum(len(lane.queue) + len(lane.current) for lane in self.lanes)
+
+    def oldest_undelivered_ms(self) -> int | None:
+        """Write time (the alert entry's id) of the oldest notice this sink has not finished."""
+        found = [moment for lane in self.lanes if (moment := lane.oldest_ms()) is not None]
+        return min(found) if found else None
+
+    def stop(self, timeout_s: float) -> None:
+        self.stopping.set()
+        for lane in self.lanes:
+            with lane.wake:
+                lane.wake.notify()
+        for lane in self.lanes:
+            lane.thread.join(timeout_s)
+            lane.target.close()
 
     def request(self, notices: list[Notice]) -> tuple[bytes, dict[str, str]]:
         raise NotImplementedError
@@ -197,9 +237,7 @@ class AlertmanagerSink(Sink):
         return json.dumps(alerts, ensure_ascii=False).encode(), {}
 
     def resend(self, alerts: list[dict]) -> None:
-        with self._wake:
-            self._queue.append(_Resend(alerts))
-            self._wake.notify()
+        self.lanes[0].put([_Resend(alerts)])
 
 
 class WebhookSink(Sink):
@@ -208,8 +246,9 @@ class WebhookSink(Sink):
 
     kind = "webhook"
 
-    def __init__(self, url: str, rendering: Rendering, policy: RetryPolicy, timeout_s: float, key: bytes) -> None:
-        super().__init__(url, rendering, policy, timeout_s)
+    def __init__(self, url: str, rendering: Rendering, policy: RetryPolicy, timeout_s: float, key: bytes,
+                 lanes: int = 4) -> None:
+        super().__init__(url, rendering, policy, timeout_s, lanes)
         self._key = key
 
     def request(self, notices: list[Notice]) -> tuple[bytes, dict[str, str]]:
