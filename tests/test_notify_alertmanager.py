@@ -58,7 +58,7 @@ def test_firing_then_resolved_reach_alertmanagers_webhook_grouped(db, manager):
     alert = next(n for n in firing if n["groupLabels"]["alertname"] == "hot")["alerts"][0]
     assert alert["labels"] == labels(event("kitchen", 0), "telemetry")
     assert alert["fingerprint"] == fingerprint(alert["labels"])  # Alertmanager's own, computed alike here
-    assert alert["generatorURL"] == "http://dash:8080/sensor/kitchen"
+    assert alert["generatorURL"] == "http://dash:8080/sensors/kitchen"
     assert alert["annotations"]["value"] == "41 °C"
     resolved = event("kitchen", 0, "resolved", since=now - 5000)
     write_event(db, resolved)

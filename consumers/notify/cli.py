@@ -53,7 +53,7 @@ def add_parser(commands) -> None:
     notify.add_argument("--max-in-flight", type=number_type(int, minimum=1), default=1000,
                         help="events read and not yet acknowledged, at most (default 1000)")
     notify.add_argument("--external-url", default="http://localhost:8080",
-                        help="the pipeline's web page: generatorURL is URL/sensor/NAME (default http://localhost:8080)")
+                        help="the pipeline's web page: generatorURL is URL/sensors/NAME (default http://localhost:8080)")
     notify.add_argument("--duration", help="stop after this long (e.g. 30s)")
     notify.add_argument("--drain", action="store_true", help="stop when nothing is left to read or deliver")
     notify.add_argument("--log-json", action="store_true", help="log one JSON object per line (else timestamped text)")

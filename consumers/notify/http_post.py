@@ -131,13 +131,23 @@ class HttpTarget:
                 data += chunk[:size]
 
     def close(self) -> None:
-        if self._socket is not None:
+        sock, reader = self._socket, self._reader
+        self._socket = self._reader = None
+        for part in (reader, sock):
+            if part is not None:
+                try:
+                    part.close()
+                except OSError:
+                    pass
+
+    def abort(self) -> None:
+        """From another thread: make a request under way fail at once (the sink is stopping)."""
+        sock = self._socket
+        if sock is not None:
             try:
-                self._reader.close()
-                self._socket.close()
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            self._socket = self._reader = None
 
 
 def _describe(error: Exception, timeout_s: float) -> str:

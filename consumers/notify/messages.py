@@ -81,7 +81,7 @@ def annotations(event: AlertEvent, inhibited_by: str | None = None) -> dict[str,
 
 
 def generator_url(external_url: str, sensor: str) -> str:
-    return f"{external_url.rstrip('/')}/sensor/{quote(sensor)}"
+    return f"{external_url.rstrip('/')}/sensors/{quote(sensor)}"
 
 
 def alertmanager_alert(event: AlertEvent, pipeline: str, external_url: str, now_ms: int, horizon_ms: int) -> dict:

@@ -288,7 +288,7 @@ class Notifier:
                         "alert_id": notice.event.alert_id, "state": notice.event.state,
                         "sensor": notice.event.sensor, "event": json.dumps(notice.fields, ensure_ascii=False)})
                 return True
-            except RETRYABLE:
+            except (*RETRYABLE, NoPermissionError):
                 if self._stop_requested():
                     return False
                 time.sleep(backoff.next_delay())

@@ -119,6 +119,7 @@ class _Lane:
                 continue
             self._deliver(item)
             self.current = []
+        self.target.close()
 
     def _deliver(self, notices: list[Notice]) -> None:
         sink, attempt = self.sink, 0
@@ -215,7 +216,9 @@ class Sink:
                 lane.wake.notify()
         for lane in self.lanes:
             lane.thread.join(timeout_s)
-            lane.target.close()
+            if lane.thread.is_alive():
+                lane.target.abort()  # a request still waiting for its answer fails now; the lane closes it
+                lane.thread.join(timeout_s)
 
     def request(self, notices: list[Notice]) -> tuple[bytes, dict[str, str]]:
         raise NotImplementedError
