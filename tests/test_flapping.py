@@ -117,3 +117,38 @@ def test_without_flap_detection_every_change_is_notified():
     out = run(PartitionProcessor(settings(rules).processing()), entries_of(oscillating()), 1000)
     assert [e.state for e in out.alerts].count("firing") == 20 and not any(
         e.state.startswith("flapping") for e in out.alerts)
+
+
+def test_real_workers_give_the_same_flapping_events_with_two_workers_and_another_batch_size(db):
+    """Against a real redis-server: one worker reading 1000 entries at a time, and two workers of
+    another group reading 7 at a time and splitting the partitions, give the same events."""
+    from tests.aggregation_helpers import add_readings, drain, layout_of, make_worker, outputs
+
+    layout = layout_of(db, 4)
+    readings = []
+    for index in range(6):  # six sensors over the partitions, oscillating at different phases
+        for reading in oscillating():
+            if reading.sensor == "osc":
+                readings.append(Reading(f"osc-{index}", reading.ts_ms + index * 100, reading.temperature_c, 50.0,
+                                        reading.seq))
+    readings.sort(key=lambda reading: reading.ts_ms)
+    add_readings(db, layout, readings)
+    later = START + 10**7
+    common = {"window_ms": 10_000, "grace_ms": 2_000, "rules": RULES}
+    drain(make_worker(db, layout, group="one", batch=1000, **common), later)
+    pair = [make_worker(db, layout, group="two", consumer=name, batch=7, **common) for name in ("a", "b")]
+    quiet_rounds = 0
+    for worker in pair:
+        worker.clock = lambda: later
+        worker.membership.beat(later)  # both members before either takes partitions
+    while quiet_rounds < 5:
+        handled = sum(worker.step(later) for worker in pair)
+        quiet_rounds = 0 if handled else quiet_rounds + 1
+    for worker in pair:
+        assert worker.owned, "a worker of the pair owned no partition"
+        worker.release_all()
+    columns = ["alert_id", "state", "ts", "value", "threshold"]
+    one, two = (outputs(db, layout, "alerts", group)[columns].sort_values(columns[:3]).reset_index(drop=True)
+                for group in ("one", "two"))
+    assert (one.state == "flapping").sum() == 6 and (one.state == "flapping_stopped").sum() == 6
+    assert one.equals(two)

@@ -223,3 +223,23 @@ def test_while_a_sensor_is_silent_its_other_events_are_marked_inhibited_for_webh
         ("cellar", "hot", "firing", None), ("cellar", "sensor-silent", "firing", None),
         ("cellar", "hot", "resolved", silent_id), ("garage", "hot", "firing", None),
         ("cellar", "sensor-silent", "resolved", None), ("cellar", "hot", "firing", None)], key=str)
+
+
+def test_from_readings_through_a_worker_to_a_webhook(db):
+    """The whole path: readings, a real aggregator worker, its alert streams, the notifier, a webhook."""
+    from consumers.rules import parse_rules
+    from telemetry.schema import Reading
+    from tests.aggregation_helpers import START, add_readings, drain, layout_of, make_worker
+
+    layout = layout_of(db, 4)
+    temperatures = [30.0] * 5 + [45.0] * 5 + [30.0] * 5
+    add_readings(db, layout, [Reading("boiler", START + i * 1000, t, 50.0, i) for i, t in enumerate(temperatures)])
+    rules = parse_rules('[[rule]]\nname = "hot"\nkind = "threshold"\nabove = 40.0\nseverity = "critical"\n', "t")
+    drain(make_worker(db, layout, rules=rules), START + 10**7)
+    with Receiver() as receiver:
+        notifier_for(db, webhook(receiver.url)).run(lambda: False)
+        bodies = [r.json for r in receiver.accepted()]
+    assert [(b["status"], b["alerts"][0]["labels"]["sensor"], b["alerts"][0]["annotations"]["value"]) for b in bodies] \
+        == [("firing", "boiler", "45 °C"), ("resolved", "boiler", "30 °C")]
+    assert bodies[0]["alerts"][0]["startsAt"] == bodies[1]["alerts"][0]["startsAt"] == "2023-11-14T22:13:25.000Z"
+    assert bodies[1]["alerts"][0]["endsAt"] == "2023-11-14T22:13:30.000Z"
