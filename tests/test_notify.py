@@ -243,3 +243,26 @@ def test_from_readings_through_a_worker_to_a_webhook(db):
         == [("firing", "boiler", "45 °C"), ("resolved", "boiler", "30 °C")]
     assert bodies[0]["alerts"][0]["startsAt"] == bodies[1]["alerts"][0]["startsAt"] == "2023-11-14T22:13:25.000Z"
     assert bodies[1]["alerts"][0]["endsAt"] == "2023-11-14T22:13:30.000Z"
+
+
+def test_old_resolutions_are_forgotten_and_metrics_show_each_sink(db):
+    from consumers.notify.metrics import SinkCollector
+
+    old = event("shed", 0, "resolved", since=1_600_000_000_000)  # resolved years ago: past the retention
+    write_event(db, event("shed", 0, since=1_600_000_000_000))
+    write_event(db, old)
+    porch = event("porch", 1, since=int(time.time() * 1000))
+    write_event(db, porch)
+    with Receiver(lambda n, b: "500" if n == 0 else "ok") as receiver:
+        sink = webhook(receiver.url)
+        notifier = notifier_for(db, sink)
+        notifier.run(lambda: False)
+        db.delete(Keys().notify("notifiers").resend_lock)  # the next interval
+        notifier.resend_firing()
+        kept = set(db.hkeys(Keys().notify("notifiers").firing))
+        samples = {(metric.name, sample.labels["sink"], sample.value) for metric in SinkCollector(notifier).collect()
+                   for sample in metric.samples if not sample.name.endswith("_created")}
+    assert kept == {porch.alert_id}  # the old resolution is forgotten, the firing alert kept
+    assert ("telemetry_notify_delivered", "webhook", 3.0) in samples
+    assert ("telemetry_notify_retried", "webhook", 1.0) in samples
+    assert ("telemetry_notify_queued", "webhook", 0.0) in samples

@@ -89,3 +89,28 @@ def test_kill_9_ten_times_loses_nothing_and_keeps_ids(db, redis_url, tmp_path):
     assert sum(map(len, written.values())) == 400 and accepted >= 400
     assert len([r for r in requests if r.answered != "ok"]) > 50, "the receiver did not fail often"
     print(f"{len(requests)} requests, {accepted} accepted for 400 events, {kills} kills")
+
+
+def test_sigterm_waits_for_deliveries_under_way_then_leaves_the_rest_for_the_next_notifier(db, redis_url, tmp_path):
+    import signal
+
+    for number in range(3):
+        write_event(db, event("attic", number))
+    log = tmp_path / "notify.log"
+    flags = ["notify", "--redis-url", redis_url, "--partitions", "4", "--start", "all", "--consumer", "n1",
+             "--timeout", "60s", "--grace", "1s"]
+    with Receiver(lambda n, b: "hang", hang_s=60) as stuck:
+        with log.open("a") as out:
+            process = spawn("consumers", *flags, "--webhook", stuck.url,
+                            env_extra={"TELEMETRY_WEBHOOK_SECRET": SECRET}, stderr=out)
+        wait_for(lambda: len(stuck.snapshot()) == 1, 30, "the first delivery")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log.read_text()
+    assert pending_count(db) == 3  # nothing acknowledged that no receiver accepted
+    with Receiver() as receiver:
+        with log.open("a") as out:
+            process = spawn("consumers", *flags, "--webhook", receiver.url, "--drain",
+                            env_extra={"TELEMETRY_WEBHOOK_SECRET": SECRET}, stderr=out)
+        assert process.wait(timeout=60) == 0, log.read_text()
+        assert len(receiver.accepted()) == 3 and pending_count(db) == 0
+    assert "Traceback" not in log.read_text()

@@ -44,7 +44,8 @@ def add_parser(commands) -> None:
                                 ("retry-initial", "500ms", "first retry delay, doubling with jitter"),
                                 ("retry-max", "30s", "longest retry delay"),
                                 ("resend", "60s", "re-send every still-firing alert to Alertmanager this often"),
-                                ("claim-idle", "30s", "take over a dead notifier's unfinished events after this")):
+                                ("claim-idle", "30s", "take over a dead notifier's unfinished events after this"),
+                                ("grace", "10s", "on SIGINT/SIGTERM, wait this long for deliveries under way")):
         notify.add_argument(f"--{flag}", default=default, help=f"{text} (default {default})")
     notify.add_argument("--max-attempts", type=number_type(int, minimum=1), default=8,
                         help="attempts per event and sink before it is dead-lettered (default 8)")
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace, config: PipelineConfig, stop: StopSignal) -> i
     print(f"notify: {settings.consumer} in group {settings.notify_group} following the alerts of group "
           f"{config.group} on {layout.count} partitions; sinks: " + ", ".join(sink.name for sink in sinks),
           file=sys.stderr)
-    stats = notifier.run(lambda: stop.requested)
+    stats = notifier.run(lambda: stop.requested, grace_s=parse_duration_ms(args.grace, field="--grace") / 1000)
     counts = "; ".join(f"{sink.name}: delivered {sink.counts.delivered}, retried {sink.counts.retried}, "
                        f"dead-lettered {sink.counts.dead_lettered}" for sink in sinks)
     print(f"notify: read {stats.read}, acknowledged {stats.acknowledged}, claimed {stats.claimed}, "

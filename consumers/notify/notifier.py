@@ -331,12 +331,11 @@ class Notifier:
 
     def resend_firing(self) -> None:
         """Every alert still firing, to every Alertmanager, with endsAt a horizon ahead, and the
-        recent resolutions with their end; by one notifier of the group per interval."""
-        managers = [sink for sink in self.sinks if isinstance(sink, AlertmanagerSink)]
-        if not managers:
-            return
+        recent resolutions with their end; by one notifier of the group per interval, which also
+        forgets resolutions older than the retention (with or without an Alertmanager)."""
         if not self.db.set(self.keys.resend_lock, self.consumer, nx=True, px=max(1, int(self.resend_ms * 0.8))):
             return
+        managers = [sink for sink in self.sinks if isinstance(sink, AlertmanagerSink)]
         now = now_ms()
         alerts, expired = [], []
         for alert_id, value in self.db.hgetall(self.keys.firing).items():
@@ -345,8 +344,8 @@ class Notifier:
             event = AlertEvent.decode(json.loads(value))
             if event.state in ENDING_STATES and now - event.ts > RESOLVED_RETENTION_MS:
                 expired.append(alert_id)
-                continue
-            alerts.append(alertmanager_alert(event, self.pipeline, self.external_url, now, self.horizon_ms))
+            elif managers:
+                alerts.append(alertmanager_alert(event, self.pipeline, self.external_url, now, self.horizon_ms))
         if expired:
             self.db.hdel(self.keys.firing, *expired)
         for start in range(0, len(alerts), RESEND_CHUNK):
