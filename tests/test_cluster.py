@@ -66,8 +66,16 @@ def test_every_command_runs_unchanged_on_a_cluster(cluster_url, tmp_path):
     alerts = run_cli("consumers", "alerts", "--from-start", "--no-follow", "--json", "--redis-url", cluster_url)
     assert alerts.returncode == 0, alerts.stderr
     assert alerts.stdout.count("\n") == len(pd.read_csv(tmp_path / "alerts.csv"))
+    from tests.notify_helpers import SECRET, Receiver
+
+    with Receiver() as receiver:
+        notified = run_cli("consumers", "notify", "--webhook", receiver.url, "--start", "all", "--drain",
+                           "--redis-url", cluster_url, env_extra={"TELEMETRY_WEBHOOK_SECRET": SECRET})
+        assert notified.returncode == 0, notified.stderr
+        assert len({r.headers["webhook-id"] for r in receiver.accepted()}) == alerts.stdout.count("\n")
     status = run_cli("consumers", "status", "--redis-url", cluster_url)
     assert status.returncode == 0 and "pending 0" in status.stdout, status.stdout + status.stderr
+    assert f"webhook {receiver.url}: delivered {alerts.stdout.count(chr(10))}" in status.stdout, status.stdout
 
 
 @pytest.mark.slow

@@ -46,26 +46,35 @@ def run_until(notifier, condition, timeout_s: float) -> None:
     notifier.run(lambda: condition() or time.monotonic() > deadline, grace_s=2)
 
 
-def test_firing_then_resolved_reach_alertmanagers_webhook_grouped(db, manager):
-    now = int(time.time() * 1000)
-    write_event(db, event("kitchen", 0, since=now - 5000))
-    write_event(db, event("kitchen", 0, rule="humid", since=now - 5000))
-    notifier = notifier_for(db, sink(manager.url), drain=False)
-    run_until(notifier, lambda: len(notifications(manager.receiver)) >= 2, 20)
-    firing = notifications(manager.receiver)
-    assert {n["status"] for n in firing} == {"firing"}
-    assert {n["groupLabels"]["alertname"] for n in firing} == {"hot", "humid"}
-    alert = next(n for n in firing if n["groupLabels"]["alertname"] == "hot")["alerts"][0]
-    assert alert["labels"] == labels(event("kitchen", 0), "telemetry")
-    assert alert["fingerprint"] == fingerprint(alert["labels"])  # Alertmanager's own, computed alike here
-    assert alert["generatorURL"] == "http://dash:8080/sensors/kitchen"
-    assert alert["annotations"]["value"] == "41 °C"
-    resolved = event("kitchen", 0, "resolved", since=now - 5000)
-    write_event(db, resolved)
-    run_until(notifier_for(db, sink(manager.url), drain=False),
-              lambda: any(n["status"] == "resolved" for n in notifications(manager.receiver)), 20)
-    (done,) = [n for n in notifications(manager.receiver) if n["status"] == "resolved"]
-    assert done["alerts"][0]["endsAt"].startswith(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(resolved.ts / 1000)))
+def test_firing_then_resolved_reach_alertmanagers_webhook_grouped(db, tmp_path):
+    with Receiver() as receiver, PrivateAlertmanager(tmp_path / "am", receiver.url, group_by=("alertname",)) as am:
+        now = int(time.time() * 1000)
+        for sensor in ("kitchen", "attic"):
+            write_event(db, event(sensor, 0, since=now - 5000))
+        write_event(db, event("kitchen", 0, rule="humid", since=now - 5000))
+        notifier = notifier_for(db, sink(am.url), drain=False)
+        run_until(notifier, lambda: len(notifications(receiver)) >= 2, 20)
+        firing = notifications(receiver)
+        assert {n["status"] for n in firing} == {"firing"}
+        grouped = {n["groupLabels"]["alertname"]: n for n in firing}
+        assert sorted(a["labels"]["sensor"] for a in grouped["hot"]["alerts"]) == ["attic", "kitchen"]  # one page
+        assert [a["labels"]["sensor"] for a in grouped["humid"]["alerts"]] == ["kitchen"]
+        alert = next(a for a in grouped["hot"]["alerts"] if a["labels"]["sensor"] == "kitchen")
+        assert alert["labels"] == labels(event("kitchen", 0), "telemetry")
+        assert alert["fingerprint"] == fingerprint(alert["labels"])  # Alertmanager's own, computed alike here
+        assert alert["generatorURL"] == "http://dash:8080/sensors/kitchen"
+        assert alert["annotations"]["value"] == "41 °C"
+        resolved = event("kitchen", 0, "resolved", since=now - 5000)
+        write_event(db, resolved)
+        run_until(notifier_for(db, sink(am.url), drain=False),
+                  lambda: any(n["status"] == "resolved" for n in notifications(receiver)), 20)
+        time.sleep(2)  # group_interval: anything else would have come by now
+        later = notifications(receiver)[len(firing):]
+        # The group's next notification: kitchen resolved (with its event's end), attic still firing.
+        assert len(later) == 1 and later[0]["groupLabels"] == {"alertname": "hot"}
+        states = {a["labels"]["sensor"]: (a["status"], a["endsAt"]) for a in later[0]["alerts"]}
+        assert states["kitchen"][0] == "resolved" and states["attic"][0] == "firing"
+        assert states["kitchen"][1].startswith(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(resolved.ts / 1000)))
     assert pending_count(db) == 0
 
 

@@ -37,6 +37,7 @@ class PrivateAlertmanager:
     group_interval: str = "1s"
     repeat_interval: str = "1h"
     inhibit_silent: bool = True  # the README's inhibition: a silent sensor mutes its other alerts
+    group_by: tuple[str, ...] = ("alertname", "sensor")
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
 
@@ -50,7 +51,7 @@ class PrivateAlertmanager:
                    "    target_matchers: ['kind!=\"silent\"']\n"
                    "    equal: [pipeline, sensor]\n") if self.inhibit_silent else ""
         return (f"global:\n  resolve_timeout: {self.resolve_timeout}\n"
-                "route:\n  receiver: test\n  group_by: [alertname, sensor]\n"
+                f"route:\n  receiver: test\n  group_by: [{', '.join(self.group_by)}]\n"
                 f"  group_wait: {self.group_wait}\n  group_interval: {self.group_interval}\n"
                 f"  repeat_interval: {self.repeat_interval}\n"
                 "receivers:\n  - name: test\n    webhook_configs:\n"
