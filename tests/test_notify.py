@@ -50,6 +50,16 @@ def test_secrets_that_are_not_whsec_base64_are_refused_in_one_line():
             parse_secret(bad, "TELEMETRY_WEBHOOK_SECRET")
 
 
+def test_alertmanager_end_never_precedes_the_start_when_the_sensor_clock_runs_ahead():
+    from consumers.notify.messages import alertmanager_alert
+
+    ahead = event("kitchen", 0, since=2_000_000_000_000)  # a sensor clock minutes ahead of this one
+    firing = alertmanager_alert(ahead, "telemetry", "http://x", 1_999_999_000_000, 60_000)
+    resolved = alertmanager_alert(event("kitchen", 0, "resolved", since=2_000_000_000_000), "telemetry", "http://x",
+                                  1_999_999_000_000, 60_000)
+    assert firing["endsAt"] >= firing["startsAt"] and resolved["endsAt"] == resolved["startsAt"]
+
+
 def test_webhook_body_is_alertmanagers_version_4():
     notice = Notice("s", "1-0", event("kitchen", 1), {})
     body = json.loads(webhook_body(notice, "telemetry", "http://dash:8080", "telemetry"))
@@ -159,10 +169,13 @@ def test_a_malformed_alert_entry_is_dead_lettered_not_retried(db):
     with Receiver() as receiver:
         stream = alert_streams(db)[0]
         db.xadd(stream, {"alert_id": "x", "state": "firing"})
+        fields = event("kitchen", 1).fields()
+        db.xadd(stream, {**dict(zip(fields[::2], fields[1::2])), "alert_id": "hot:kitchen"})  # no time in its id
         notifier_for(db, webhook(receiver.url)).run(lambda: False)
         assert receiver.snapshot() == []
-    (letter,) = [fields for _, fields in db.xrange(Keys().notify("notifiers").dead_letter)]
-    assert letter["reason"].startswith("malformed alert entry") and pending_count(db) == 0
+    letters = [fields for _, fields in db.xrange(Keys().notify("notifiers").dead_letter)]
+    assert [letter["reason"].split(":")[0] for letter in letters] == ["malformed alert entry"] * 2
+    assert "is not rule:sensor:time" in letters[1]["reason"] and pending_count(db) == 0
 
 
 @pytest.fixture()

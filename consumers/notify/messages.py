@@ -47,8 +47,12 @@ class Notice:
 
 
 def started_ms(event: AlertEvent) -> int:
-    """When the episode's breach (or the flapping) began: the time in its alert id."""
-    return int(event.alert_id.split(":")[2])
+    """When the episode's breach (or the flapping) began: the time in its alert id
+    (`rule:sensor:time`, `:flapping` after it for a flapping notice); ValueError if it has none."""
+    parts = event.alert_id.split(":")
+    if len(parts) not in (3, 4) or not parts[2].isdigit():
+        raise ValueError(f"alert_id {event.alert_id!r} is not rule:sensor:time")
+    return int(parts[2])
 
 
 def labels(event: AlertEvent, pipeline: str) -> dict[str, str]:
@@ -87,9 +91,12 @@ def generator_url(external_url: str, sensor: str) -> str:
 def alertmanager_alert(event: AlertEvent, pipeline: str, external_url: str, now_ms: int, horizon_ms: int) -> dict:
     """POST /api/v2/alerts item. A firing alert ends `horizon_ms` from now unless re-sent (as
     Prometheus does); an ending one ends at its event time (never in the future)."""
+    started = started_ms(event)
     ends = min(event.ts, now_ms) if event.state in ENDING_STATES else now_ms + horizon_ms
+    # A sensor clock ahead of this one (up to the aggregator's --max-skew) must not make endsAt
+    # precede startsAt, which Alertmanager refuses.
     return {"labels": labels(event, pipeline), "annotations": annotations(event),
-            "startsAt": iso_utc(started_ms(event)), "endsAt": iso_utc(ends),
+            "startsAt": iso_utc(started), "endsAt": iso_utc(max(ends, started)),
             "generatorURL": generator_url(external_url, event.sensor)}
 
 

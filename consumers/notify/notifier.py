@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import redis
 from redis.exceptions import NoPermissionError
 
-from consumers.notify.messages import ENDING_STATES, Notice, alertmanager_alert
+from consumers.notify.messages import ENDING_STATES, Notice, alertmanager_alert, started_ms
 from consumers.notify.sinks import AlertmanagerSink, GiveUp, Sink
 from telemetry.backoff import RETRYABLE, Backoff
 from telemetry.connection import Client, as_text, is_cluster
@@ -187,6 +187,7 @@ class Notifier:
                 continue
             try:
                 event = AlertEvent.decode(fields)
+                started_ms(event)  # every sink needs it
             except (KeyError, ValueError) as error:
                 self.stats.malformed += 1
                 self._write_dead_letter({"sink": "-", "reason": f"malformed alert entry: {error!r}",

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import threading
 import time
+import traceback
 import zlib
 from collections import deque
 from collections.abc import Callable
@@ -125,7 +127,16 @@ class _Lane:
         sink, attempt = self.sink, 0
         while True:
             attempt += 1
-            body, headers = sink.request(notices)
+            try:
+                body, headers = sink.request(notices)
+            except Exception as error:  # noqa: BLE001 - a notice no sink can render must not stop the lane
+                traceback.print_exc(file=sys.stderr)
+                result = PostResult(None, f"{error.__class__.__name__}: {error}")
+                if sink.on_give_up(GiveUp(sink, notices, f"cannot render: {result.detail}", result, attempt)):
+                    self.counts.dead_lettered += len(notices)
+                    for notice in notices:
+                        sink.on_done(notice)
+                return
             result = self.target.post(body, headers)
             if result.accepted:
                 self.counts.delivered += len(notices)
