@@ -1,10 +1,13 @@
 """make demo: five named sensors (one faulty), their last hour backfilled first, and two aggregator
-workers, each its own process, and the live web page (DEMO_PORT, default 8080, else a free port);
+workers, each its own process, the live web page (DEMO_PORT, default 8080, else a free port) and a
+notifier delivering every alert event to a signed webhook of the demo's own (out/notifications.jsonl);
 a live view for DEMO_SECONDS (default 60) or until Ctrl-C, then CSV exports and a plot in out/."""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import math
 import os
 import signal
@@ -13,7 +16,9 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from threading import Thread
 
 from rich.console import Console
 from rich.live import Live
@@ -22,6 +27,7 @@ from analytics.dashboard import collect_snapshot, plain_summary, rates_between, 
 from analytics.export import ExportRequest, export
 from analytics.plot import alert_episodes, sensor_figure
 from analytics.streams import STREAM_KINDS, RowFilter, load_frame
+from consumers.notify.signing import parse_secret, signature
 from telemetry.cli import StopSignal
 from telemetry.connection import connect, resolve_target
 from telemetry.embedded import EmbeddedRedis, default_home
@@ -66,6 +72,42 @@ def web_port() -> int:
         except OSError:
             probe.bind(("127.0.0.1", 0))
             return probe.getsockname()[1]
+
+
+class WebhookLog:
+    """The demo's webhook receiver: checks each notification's Standard Webhooks signature and
+    appends it to a file, one JSON object per line."""
+
+    def __init__(self, secret: str, path: Path) -> None:
+        key, self.path, self.received, self.bad = parse_secret(secret, "demo"), path, 0, 0
+        self.path.write_text("")
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                given = self.headers.get("webhook-signature", "")
+                expected = signature(key, self.headers.get("webhook-id", ""),
+                                     int(self.headers.get("webhook-timestamp", "0")), body)
+                receiver.received += 1
+                receiver.bad += expected not in given.split()
+                with receiver.path.open("a") as out:
+                    out.write(json.dumps({"webhook-id": self.headers.get("webhook-id"), **json.loads(body)}) + "\n")
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
 
 
 def stop_all(processes: list[subprocess.Popen]) -> None:
@@ -134,6 +176,10 @@ def main() -> int:
     port = web_port()
     processes.append(spawn(target.url, logs / "web.log", "analytics", "serve", "--port", str(port)))
     print(f"demo: the live web page is at http://127.0.0.1:{port}/ while the demo runs", flush=True)
+    os.environ["TELEMETRY_WEBHOOK_SECRET"] = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    webhook = WebhookLog(os.environ["TELEMETRY_WEBHOOK_SECRET"], OUT / "notifications.jsonl")
+    processes.append(spawn(target.url, logs / "notify.log", "consumers", "notify", "--webhook", webhook.url,
+                           "--start", "all", "--external-url", f"http://127.0.0.1:{port}"))
     console = Console(stderr=False)
     interactive = console.is_terminal
     print(f"demo: {len(SENSORS)} sensors ({FAULTY} with faults) and 2 workers for {seconds:g}s; Ctrl-C stops early")
@@ -159,6 +205,9 @@ def main() -> int:
     time.sleep(0.2)
     final = collect_snapshot(db, layout, GROUP, list(SENSORS))
     print(f"demo: stopped. {plain_summary(final, {})}")
+    webhook.server.shutdown()
+    print(f"demo: the notifier delivered {webhook.received} alert events to a signed webhook "
+          f"({webhook.received - webhook.bad} signatures valid): {webhook.path.relative_to(ROOT)}")
     for path in write_outputs(db, layout):
         print(f"demo: wrote {path.relative_to(ROOT)}")
     print(f"demo: process logs in {logs.relative_to(ROOT)}/")
