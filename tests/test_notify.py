@@ -279,3 +279,31 @@ def test_old_resolutions_are_forgotten_and_metrics_show_each_sink(db):
     assert ("telemetry_notify_delivered", "webhook", 3.0) in samples
     assert ("telemetry_notify_retried", "webhook", 1.0) in samples
     assert ("telemetry_notify_queued", "webhook", 0.0) in samples
+
+
+def test_two_notifiers_share_the_work_and_a_dead_ones_events_are_claimed(db):
+    import threading
+
+    for number in range(200):
+        write_event(db, event(f"room-{number % 10}", number))
+    streams = alert_streams(db)
+    keys = Keys().notify("notifiers")
+    for stream in streams:
+        db.xgroup_create(stream, "notifiers", id="0", mkstream=True)
+    taken = sum(len(found) for _, found in db.xreadgroup("notifiers", "dead", dict.fromkeys(streams, ">"), count=5))
+    assert taken > 0  # read by a notifier that died before delivering them
+    with Receiver() as receiver:
+        pair = [Notifier(db, streams, keys, name, [webhook(receiver.url)], start="all", block_ms=20,
+                         claim_idle_ms=500) for name in ("n1", "n2")]
+        def all_delivered() -> bool:
+            return len({r.headers["webhook-id"] for r in receiver.accepted()}) == 200 and pending_count(db) == 0
+
+        threads = [threading.Thread(target=notifier.run, args=(all_delivered,)) for notifier in pair]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        delivered = {r.headers["webhook-id"] for r in receiver.accepted()}
+    assert len(delivered) == 200 and pending_count(db) == 0
+    assert all(notifier.stats.read > 0 for notifier in pair), [n.stats for n in pair]
+    assert sum(notifier.stats.claimed for notifier in pair) == taken
