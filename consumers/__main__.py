@@ -47,6 +47,7 @@ def build_parser() -> CommandParser:
                            help="most entries read from one partition at a time (default 1000)")
     for flag, default, text in (("window", "60s", "tumbling window length"),
                                 ("grace", "10s", "how long after its end a window waits for stragglers"),
+                                ("allowed-lateness", "1h", "a reading up to this late revises its emitted window"),
                                 ("rolling", "300s", "rolling stats horizon"),
                                 ("idle", "60s", "silent sensor: close its window this long after end + grace"),
                                 ("max-skew", "5m", "readings further ahead of this clock are dead-lettered"),
@@ -109,6 +110,7 @@ def aggregator_settings(args) -> AggregatorSettings:
         group=args.group, consumer=args.consumer, start=args.start, batch=args.batch, partitions=args.partitions,
         window_ms=parse_duration_ms(args.window, field="--window"),
         grace_ms=parse_duration_ms(args.grace, field="--grace"),
+        allowed_lateness_ms=parse_duration_ms(args.allowed_lateness, field="--allowed-lateness"),
         rolling_ms=parse_duration_ms(args.rolling, field="--rolling"),
         idle_ms=parse_duration_ms(args.idle, field="--idle"),
         max_skew_ms=parse_duration_ms(args.max_skew, field="--max-skew"),

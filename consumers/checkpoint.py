@@ -2,7 +2,7 @@
 request (the commit script's call, or the writes of a checked transaction).
 
 The commit carries only what changed since the last one: the core state of each sensor the batch
-touched and the rolling buckets it added to, the outputs, counter increments and the entry ids to
+touched and the rolling buckets it added to, the windows it emitted (kept for late readings), the outputs, counter increments and the entry ids to
 acknowledge, and the rolling window's length (readers compute a sensor's rolling view from its
 checkpoint: consumers/rolling_view.py). Every value is text or msgpack built here, so Redis
 parses nothing it could misread.
@@ -16,7 +16,7 @@ import redis
 
 from consumers.processor import Outputs, PartitionProcessor, ProcessingSettings
 from consumers.rolling import RollingSpec
-from consumers.sensor_state import SensorState, bucket_field, pack_bucket, unpack_bucket
+from consumers.sensor_state import SensorState, bucket_field, pack_bucket, pack_window, unpack_bucket
 from consumers.windows import NONE
 from telemetry.connection import as_text
 from telemetry.keys import GroupKeys
@@ -82,6 +82,7 @@ class CommitRequest:
     rolling_ms: int
     output_maxlen: int
     state: list[str | bytes]  # field, value, ...
+    windows: list[str | bytes]  # kept windows: field, value, ...
     counters: list[str]  # name, increment, ...
     ack: list[str]  # entry ids
     outputs: list[tuple[str, list[str]]]  # (kind: aggregates, alerts or dead-letter; fields)
@@ -93,9 +94,9 @@ class CommitRequest:
         for kind, fields in self.outputs:
             output_args += [_OUTPUT_KEY_INDEX[kind], str(len(fields)), *fields]
         header = [self.token, str(self.epoch), str(self.commit), self.position, str(self.clock_ms), keys.group,
-                  str(self.output_maxlen), str(self.rolling_ms), str(len(self.state)), str(len(self.counters)),
-                  str(len(self.ack)), str(len(output_args))]
-        return keys.commit_keys(), [*header, *self.state, *self.counters, *self.ack, *output_args]
+                  str(self.output_maxlen), str(self.rolling_ms), str(len(self.state)), str(len(self.windows)),
+                  str(len(self.counters)), str(len(self.ack)), str(len(output_args))]
+        return keys.commit_keys(), [*header, *self.state, *self.windows, *self.counters, *self.ack, *output_args]
 
     def checkpoint_fields(self) -> list[str]:
         position = ["position", self.position] if self.position else []
@@ -114,6 +115,9 @@ def commit_request(keys: GroupKeys, token: str, epoch: int, commit: int, process
         buckets = sensors[sensor].buckets
         if start in buckets and start != max(buckets):  # else it left the window, or the core holds it
             state_args += [bucket_field(sensor, settings.rolling.slot(start)), pack_bucket(start, buckets[start])]
+    window_args: list[str | bytes] = []
+    for (sensor, start), window in outputs.closed_windows.items():
+        window_args += [bucket_field(sensor, settings.window_slot(start)), pack_window(window)]
     counter_args: list[str] = []
     for name, value in sorted(outputs.counters.items()):
         if value:
@@ -125,4 +129,4 @@ def commit_request(keys: GroupKeys, token: str, epoch: int, commit: int, process
                       for record in records]
     position = outputs.entry_ids[-1] if outputs.entry_ids else ""  # ids are kept in stream order
     return CommitRequest(keys, token, epoch, commit, position, processor.clock_ms, settings.rolling.rolling_ms,
-                         output_maxlen, state_args, counter_args, outputs.entry_ids, output_entries)
+                         output_maxlen, state_args, window_args, counter_args, outputs.entry_ids, output_entries)

@@ -13,7 +13,7 @@ per sensor. A transaction writes the same, with the same checks made first:
    after a failover lost an increment. The readings stream cannot be watched either (producers
    write it); a group destroyed in between makes XACK acknowledge nothing, as there is nothing
    left to acknowledge in.
-2. MULTI, the writes in the script's order (state fields, counters, outputs, XACK, checkpoint),
+2. MULTI, the writes in the script's order (state fields, kept windows, counters, outputs, XACK, checkpoint),
    EXEC. A watched key changed since step 1 (a new owner's epoch, a resend's checkpoint, a key
    replaced by another type) makes EXEC write nothing.
 
@@ -40,7 +40,7 @@ from telemetry.resp import HeldConnection, command
 
 def written_keys(keys: GroupKeys) -> list[tuple[str, str]]:
     """Each key a commit writes but the stream it acknowledges, with the type it must have."""
-    return [(keys.checkpoint, "hash"), (keys.state, "hash"), (keys.counters, "hash"),
+    return [(keys.checkpoint, "hash"), (keys.state, "hash"), (keys.windows, "hash"), (keys.counters, "hash"),
             (keys.aggregates, "stream"), (keys.alerts, "stream"), (keys.dead_letter, "stream")]
 
 
@@ -59,6 +59,8 @@ def transaction(requests: list[CommitRequest]) -> Transaction:
         writes = []
         if request.state:
             writes.append(command("HSET", keys.state, *request.state))
+        if request.windows:
+            writes.append(command("HSET", keys.windows, *request.windows))
         counters = request.counters
         writes += [command("HINCRBY", keys.counters, counters[i], counters[i + 1]) for i in range(0, len(counters), 2)]
         writes += [command("XADD", keys.output(kind), "MAXLEN", "~", request.output_maxlen, "*", *fields)

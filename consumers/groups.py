@@ -58,7 +58,8 @@ def _refuse_while_owned(db: redis.Redis, groups: list[GroupKeys], action: str) -
 def _group_keys(keys: GroupKeys) -> list[str]:
     """All but the epoch: it only grows, so that a worker of the group before, paused past its
     lease, can never present the epoch of an owner after the reset."""
-    return [keys.lease, keys.checkpoint, keys.state, keys.aggregates, keys.alerts, keys.dead_letter, keys.counters]
+    return [keys.lease, keys.checkpoint, keys.state, keys.windows, keys.aggregates, keys.alerts, keys.dead_letter,
+            keys.counters]
 
 
 def create_group(db: redis.Redis, layout: Layout, group: str, position: str) -> int:

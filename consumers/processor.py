@@ -6,6 +6,13 @@ once the watermark passes its end plus grace. A silent sensor is judged on the p
 the newest event time of any of its readings, moved to the wall clock (less a margin) only while
 the partition has nothing unread or pending. So a backlog after an outage is replayed with the
 decisions of an uninterrupted run: no false silence, no window closed early.
+
+A reading whose window was already emitted (it came late: a gateway's buffer, a producer that
+stalled past idle) revises it: the window is reopened from the copy kept when it was emitted,
+and emitted again with the next revision when it closes again. Lateness is judged on the
+sensor's own watermark, so a sensor silent for hours still revises; only a reading older than
+the allowed lateness behind its sensor's newest is dead-lettered. Kept windows live in Redis:
+the worker fetches those a batch needs (`windows_to_fetch`, `provide`) before applying it.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from consumers.rolling import RollingSpec
 from consumers.sensor_state import SensorState
 from consumers.summary import Summary
 from consumers.windows import NONE, Window
+
+WindowKey = tuple[str, int]  # (sensor, window start)
 from telemetry.records import AlertEvent, DeadLetterRecord, WindowAggregate
 
 # While caught up, the partition clock follows the wall clock this far behind, so a reading still
@@ -40,6 +49,16 @@ class ProcessingSettings:
     idle_ms: int
     rolling: RollingSpec
     rules: RuleSet
+    allowed_lateness_ms: int = 3_600_000
+
+    @property
+    def kept_windows(self) -> int:
+        """Slots of a sensor's ring of emitted windows: every window a reading within the allowed
+        lateness may fall in has a slot of its own."""
+        return -(-(self.allowed_lateness_ms + self.grace_ms) // self.window_ms) + 1
+
+    def window_slot(self, start_ms: int) -> int:
+        return start_ms // self.window_ms % self.kept_windows
 
 
 @dataclass(slots=True)
@@ -52,6 +71,7 @@ class Outputs:
     counters: Counter = field(default_factory=Counter)
     changed_sensors: set[str] = field(default_factory=set)
     changed_buckets: set[tuple[str, int]] = field(default_factory=set)  # older rolling buckets to write
+    closed_windows: dict[WindowKey, Window] = field(default_factory=dict)  # emitted: kept for revisions
     entry_ids: list[str] = field(default_factory=list)  # to acknowledge
 
     def __bool__(self) -> bool:
@@ -68,6 +88,7 @@ class PartitionProcessor:
         self._due: list[tuple[int, str]] = []
         self._watched_since: int | None = None  # wall time of the last read of this partition
         self._scheduled: dict[str, int] = {}
+        self._fetched: dict[WindowKey, Window | None] = {}  # kept windows read for this commit's readings
         for sensor in self.sensors:
             self._schedule(sensor)
 
@@ -89,6 +110,47 @@ class PartitionProcessor:
                 columns.ids, columns.sensors, columns.ts_ms.tolist(), columns.temperature_c.tolist(),
                 columns.humidity_pct.tolist(), columns.seq.tolist()):
             self.apply_reading(entry_id, sensor, ts_ms, temperature_c, humidity_pct, seq)
+
+    def windows_to_fetch(self, batch: CommitBatch) -> list[WindowKey]:
+        """The emitted windows this batch's readings would revise, and that only Redis holds. A
+        window that closes while the batch is applied is in `closed_windows`; so only windows
+        closed before it are asked for."""
+        wanted: dict[WindowKey, None] = {}
+        window_ms = self.settings.window_ms
+        columns = batch.readings
+        for sensor, ts_ms in zip(columns.sensors, columns.ts_ms.tolist()):
+            state = self.sensors.get(sensor)
+            if state is None:
+                continue
+            start = ts_ms - ts_ms % window_ms
+            key = (sensor, start)
+            if (start not in state.windows and self._closed(state, start) and not self._too_late(state, start)
+                    and key not in self.outputs.closed_windows and key not in self._fetched):
+                wanted[key] = None
+        return list(wanted)
+
+    def provide(self, found: dict[WindowKey, Window | None]) -> None:
+        """The kept windows asked for: None where none was kept, as the window was never emitted."""
+        self._fetched.update(found)
+
+    def _closed(self, state: SensorState, start: int) -> bool:
+        settings = self.settings
+        return (start + settings.window_ms + settings.grace_ms <= state.max_ts
+                or start + settings.window_ms <= state.closed_through)
+
+    def _too_late(self, state: SensorState, start: int) -> bool:
+        settings = self.settings
+        return start + settings.window_ms + settings.grace_ms + settings.allowed_lateness_ms <= state.max_ts
+
+    def _reopen(self, sensor: str, state: SensorState, start: int) -> Window:
+        """The window a late reading revises, from its copy kept at emission, or a new one where
+        it was never emitted (no reading had fallen in it)."""
+        key = (sensor, start)
+        emitted = self.outputs.closed_windows.get(key)
+        if emitted is None:
+            emitted = self._fetched.get(key)
+        window = state.windows[start] = emitted.reopened() if emitted is not None else Window(start)
+        return window
 
     def _set_aside(self, sensor: str, seq: int) -> None:
         """A dead-lettered reading's seq, so the gap it leaves is not counted again as missing. It
@@ -130,19 +192,23 @@ class PartitionProcessor:
             self.advance_clock(ts_ms)
         settings = self.settings
         start = ts_ms - ts_ms % settings.window_ms
-        if (start + settings.window_ms + settings.grace_ms <= state.max_ts
-                or start + settings.window_ms <= state.closed_through):
-            out.counters["late"] += 1
-            out.dead_letters.append(DeadLetterRecord.of(
-                entry_id, f"late: window {start} already closed (watermark {state.max_ts})",
-                {"sensor": sensor, "ts": str(ts_ms), "temperature_c": repr(temperature_c),
-                 "humidity_pct": repr(humidity_pct), **({"seq": str(seq)} if seq >= 0 else {})}))
-            return
+        window = state.windows.get(start)
+        late = window is None and self._closed(state, start)
+        if late:
+            if self._too_late(state, start):
+                self._count(state, "too_late")
+                out.dead_letters.append(DeadLetterRecord.of(
+                    entry_id, f"late: window {start} is past the allowed lateness (watermark {state.max_ts})",
+                    {"sensor": sensor, "ts": str(ts_ms), "temperature_c": repr(temperature_c),
+                     "humidity_pct": repr(humidity_pct), **({"seq": str(seq)} if seq >= 0 else {})}))
+                return
+            window = self._reopen(sensor, state, start)
+        elif window is None:
+            window = state.windows[start] = Window(start)
+        if late or window.revision:
+            self._count(state, "late")
         rules = settings.rules
         before = self.rolling_stats(state) if rules.needs_rolling_before and state.buckets else None
-        window = state.windows.get(start)
-        if window is None:
-            window = state.windows[start] = Window(start)
         window.add(ts_ms, temperature_c, humidity_pct)
         if ts_ms > state.max_ts:
             state.max_ts = ts_ms
@@ -158,6 +224,11 @@ class PartitionProcessor:
         self._close_by_watermark(sensor, state)
         if sensor not in self._scheduled:
             self._schedule(sensor)
+
+    def _count(self, state: SensorState, counter: str) -> None:
+        """A counter of the partition's and of the sensor's own (status, metrics, the report)."""
+        self.outputs.counters[counter] += 1
+        setattr(state, counter, getattr(state, counter) + 1)
 
     def advance_clock(self, clock_ms: int) -> None:
         """Move the partition clock (never back) and act on every sensor deadline it passes."""
@@ -192,7 +263,10 @@ class PartitionProcessor:
         return state.rolling_now
 
     def take_outputs(self) -> Outputs:
+        """The next commit writes every window emitted so far to Redis's kept windows: what was
+        fetched for these outputs is not needed again."""
         outputs, self.outputs = self.outputs, Outputs()
+        self._fetched.clear()
         return outputs
 
     # -- closing ----------------------------------------------------------------------------
@@ -204,8 +278,12 @@ class PartitionProcessor:
     def _close(self, sensor: str, state: SensorState, window: Window, closed_by: str) -> None:
         settings = self.settings
         end = window.start_ms + settings.window_ms
-        self.outputs.aggregates.append(window.aggregate(sensor, settings.window_ms, closed_by))
-        self.outputs.counters["windows_emitted"] += 1
+        out = self.outputs
+        out.aggregates.append(window.aggregate(sensor, settings.window_ms, closed_by))
+        out.counters["windows_emitted"] += 1
+        if window.revision:
+            self._count(state, "revisions")
+        out.closed_windows[(sensor, window.start_ms)] = window
         del state.windows[window.start_ms]
         state.closed_through = max(state.closed_through, end)
         self.outputs.changed_sensors.add(sensor)

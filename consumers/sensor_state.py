@@ -7,6 +7,10 @@ bytes of msgpack; each older rolling bucket is a field of its own, `sensor#slot`
 slots, written when it stops being the newest (or a late reading changes it). So a commit
 writes one field per sensor it touched, not the whole rolling window. Bounded: at most a
 window's worth of buckets, and the windows still inside the grace period.
+
+Windows already emitted live in a hash of their own (GroupKeys.windows), one field per sensor and
+slot of a ring that spans the allowed lateness, so a late reading can revise its window; a
+takeover never reads them, a late reading reads the one it needs.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ class SensorState:
     rule_memory: dict[str, list] = field(default_factory=dict)  # rule -> past readings it measures from
     set_aside: list[int] = field(default_factory=list)  # dead-lettered seqs above max_seq, sorted
     buckets: dict[int, Summary] = field(default_factory=dict)  # rolling: bucket start -> summary
+    late: int = 0  # readings applied to a window already emitted
+    too_late: int = 0  # readings past the allowed lateness, dead-lettered
+    revisions: int = 0  # windows emitted again
     # Not checkpointed: the merge of every rolling bucket but the newest, and the (newest bucket,
     # bucket count) it was made for (consumers/rolling.py).
     older_buckets: tuple[tuple[int, int], Summary] | None = None
@@ -56,7 +63,7 @@ class SensorState:
                              [window.pack() for window in self.windows.values()],
                              [[rule, episode.state, episode.since_ms] for rule, episode in self.alerts.items()],
                              None if newest is None else [newest, *self.buckets[newest].values()],
-                             self.rule_memory, self.set_aside])
+                             self.rule_memory, self.set_aside, [self.late, self.too_late, self.revisions]])
 
     @classmethod
     def unpack_core(cls, packed: bytes) -> SensorState:
@@ -64,11 +71,13 @@ class SensorState:
          rule_memory, *later) = msgpack.unpackb(packed)  # later: fields added since version 1
         if version != STATE_VERSION:
             raise ValueError(f"sensor state version {version}, this build reads {STATE_VERSION}")
+        late, too_late, revisions = later[1] if len(later) > 1 else (0, 0, 0)
         return cls(max_ts, closed_through, max_seq, missing_seq,
                    windows={values[0]: Window.unpack(values) for values in windows},
                    alerts={rule: AlertEpisode(state, since) for rule, state, since in alerts},
                    rule_memory=rule_memory, set_aside=later[0] if later else [],
-                   buckets={} if newest is None else {newest[0]: Summary(*newest[1:])})
+                   buckets={} if newest is None else {newest[0]: Summary(*newest[1:])},
+                   late=late, too_late=too_late, revisions=revisions)
 
 
 def pack_bucket(start_ms: int, summary: Summary) -> bytes:
@@ -82,3 +91,11 @@ def unpack_bucket(packed: bytes) -> tuple[int, Summary]:
 
 def bucket_field(sensor: str, slot: int) -> str:
     return f"{sensor}#{slot}"
+
+
+def pack_window(window: Window) -> bytes:
+    return _packer.pack(window.pack())
+
+
+def unpack_window(packed: bytes) -> Window:
+    return Window.unpack(msgpack.unpackb(packed))

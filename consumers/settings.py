@@ -36,6 +36,7 @@ class AggregatorSettings:
     linger_ms: int = 0  # once new entries arrive, wait this long for the rest of a write that lands in pieces
     window_ms: int = 60_000
     grace_ms: int = 10_000
+    allowed_lateness_ms: int = 3_600_000  # behind the sensor's newest reading; its windows stay in Redis that long
     rolling_ms: int = DEFAULT_ROLLING_MS
     idle_ms: int = 60_000  # a silent sensor's window closes this long after end + grace
     max_skew_ms: int = 300_000
@@ -58,7 +59,7 @@ class AggregatorSettings:
         for name in ("batch", "window_ms", "rolling_ms", "max_deliveries", "block_ms", "lease_ms", "output_maxlen"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{flag_of(name)}: must be positive, got {getattr(self, name)}")
-        for name in ("grace_ms", "idle_ms", "max_skew_ms", "settle_ms", "linger_ms"):
+        for name in ("grace_ms", "allowed_lateness_ms", "idle_ms", "max_skew_ms", "settle_ms", "linger_ms"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{flag_of(name)}: must not be negative, got {getattr(self, name)}")
         if self.batch > 10_000:
@@ -70,4 +71,4 @@ class AggregatorSettings:
 
     def processing(self) -> ProcessingSettings:
         return ProcessingSettings(self.window_ms, self.grace_ms, self.idle_ms, RollingSpec(self.rolling_ms),
-                                  RuleSet.of(self.rules))
+                                  RuleSet.of(self.rules), self.allowed_lateness_ms)

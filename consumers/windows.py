@@ -17,6 +17,7 @@ class Window:
     summary: Summary = field(default_factory=Summary)
     first_ts: int = NONE
     last_ts: int = NONE
+    revision: int = 0  # the revision its next emission carries
 
     def add(self, ts_ms: int, temperature_c: float, humidity_pct: float) -> None:
         self.summary.add(temperature_c, humidity_pct)
@@ -26,15 +27,19 @@ class Window:
             self.last_ts = ts_ms
 
     def pack(self) -> list:
-        return [self.start_ms, *self.summary.values(), self.first_ts, self.last_ts]
+        return [self.start_ms, *self.summary.values(), self.first_ts, self.last_ts, self.revision]
 
     @classmethod
     def unpack(cls, values: list) -> Window:
-        return cls(values[0], Summary(*values[1:10]), values[10], values[11])
+        return cls(values[0], Summary(*values[1:10]), values[10], values[11], values[12] if len(values) > 12 else 0)
+
+    def reopened(self) -> Window:
+        """A copy of this emitted window that a late reading revises: the emitted one stays as it was."""
+        return Window(self.start_ms, Summary(*self.summary.values()), self.first_ts, self.last_ts, self.revision + 1)
 
     def aggregate(self, sensor: str, window_ms: int, closed_by: str) -> WindowAggregate:
         summary = self.summary
         return WindowAggregate(
             sensor, self.start_ms, self.start_ms + window_ms, summary.n, summary.t_mean, summary.t_min,
             summary.t_max, summary.std("temperature_c"), summary.h_mean, summary.h_min, summary.h_max,
-            summary.std("humidity_pct"), self.first_ts, self.last_ts, closed_by)
+            summary.std("humidity_pct"), self.first_ts, self.last_ts, closed_by, self.revision)

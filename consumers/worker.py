@@ -36,9 +36,11 @@ from consumers.batch import Entry, build_batch, flat_fields, texts
 from consumers.checkpoint import CommitRequest, commit_request, load_checkpoint
 from consumers.commit_transaction import TransactionCommitter
 from consumers.lease import Lease, LeaseClient, LeaseRenewer, still_held
-from consumers.processor import Outputs, PartitionProcessor
+from consumers.processor import Outputs, PartitionProcessor, WindowKey
+from consumers.sensor_state import bucket_field, unpack_window
 from consumers.settings import AggregatorSettings
 from consumers.standing import Held, Standing, standings
+from consumers.windows import Window
 from telemetry.backoff import RETRYABLE, Backoff
 from telemetry.connection import Client, as_text, client_like, is_cluster, refresh_topology
 from telemetry.keys import GroupKeys
@@ -323,12 +325,26 @@ class AggregatorWorker:
             return
         batch = build_batch(entries, self.field_map, self.clock(), self.settings.max_skew_ms, deliveries,
                             self.settings.max_deliveries)
+        wanted = owned.processor.windows_to_fetch(batch)
+        if wanted:  # read before anything is applied: a lost reply leaves the processor as it was
+            owned.processor.provide(self._kept_windows(owned, wanted))
         owned.processor.apply(batch)
         owned.position = entries[-1][0]
         self.stats.entries += len(entries)
         self.stats.readings += len(batch.readings)
         self.stats.dead_lettered += len(batch.dead_letters)
         self.stats.lost_to_trim += len(batch.lost_ids)
+
+    def _kept_windows(self, owned: OwnedPartition, wanted: list[WindowKey]) -> dict[WindowKey, Window | None]:
+        """The emitted windows late readings revise. A slot holding another window (one past the
+        allowed lateness) means this one was never emitted."""
+        settings = owned.processor.settings
+        fields = [bucket_field(sensor, settings.window_slot(start)) for sensor, start in wanted]
+        found: dict[WindowKey, Window | None] = {}
+        for key, packed in zip(wanted, self.raw.hmget(owned.keys.windows, fields)):
+            window = None if packed is None else unpack_window(packed)
+            found[key] = window if window is not None and window.start_ms == key[1] else None
+        return found
 
     # -- committing --------------------------------------------------------------------------
 

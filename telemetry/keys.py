@@ -161,6 +161,11 @@ class GroupKeys:
         return self._key("state")
 
     @property
+    def windows(self) -> str:
+        """Hash: 'sensor#slot' -> a window already emitted, kept while late readings may revise it."""
+        return self._key("windows")
+
+    @property
     def aggregates(self) -> str:
         return self._key("aggregates")
 
@@ -183,7 +188,7 @@ class GroupKeys:
     def commit_keys(self) -> list[str]:
         """KEYS of the commit script, in its order (telemetry/lua/commit.lua)."""
         return [self.lease, self.epoch, self.checkpoint, self.state, self.aggregates, self.alerts, self.dead_letter,
-                self.counters, self.readings]
+                self.counters, self.readings, self.windows]
 
 
 @dataclass(frozen=True, slots=True)

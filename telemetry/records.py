@@ -44,6 +44,9 @@ class WindowAggregate:
     first_ts: int
     last_ts: int
     closed_by: str  # watermark | idle
+    # 0 when first emitted; a late reading re-emits the window with the next number. The latest
+    # revision of (sensor, window_start) replaces every earlier one (SCHEMAS.md).
+    revision: int = 0
 
     def fields(self) -> list[str]:
         out: list[str] = []
@@ -54,10 +57,10 @@ class WindowAggregate:
 
     @classmethod
     def decode(cls, entry: dict[str, str]) -> WindowAggregate:
-        ints = {"window_start", "window_end", "count", "first_ts", "last_ts"}
+        ints = {"window_start", "window_end", "count", "first_ts", "last_ts", "revision"}
         values = {}
         for name in cls.__slots__:
-            text = entry.get(name, "")
+            text = entry.get(name, "0" if name == "revision" else "")  # entries from before revisions
             values[name] = text if name in ("sensor", "closed_by") else int(text) if name in ints else _float(text)
         return cls(**values)
 

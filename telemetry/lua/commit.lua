@@ -7,22 +7,22 @@
 -- computed here: the owner computed it, and validated every value, in Python.
 --
 -- KEYS: 1 lease, 2 epoch, 3 checkpoint, 4 state, 5 aggregates, 6 alerts, 7 dead-letter,
---       8 counters, 9 readings stream
+--       8 counters, 9 readings stream, 10 kept windows
 -- ARGV: 1 token, 2 epoch, 3 commit number, 4 position (last entry id covered, '' if none),
 --       5 partition clock, 6 group, 7 output maxlen, 8 rolling window ms (kept in the checkpoint
---       for readers of the state's buckets), 9..12 how many arguments follow for: state,
---       counters, ack, outputs; then those arguments in that order. State and counters are
---       field/value pairs; ack is entry ids; outputs are entries, each: stream (5, 6 or 7),
---       field count, fields.
+--       for readers of the state's buckets), 9..13 how many arguments follow for: state, kept
+--       windows, counters, ack, outputs; then those arguments in that order. State, kept windows
+--       and counters are field/value pairs; ack is entry ids; outputs are entries, each: stream
+--       (5, 6 or 7), field count, fields.
 
 local CHUNK = 1000
 local token, epoch, commit = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local position, clock, group, maxlen, rolling_ms = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local n_state, n_counters, n_ack, n_outputs = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]),
-                                              tonumber(ARGV[12])
-local HEADER = 12
+local n_state, n_windows, n_counters, n_ack, n_outputs = tonumber(ARGV[9]), tonumber(ARGV[10]),
+                                                         tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local HEADER = 13
 
-if #ARGV ~= HEADER + n_state + n_counters + n_ack + n_outputs then
+if #ARGV ~= HEADER + n_state + n_windows + n_counters + n_ack + n_outputs then
   return {'BADARGS', #ARGV}
 end
 if redis.call('GET', KEYS[1]) ~= token or redis.call('GET', KEYS[2]) ~= epoch then
@@ -36,7 +36,7 @@ if commit ~= committed + 1 then
   return {'GAP', committed}
 end
 local expected = {[3] = 'hash', [4] = 'hash', [5] = 'stream', [6] = 'stream', [7] = 'stream', [8] = 'hash',
-                  [9] = 'stream'}
+                  [9] = 'stream', [10] = 'hash'}
 for index, kind in pairs(expected) do
   local found = redis.call('TYPE', KEYS[index])['ok']
   if found ~= kind and found ~= 'none' then
@@ -47,7 +47,7 @@ if n_ack > 0 and not pcall(redis.call, 'XPENDING', KEYS[9], group, '-', '+', 1) 
   return {'NOGROUP', KEYS[9]}
 end
 -- Outputs are walked once before writing: a malformed list must not stop the script halfway.
-local outputs, at, last = {}, HEADER + n_state + n_counters + n_ack + 1, #ARGV
+local outputs, at, last = {}, HEADER + n_state + n_windows + n_counters + n_ack + 1, #ARGV
 while at <= last do
   local stream, width = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
   if (stream ~= 5 and stream ~= 6 and stream ~= 7) or width == nil or width % 2 ~= 0 or width < 2
@@ -68,6 +68,8 @@ end
 at = HEADER + 1
 if n_state > 0 then hset_range(KEYS[4], at, n_state) end
 at = at + n_state
+if n_windows > 0 then hset_range(KEYS[10], at, n_windows) end
+at = at + n_windows
 for i = at, at + n_counters - 1, 2 do
   redis.call('HINCRBY', KEYS[8], ARGV[i], ARGV[i + 1])
 end
