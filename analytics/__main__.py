@@ -47,6 +47,8 @@ def build_parser() -> CommandParser:
     exporter.add_argument("--kind", dest="which", choices=sorted(STREAM_KINDS), default="readings",
                           help="what to export (default readings); --stream is the readings key, as everywhere")
     exporter.add_argument("--format", choices=("csv", "jsonl", "parquet"), help="default: from the file name, else csv")
+    exporter.add_argument("--all-revisions", action="store_true",
+                          help="aggregates: every revision of a window a late reading revised (default: the latest)")
     add_filters(exporter)
     add_redis_arguments(exporter)
 
@@ -125,7 +127,10 @@ def run_export(args, config: PipelineConfig) -> int:
     checked_out(args.out, EXPORT_SUFFIXES)
     file_format = args.format or next((kind for suffix, kind in FORMAT_BY_SUFFIX.items() if args.out.endswith(suffix)),
                                       "csv")
-    request = ExportRequest(STREAM_KINDS[args.which], args.out, row_filter(args, args.sensor), file_format)
+    if args.all_revisions and args.which != "aggregates":
+        raise UsageError(f"--all-revisions: only aggregates have revisions, not {args.which}")
+    request = ExportRequest(STREAM_KINDS[args.which], args.out, row_filter(args, args.sensor), file_format,
+                            args.all_revisions)
     db = connect(config.target(), announce=args.out != "-")
     written = export(db, partition_groups(db, config), config.field_map, request)
     where = "stdout" if args.out == "-" else args.out

@@ -14,14 +14,14 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
 import pandas as pd
 import redis
 
-from analytics.streams import RowFilter, StreamKind, merged_entries, readings_csv_text, stream_keys
+from analytics.streams import RowFilter, StreamKind, latest_only, merged_entries, readings_csv_text, stream_keys
 from telemetry.errors import UsageError
 from telemetry.keys import GroupKeys
 from telemetry.logstream import LogStream
@@ -35,6 +35,7 @@ class ExportRequest:
     out: str  # a path, or "-" for stdout
     row_filter: RowFilter = field(default_factory=RowFilter)
     file_format: str = "csv"  # csv, jsonl (one JSON object per line) or parquet
+    all_revisions: bool = False  # aggregates: every revision of a window, not only its latest
 
 
 def _umask() -> int:
@@ -131,6 +132,8 @@ def _write_parquet(path: str, request: ExportRequest, pages: Iterator, field_map
 def export(db: redis.Redis, groups: Sequence[GroupKeys], field_map: FieldMap, request: ExportRequest) -> int:
     """Write the export and return the number of rows written. `groups`: the layout's partitions
     as one consumer group sees them (whose outputs these are)."""
+    if not request.all_revisions:
+        request = replace(request, row_filter=latest_only(db, request.kind, groups, request.row_filter))
     keys = stream_keys(request.kind, groups, request.row_filter)
     pages = merged_entries(db, keys)
     # The live line on a terminal only: a one-shot command prints no periodic lines elsewhere.

@@ -16,7 +16,7 @@ import json
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -117,6 +117,7 @@ def readings_frame(page: Page, field_map: FieldMap) -> pd.DataFrame:
 
 def aggregates_frame(page: Page, _: FieldMap) -> pd.DataFrame:
     frame = _fields_frame(page, AGGREGATE_COLUMNS)
+    frame["revision"] = pd.to_numeric(frame["revision"]).fillna(0).astype("int64")  # absent before revisions
     for edge in ("start", "end"):
         frame[f"window_{edge}_time"] = iso_utc_column(pd.to_numeric(frame[f"window_{edge}"]).fillna(0))
     return frame[list(AGGREGATE_COLUMNS)]
@@ -167,6 +168,9 @@ class RowFilter:
     sensor_patterns: tuple[str, ...] = ()
     since_ms: int | None = None
     until_ms: int | None = None
+    # aggregates: (sensor, window_start) -> its latest revision, where above 0; rows of earlier
+    # revisions are left out (None: every revision is kept)
+    latest_revisions: dict[tuple[str, int], int] | None = None
 
     def sensor_mask(self, sensors: np.ndarray) -> np.ndarray:
         """Glob matching once per distinct name, not once per row."""
@@ -198,7 +202,15 @@ class RowFilter:
         if self.since_ms is not None or self.until_ms is not None:
             moment = pd.to_numeric(frame[time_column], errors="coerce").to_numpy()
             keep &= self.time_mask(moment)
+        if self.latest_revisions is not None:
+            keep &= self.revision_mask(frame)
         return frame[keep]
+
+    def revision_mask(self, frame: pd.DataFrame) -> np.ndarray:
+        latest = self.latest_revisions or {}
+        wanted = [latest.get((sensor, start), 0) for sensor, start in
+                  zip(frame["sensor"].astype(str).tolist(), pd.to_numeric(frame["window_start"]).tolist())]
+        return frame["revision"].to_numpy() == np.array(wanted, dtype="int64")
 
 
 def raw_xrange(db: redis.Redis, key: str, start: str, count: int) -> Page:
@@ -264,6 +276,26 @@ def merged_entries(db: redis.Redis, keys: list[str]) -> Iterator[Page]:
     return prefetched(merged_pages([iter_entries(db, key, per_partition) for key in keys], PAGE_SIZE))
 
 
+def latest_revision_map(db: redis.Redis, keys: list[str]) -> dict[tuple[str, int], int]:
+    """The latest revision of every window revised at least once: a first pass over the aggregate
+    streams, whose memory grows with the windows revised, not with the stream."""
+    latest: dict[tuple[str, int], int] = {}
+    for page in merged_entries(db, keys):
+        frame = aggregates_frame(page, FieldMap())
+        revised = frame[frame["revision"] > 0]
+        for sensor, start, revision in zip(revised["sensor"].astype(str).tolist(),
+                                           pd.to_numeric(revised["window_start"]).tolist(), revised["revision"].tolist()):
+            latest[(sensor, start)] = max(revision, latest.get((sensor, start), 0))
+    return latest
+
+
+def latest_only(db: redis.Redis, kind: StreamKind, groups: Sequence[GroupKeys], row_filter: RowFilter) -> RowFilter:
+    """The filter that keeps only each window's latest revision, for a kind that has revisions."""
+    if kind.name != "aggregates":
+        return row_filter
+    return replace(row_filter, latest_revisions=latest_revision_map(db, stream_keys(kind, groups, row_filter)))
+
+
 def iter_frames(db: redis.Redis, kind: StreamKind, groups: Sequence[GroupKeys], field_map: FieldMap,
                 row_filter: RowFilter) -> Iterator[tuple[int, pd.DataFrame]]:
     """(entries read, rows kept) per merged page."""
@@ -309,6 +341,8 @@ def readings_csv_text(page: Page, field_map: FieldMap, row_filter: RowFilter) ->
 
 def load_frame(db: redis.Redis, kind: StreamKind, groups: Sequence[GroupKeys], field_map: FieldMap,
                row_filter: RowFilter) -> pd.DataFrame:
-    """A whole (filtered) kind in memory, for plots of one sensor; empty with the kind's columns."""
+    """A whole (filtered) kind in memory, for plots of one sensor (the latest revision of each
+    window); empty with the kind's columns."""
+    row_filter = latest_only(db, kind, groups, row_filter)
     frames = [frame for _, frame in iter_frames(db, kind, groups, field_map, row_filter)]
     return pd.concat(frames) if frames else pd.DataFrame(columns=list(kind.columns))

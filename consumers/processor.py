@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -37,6 +38,9 @@ from telemetry.records import AlertEvent, DeadLetterRecord, WindowAggregate
 WALL_CLOCK_MARGIN_MS = 5_000
 # Dead-lettered seqs a sensor keeps until readings pass them; beyond this the oldest are forgotten.
 SET_ASIDE_LIMIT = 1_000
+# Seq gaps a sensor remembers, so that a reading arriving late is told from a duplicate; past this
+# many, the oldest gap stays counted as missing and a reading filling it is taken for a duplicate.
+GAP_LIMIT = 100
 # The most wall-clock time one read may vouch for: a worker reads at least every block interval
 # (0.1 s by default); a read that took longer was held up (Redis paused, the worker frozen).
 LONGEST_LOOK_MS = 1_000
@@ -164,17 +168,39 @@ class PartitionProcessor:
             self.outputs.changed_sensors.add(sensor)
 
     def _take_seq(self, state: SensorState, seq: int) -> bool:
-        """Move the sensor's seq to `seq`, counting a gap as missing; False if seen before."""
+        """Move the sensor's seq to `seq`, counting a gap as missing; a seq below it is taken only
+        where it fills a gap (a reading that came late), which it then no longer counts as missing.
+        False if seen before."""
         if state.max_seq != NONE and seq <= state.max_seq:
-            return False
+            return self._fill_gap(state, seq)
         passed = bisect.bisect_right(state.set_aside, seq) if state.set_aside else 0
         if state.max_seq != NONE and seq > state.max_seq + 1:
-            gap = seq - state.max_seq - 1 - sum(1 for s in state.set_aside[:passed] if s != seq)
+            dead_lettered = [s for s in state.set_aside[:passed] if s != seq]
+            first = state.max_seq + 1
+            for skipped in dead_lettered:
+                if skipped > first:
+                    state.gaps.append([first, skipped - 1])
+                first = skipped + 1
+            if first < seq:
+                state.gaps.append([first, seq - 1])
+            del state.gaps[:-GAP_LIMIT]
+            gap = seq - state.max_seq - 1 - len(dead_lettered)
             self.outputs.counters["missing_seq"] += gap
             state.missing_seq += gap
         if passed:
             del state.set_aside[:passed]
         state.max_seq = seq
+        return True
+
+    def _fill_gap(self, state: SensorState, seq: int) -> bool:
+        gaps = state.gaps
+        at = bisect.bisect_right(gaps, [seq, math.inf]) - 1  # the last gap starting at or before seq
+        if at < 0 or gaps[at][1] < seq:
+            return False
+        first, last = gaps[at]
+        gaps[at:at + 1] = [part for part in ([first, seq - 1], [seq + 1, last]) if part[0] <= part[1]]
+        self.outputs.counters["missing_seq"] -= 1
+        state.missing_seq -= 1
         return True
 
     def apply_reading(self, entry_id: str, sensor: str, ts_ms: int, temperature_c: float, humidity_pct: float,

@@ -48,6 +48,7 @@ class SensorState:
     alerts: dict[str, AlertEpisode] = field(default_factory=dict)
     rule_memory: dict[str, list] = field(default_factory=dict)  # rule -> past readings it measures from
     set_aside: list[int] = field(default_factory=list)  # dead-lettered seqs above max_seq, sorted
+    gaps: list[list[int]] = field(default_factory=list)  # [first, last] of seqs skipped, still awaited; sorted
     buckets: dict[int, Summary] = field(default_factory=dict)  # rolling: bucket start -> summary
     late: int = 0  # readings applied to a window already emitted
     too_late: int = 0  # readings past the allowed lateness, dead-lettered
@@ -63,7 +64,8 @@ class SensorState:
                              [window.pack() for window in self.windows.values()],
                              [[rule, episode.state, episode.since_ms] for rule, episode in self.alerts.items()],
                              None if newest is None else [newest, *self.buckets[newest].values()],
-                             self.rule_memory, self.set_aside, [self.late, self.too_late, self.revisions]])
+                             self.rule_memory, self.set_aside, [self.late, self.too_late, self.revisions],
+                             self.gaps])
 
     @classmethod
     def unpack_core(cls, packed: bytes) -> SensorState:
@@ -77,7 +79,7 @@ class SensorState:
                    alerts={rule: AlertEpisode(state, since) for rule, state, since in alerts},
                    rule_memory=rule_memory, set_aside=later[0] if later else [],
                    buckets={} if newest is None else {newest[0]: Summary(*newest[1:])},
-                   late=late, too_late=too_late, revisions=revisions)
+                   late=late, too_late=too_late, revisions=revisions, gaps=later[2] if len(later) > 2 else [])
 
 
 def pack_bucket(start_ms: int, summary: Summary) -> bytes:

@@ -64,6 +64,19 @@ def outputs(db, layout: Layout, kind: str, group: str = "aggregators") -> pd.Dat
     return pd.DataFrame(rows)
 
 
+def latest_windows(aggregates: pd.DataFrame) -> pd.DataFrame:
+    """Each window's latest revision, after checking that its revisions were emitted once each,
+    in order, from 0 (entries from before revisions count as revision 0)."""
+    if aggregates.empty:
+        return aggregates
+    revision = (aggregates["revision"] if "revision" in aggregates else pd.Series(0, index=aggregates.index))
+    revision = revision.fillna(0).astype(int)
+    order = revision.groupby([aggregates["sensor"], aggregates["window_start"]]).cumcount()
+    assert (revision == order).all(), (
+        f"a revision emitted twice, skipped or out of order: {aggregates[revision != order].head(5).to_dict('records')}")
+    return aggregates.drop_duplicates(["sensor", "window_start"], keep="last")
+
+
 def counters(db, layout: Layout, group: str = "aggregators") -> dict[str, int]:
     total: dict[str, int] = {}
     for keys in layout.groups(group):

@@ -120,6 +120,7 @@ def test_relative_and_iso_times():
 @pytest.mark.parametrize("args", [
     ("--kind", "nonsense"),
     ("--since", "yesterday-ish"),
+    ("--all-revisions",),  # readings have none
 ])
 def test_bad_input_exits_2_and_leaves_the_target_untouched(redis_url, tmp_path, args):
     out = tmp_path / "keep.csv"

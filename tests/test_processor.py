@@ -63,13 +63,18 @@ def run(processor: PartitionProcessor, entries: list, batch_size: int,
                            for key, window in found.items()})
         processor.apply(batch)
         outputs = processor.take_outputs()
-        for (sensor, window_start), window in outputs.closed_windows.items():
-            kept[(sensor, settings.window_slot(window_start))] = unpack_window(pack_window(window))
+        keep_emitted(processor, outputs, kept)
         total.aggregates += outputs.aggregates
         total.alerts += outputs.alerts
         total.dead_letters += outputs.dead_letters
         total.counters += outputs.counters
     return total
+
+
+def keep_emitted(processor: PartitionProcessor, outputs: Outputs, kept: dict[tuple[str, int], Window]) -> None:
+    """What a commit writes to the kept windows."""
+    for (sensor, start), window in outputs.closed_windows.items():
+        kept[(sensor, processor.settings.window_slot(start))] = unpack_window(pack_window(window))
 
 
 def records(outputs: Outputs) -> tuple:
