@@ -138,10 +138,13 @@ def run_export(args, config: PipelineConfig) -> int:
     return 0
 
 
-def missing_by_group(db, groups: list[GroupKeys]) -> dict[str, int]:
-    """Readings the group found missing per sensor (seq gaps, trimmed ones included), from its
-    checkpoint: the stream itself no longer holds what MAXLEN trimmed."""
-    return {sensor: view.missing_seq for sensor, view in rolling_views(db, [(keys, None) for keys in groups]).items()}
+def counts_by_sensor(db, groups: list[GroupKeys]) -> dict[str, dict[str, int]]:
+    """What the group counted per sensor, from its checkpoint: readings missing by seq (trimmed
+    ones included: the stream itself no longer holds what MAXLEN trimmed), late readings, those
+    past the allowed lateness, and window revisions."""
+    return {sensor: {"missing": view.missing_seq, "late": view.late, "too_late": view.too_late,
+                     "revisions": view.revisions}
+            for sensor, view in rolling_views(db, [(keys, None) for keys in groups]).items()}
 
 
 def run_report(args, config: PipelineConfig) -> int:
@@ -157,7 +160,7 @@ def run_report(args, config: PipelineConfig) -> int:
                        for sensor in frame["sensor"])
         alerts = Counter(sensor for frame in redis_frames(db, groups, config, "alerts", sensors)
                          for sensor in frame.loc[frame["state"] == "firing", "sensor"])
-        report = build_report(summaries, dead, alerts, missing_by_group(db, groups))
+        report = build_report(summaries, dead, alerts, counts_by_sensor(db, groups))
     print(report.as_json() if args.json else report.as_table())
     return 0
 

@@ -117,6 +117,9 @@ def summarise(frames: Iterator[pd.DataFrame]) -> dict[str, SensorSummary]:
     return dict(sorted(summaries.items()))
 
 
+LATENESS = ("late", "too_late", "revisions")
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
     rows: list[dict]
@@ -128,7 +131,7 @@ class Report:
         if not self.rows:
             return "no readings"
         headers = ("sensor", "count", "temp mean", "min", "max", "std", "hum mean", "min", "max", "std",
-                   "missing", "gaps", "dups", "dead", "alerts")
+                   "missing", "gaps", "dups", "late", "too late", "revised", "dead", "alerts")
 
         def cell(value) -> str:
             if value is None:
@@ -138,7 +141,8 @@ class Report:
         lines = [[cell(row[key]) for key in (
             "sensor", "count", "temperature_c_mean", "temperature_c_min", "temperature_c_max", "temperature_c_std",
             "humidity_pct_mean", "humidity_pct_min", "humidity_pct_max", "humidity_pct_std",
-            "missing", "gaps", "duplicates", "dead_letters", "alerts")] for row in self.rows]
+            "missing", "gaps", "duplicates", "late", "too_late", "revisions", "dead_letters", "alerts")]
+                 for row in self.rows]
         widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
         out = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
         out += ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(line, widths)))
@@ -147,15 +151,19 @@ class Report:
 
 
 def build_report(summaries: dict[str, SensorSummary], dead_letters: Counter | None, alerts: Counter | None,
-                 missing: dict[str, int] | None = None) -> Report:
-    """`missing`: the aggregator's per-sensor count of readings missing by seq, which also covers
-    readings trimmed from the stream; without it (a CSV) the gaps in the readings at hand count."""
+                 group_counts: dict[str, dict[str, int]] | None = None) -> Report:
+    """`group_counts`: what the aggregator counted per sensor (consumers: missing by seq, which
+    also covers readings trimmed from the stream; late, too_late, revisions); without it (a CSV)
+    the gaps in the readings at hand count, and lateness is unknown."""
     rows = [summary.as_row(None if dead_letters is None else dead_letters.get(sensor, 0),
                            None if alerts is None else alerts.get(sensor, 0))
             for sensor, summary in summaries.items()]
     for row in rows:
-        if missing and row["sensor"] in missing:
-            row["missing"] = max(missing[row["sensor"]], row["missing"] or 0)
+        counted = (group_counts or {}).get(row["sensor"])
+        for name in LATENESS:
+            row[name] = None if counted is None else counted[name]
+        if counted is not None:
+            row["missing"] = max(counted["missing"], row["missing"] or 0)
     return Report([_clean(row) for row in rows])
 
 

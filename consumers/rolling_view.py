@@ -27,6 +27,9 @@ class RollingView:
     as_of_ts: int  # the sensor's newest reading applied
     window_s: float
     missing_seq: int  # readings lost before this group applied them (seq gaps)
+    late: int  # readings that revised a window already emitted
+    too_late: int  # readings past the allowed lateness, dead-lettered
+    revisions: int  # windows emitted again
     temperature_c: MetricStats
     humidity_pct: MetricStats
 
@@ -49,6 +52,7 @@ def rolling_views(db: Client, wanted: list[tuple[GroupKeys, list[str] | None]]) 
         for sensor, state in restore_sensors(fields, spec).items():
             stats = spec.stats(state)
             views[sensor] = RollingView(sensor, state.max_ts, spec.rolling_ms / 1000, state.missing_seq,
+                                        state.late, state.too_late, state.revisions,
                                         stats.metric("temperature_c"), stats.metric("humidity_pct"))
     return views
 

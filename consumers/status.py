@@ -152,6 +152,10 @@ def _counter_warnings(counters: dict[str, int]) -> list[str]:
                         f"the group processed them{cause} (analytics report shows which sensors)")
     elif trimmed:
         warnings.append(f"{trimmed} readings were trimmed by MAXLEN while pending, before the group processed them")
+    too_late = counters.get("too_late", 0)
+    if too_late:
+        warnings.append(f"{too_late} readings came later than --allowed-lateness behind their sensor's newest and "
+                        "were dead-lettered, not counted in their windows (analytics report shows which sensors)")
     return warnings
 
 

@@ -190,9 +190,9 @@ class Soak:
         repeated = int(seqs.duplicated(["sensor", "seq"]).sum())
         gaps = int((seqs.groupby("sensor").seq.diff().fillna(1) - 1).clip(lower=0).sum())
         self.violated("no reading counted twice", repeated == 0 and totals.get("processed", 0) <= len(readings)
-                      and totals.get("late", 0) == 0,
+                      and totals.get("too_late", 0) == 0,
                       f"{repeated} seqs written twice; processed {totals.get('processed')} of {len(readings)}; "
-                      f"late {totals.get('late', 0)}")
+                      f"past the allowed lateness {totals.get('too_late', 0)}")
         self.violated("seq gaps accounted", totals.get("missing_seq", 0) <= gaps if not final
                       else totals.get("missing_seq", 0) == gaps,
                       f"{gaps} seqs missing in the streams, missing_seq counts {totals.get('missing_seq', 0)}")

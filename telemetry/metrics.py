@@ -1,7 +1,8 @@
 """Prometheus metrics for producers and workers (prometheus-client naming: *_total, *_seconds).
 
 Counters count what this process did, so sums across processes are right. Lag and pending, per
-partition, are read from Redis at scrape time by a collector, not kept up to date in a loop.
+partition, are read from Redis at scrape time by a collector, not kept up to date in a loop; so
+are the group's late readings and revisions, which its commits count in each partition's counters.
 """
 
 from __future__ import annotations
@@ -11,17 +12,26 @@ from typing import Protocol
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from telemetry.connection import as_text
 from telemetry.errors import UsageError
 from telemetry.lag import partition_lags
 from telemetry.partitions import Layout
 
+# the partition counters (GroupKeys.counters) exported, with their help text
+LATENESS_COUNTERS = {
+    "late": ("telemetry_late_readings", "Readings applied to a window already emitted (it was revised)"),
+    "too_late": ("telemetry_too_late_readings", "Readings past --allowed-lateness, dead-lettered"),
+    "revisions": ("telemetry_window_revisions", "Windows emitted again because late readings changed them"),
+}
+
 
 class GroupLagCollector(Collector):
-    """One group's lag and pending on each partition, read when scraped. A worker's endpoint reports
-    its own group: another group's workers report theirs, so no series comes from two endpoints."""
+    """One group's lag and pending on each partition, and its late readings and revisions, read
+    when scraped. A worker's endpoint reports its own group: another group's workers report
+    theirs, so no series comes from two endpoints."""
 
     def __init__(self, db: redis.Redis, layout: Layout, group: str) -> None:
         self.db, self.layout, self.group = db, layout, group
@@ -34,6 +44,8 @@ class GroupLagCollector(Collector):
                                         labels=labels)
         pending = GaugeMetricFamily("telemetry_group_pending_entries", "Delivered but not yet acknowledged",
                                     labels=labels)
+        lateness = {name: CounterMetricFamily(metric, text, labels=labels)
+                    for name, (metric, text) in LATENESS_COUNTERS.items()}
         try:
             for partition in partition_lags(self.db, self.layout.partitions):
                 lag = partition.group(self.group)
@@ -43,9 +55,16 @@ class GroupLagCollector(Collector):
                 lag_entries.add_metric(values, lag.lag_entries)
                 lag_seconds.add_metric(values, lag.lag_seconds)
                 pending.add_metric(values, lag.pending)
+            pipeline = self.db.pipeline(transaction=False)
+            for keys in self.layout.groups(self.group):
+                pipeline.hgetall(keys.counters)
+            for index, counters in enumerate(pipeline.execute()):
+                counters = {as_text(name): value for name, value in counters.items()}
+                for name, family in lateness.items():
+                    family.add_metric([self.group, str(index)], int(counters.get(name, 0)))
         except (redis.ConnectionError, redis.TimeoutError):
             pass  # an outage shows as missing samples, not as a failed scrape
-        yield from (lag_entries, lag_seconds, pending)
+        yield from (lag_entries, lag_seconds, pending, *lateness.values())
 
 
 def serve(port: int, registry: CollectorRegistry) -> None:

@@ -4,6 +4,7 @@ taking each window's latest revision."""
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import threading
@@ -50,11 +51,13 @@ def test_export_and_plot_take_each_windows_latest_revision(redis_url, db, tmp_pa
     layout = layout_of(db)
     readings = [Reading("s", START + i * 1000, 20.0 + i % 5, 50.0, i) for i in range(40)]
     straggler = Reading("s", START + 3_000, 30.0, 50.0, 40)
-    add_readings(db, layout, readings + [straggler])
-    drain(make_worker(db, layout, window_ms=10_000, grace_ms=1_000), START + 10**7)
+    other = [Reading("t", START + i * 1000, 20.0, 50.0, i) for i in range(100)]
+    too_old = Reading("t", START + 1_000, 20.0, 50.0, 100)  # 99 s behind t's newest: past 30 s
+    add_readings(db, layout, readings + [straggler] + other + [too_old])
+    drain(make_worker(db, layout, window_ms=10_000, grace_ms=1_000, allowed_lateness_ms=30_000), START + 10**7)
     latest, every = tmp_path / "latest.csv", tmp_path / "every.csv"
     for out, extra in ((latest, ()), (every, ("--all-revisions",))):
-        result = run_cli("analytics", "export", "--kind", "aggregates", "--out", str(out), *extra,
+        result = run_cli("analytics", "export", "--kind", "aggregates", "--out", str(out), "--sensor", "s", *extra,
                          "--redis-url", redis_url)
         assert result.returncode == 0, result.stderr
     latest_rows, every_rows = pd.read_csv(latest), pd.read_csv(every)
@@ -64,6 +67,12 @@ def test_export_and_plot_take_each_windows_latest_revision(redis_url, db, tmp_pa
     assert latest_rows.loc[latest_rows.window_start == START, "revision"].tolist() == [1]
     plotted = load_frame(db, STREAM_KINDS["aggregates"], layout.groups("aggregators"), FieldMap(), RowFilter(("s",)))
     assert plotted.sort_values("window_start")["count"].astype(int).tolist() == [11, 10, 10]
+    report = run_cli("analytics", "report", "--json", "--redis-url", redis_url)
+    rows = {row["sensor"]: row for row in json.loads(report.stdout)["sensors"]}
+    assert [(rows[name]["late"], rows[name]["too_late"], rows[name]["revisions"]) for name in "st"] == [
+        (1, 0, 1), (0, 1, 0)]
+    status = run_cli("consumers", "status", "--redis-url", redis_url)
+    assert "1 readings came later than --allowed-lateness" in status.stdout, status.stdout
 
 
 def assert_exact_latest_windows(db, layout) -> None:

@@ -26,10 +26,12 @@ def test_worker_exports_counters_gauges_and_histogram(redis_url, db):
     layout = open_layout(db, Keys())
     db.xadd(layout.partition_for("m1").readings, {"sensor": "m1", "ts": "1", "temperature_c": "nan",
                                                   "humidity_pct": "1"})
+    late = layout.partition_for("m1")  # a straggler for m1's first window, long emitted by then
+    db.xadd(late.readings, {"sensor": "m1", "ts": str(START + 500), "temperature_c": "20.5", "humidity_pct": "50"})
     port = free_port()
     worker = spawn("consumers", "aggregate", "--start", "all", "--metrics-port", str(port), "--redis-url", redis_url)
     try:
-        wait_for(lambda: "telemetry_readings_processed_total 600.0" in scrape(port), 30, "600 processed")
+        wait_for(lambda: "telemetry_readings_processed_total 601.0" in scrape(port), 30, "601 processed")
         wait_for(lambda: 'telemetry_group_pending_entries{group="aggregators",partition="3"} 0.0' in scrape(port),
                  30, "every partition read")
         text = scrape(port)
@@ -41,6 +43,8 @@ def test_worker_exports_counters_gauges_and_histogram(redis_url, db):
         assert f'telemetry_group_lag_entries{{group="aggregators",partition="{index}"}} 0.0' in text
         assert f'telemetry_group_pending_entries{{group="aggregators",partition="{index}"}} 0.0' in text
     assert "telemetry_commit_seconds_bucket" in text and "telemetry_commit_seconds_count" in text
+    for metric in ("telemetry_late_readings_total", "telemetry_window_revisions_total"):
+        assert f'{metric}{{group="aggregators",partition="{late.index}"}} 1.0' in text
 
 
 def test_producer_exports_produced_readings(redis_url):
