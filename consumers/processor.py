@@ -174,19 +174,23 @@ class PartitionProcessor:
         if state.max_seq != NONE and seq <= state.max_seq:
             return self._fill_gap(state, seq)
         passed = bisect.bisect_right(state.set_aside, seq) if state.set_aside else 0
-        if state.max_seq != NONE and seq > state.max_seq + 1:
+        if state.max_seq == NONE and seq > 0:
+            # Seqs before the first one seen may be late, or from before this group started:
+            # awaited, but not counted as missing.
+            state.gaps.append([0, seq - 1, 0])
+        elif state.max_seq != NONE and seq > state.max_seq + 1:
             dead_lettered = [s for s in state.set_aside[:passed] if s != seq]
             first = state.max_seq + 1
             for skipped in dead_lettered:
                 if skipped > first:
-                    state.gaps.append([first, skipped - 1])
+                    state.gaps.append([first, skipped - 1, 1])
                 first = skipped + 1
             if first < seq:
-                state.gaps.append([first, seq - 1])
-            del state.gaps[:-GAP_LIMIT]
+                state.gaps.append([first, seq - 1, 1])
             gap = seq - state.max_seq - 1 - len(dead_lettered)
             self.outputs.counters["missing_seq"] += gap
             state.missing_seq += gap
+        del state.gaps[:-GAP_LIMIT]
         if passed:
             del state.set_aside[:passed]
         state.max_seq = seq
@@ -197,10 +201,11 @@ class PartitionProcessor:
         at = bisect.bisect_right(gaps, [seq, math.inf]) - 1  # the last gap starting at or before seq
         if at < 0 or gaps[at][1] < seq:
             return False
-        first, last = gaps[at]
-        gaps[at:at + 1] = [part for part in ([first, seq - 1], [seq + 1, last]) if part[0] <= part[1]]
-        self.outputs.counters["missing_seq"] -= 1
-        state.missing_seq -= 1
+        first, last, counted = gaps[at]
+        gaps[at:at + 1] = [part for part in ([first, seq - 1, counted], [seq + 1, last, counted]) if part[0] <= part[1]]
+        if counted:
+            self.outputs.counters["missing_seq"] -= 1
+            state.missing_seq -= 1
         return True
 
     def apply_reading(self, entry_id: str, sensor: str, ts_ms: int, temperature_c: float, humidity_pct: float,

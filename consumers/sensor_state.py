@@ -48,7 +48,8 @@ class SensorState:
     alerts: dict[str, AlertEpisode] = field(default_factory=dict)
     rule_memory: dict[str, list] = field(default_factory=dict)  # rule -> past readings it measures from
     set_aside: list[int] = field(default_factory=list)  # dead-lettered seqs above max_seq, sorted
-    gaps: list[list[int]] = field(default_factory=list)  # [first, last] of seqs skipped, still awaited; sorted
+    # seqs skipped and still awaited, sorted: [first, last, 1 if counted as missing else 0]
+    gaps: list[list[int]] = field(default_factory=list)
     buckets: dict[int, Summary] = field(default_factory=dict)  # rolling: bucket start -> summary
     late: int = 0  # readings applied to a window already emitted
     too_late: int = 0  # readings past the allowed lateness, dead-lettered

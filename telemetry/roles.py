@@ -120,7 +120,7 @@ class KeyPatterns:
     def group_state(self) -> tuple[str, ...]:
         """The group's keys that are not streams."""
         group = self.of_group
-        return (group.lease, group.epoch, group.checkpoint, group.state, group.counters)
+        return (group.lease, group.epoch, group.checkpoint, group.state, group.windows, group.counters)
 
     @property
     def group_outputs(self) -> tuple[str, ...]:

@@ -157,3 +157,12 @@ def test_every_window_within_the_allowed_lateness_has_a_slot_of_its_own():
     assert dead and out.counters["too_late"] == len(dead) and out.counters["revisions"] > 0
     kept = [r for r in readings if (r.sensor, r.ts_ms) not in dead]
     assert_equal_pandas(latest_revisions(out.aggregates + close_all(processor)), kept)
+
+
+def test_a_sensors_first_reading_arriving_late_is_no_duplicate_and_no_gap_is_counted():
+    readings = [Reading("a", START + i * 1000, 20.0, 50.0, i) for i in range(1, 30)]
+    first = Reading("a", START, 20.0, 50.0, 0)
+    processor = PartitionProcessor(settings().processing())
+    out = run(processor, entries_of(readings + [first, first]), 8)  # late, then resent
+    assert (out.counters["processed"], out.counters["duplicates"], out.counters.get("missing_seq", 0)) == (30, 1, 0)
+    assert processor.sensors["a"].missing_seq == 0
