@@ -29,9 +29,9 @@ from consumers.rolling import RollingSpec
 from consumers.sensor_state import SensorState
 from consumers.summary import Summary
 from consumers.windows import NONE, Window
+from telemetry.records import AlertEvent, DeadLetterRecord, WindowAggregate
 
 WindowKey = tuple[str, int]  # (sensor, window start)
-from telemetry.records import AlertEvent, DeadLetterRecord, WindowAggregate
 
 # While caught up, the partition clock follows the wall clock this far behind, so a reading still
 # on its way (or stamped by a producer whose clock runs a little behind) is not judged silent.

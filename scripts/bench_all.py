@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 SCRIPTS = ("bench_producer.py", "bench_aggregator.py", "bench_export.py", "bench_fleet.py", "bench_lossy.py",
-           "bench_mqtt.py", "bench_web.py", "bench_tls.py", "bench_notify.py")
+           "bench_mqtt.py", "bench_web.py", "bench_tls.py", "bench_notify.py", "bench_late.py")
 HERE = Path(__file__).resolve().parent
 # The fleet benchmark's headline figures, with the targets (2 cores). Redis CPU targets
 # were set where the floor (plain XADD, XREADGROUP, XACK, HSET per reading) measured 10 µs: as
