@@ -80,7 +80,14 @@ class Notifier:
 
     def ensure_groups(self) -> None:
         """The notifier group on every alert stream (MKSTREAM: the aggregator may not have written
-        yet). BUSYGROUP means it exists, and keeps its position."""
+        yet). BUSYGROUP means it exists, and keeps its position. Notifiers whose status expired
+        are forgotten from the group's list of notifiers."""
+        names = sorted(self.db.smembers(self.keys.notifiers))
+        if names:
+            gone = [name for name, status in zip(names, self.db.mget([self.keys.notifier(n) for n in names]))
+                    if status is None]
+            if gone:
+                self.db.srem(self.keys.notifiers, *gone)
         for stream in self.streams:
             try:
                 self.db.xgroup_create(stream, self.group, id="$" if self.start == "new" else "0", mkstream=True)
