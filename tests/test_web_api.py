@@ -209,3 +209,36 @@ def test_serve_flags_are_checked(tmp_path):
         result = run_cli("analytics", "serve", "--port", str(port), "--redis-url", "redis://127.0.0.1:1/0")
     assert result.returncode == 2 and "in use" in result.stderr and len(result.stderr.strip().splitlines()) <= 2
 
+
+
+def test_every_page_answers_on_a_redis_cluster(cluster_url, tmp_path):
+    """On a cluster (partitions on three masters, each stream polled, no cross-slot command) the
+    snapshot, a sensor's range, the alerts and a live event stream answer as on one server."""
+    produced = run_cli("producers", "--fleet", "c-", "12", "--count", "60", "--rate", "1", "--spike-rate", "600",
+                       "--start=-20m", "--redis-url", cluster_url)
+    assert produced.returncode == 0, produced.stderr
+    aggregated = run_cli("consumers", "aggregate", "--drain", "--start", "all", "--window", "10s", "--redis-url",
+                         cluster_url)
+    assert aggregated.returncode == 0, aggregated.stderr
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    web = spawn("analytics", "serve", "--port", str(port), "--redis-url", cluster_url,
+                stderr=(tmp_path / "server.log").open("w"))
+    try:
+        wait_for(lambda: _answers(f"{base}/api/fleet"), 30, "the web server")
+        assert len(get_json(f"{base}/api/fleet")["sensors"]["names"]) == 12
+        detail = get_json(f"{base}/api/sensors/c-0001?range=1h")
+        assert len(detail["readings"]["ts"]) == 60 and detail["windows"]["window_start"]
+        assert get_json(f"{base}/api/alerts")["recent"], "the spikes fired no alert"
+        events = read_events(f"{base}/api/events/sensors/c-0001", 2, detail["last_id"])
+        assert [event for event in events if event.get("event") == "status"]
+    finally:
+        web.terminate()
+        web.wait(timeout=20)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return fetch(url, timeout=2)[0] == 200
+    except OSError:
+        return False
