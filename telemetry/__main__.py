@@ -69,5 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_acl(args, config)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The installed console script."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -207,7 +207,8 @@ def test_the_package_builds_with_its_lua_scripts_and_console_scripts(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "telemetry/lua/commit.lua" in names and "consumers/worker.py" in names
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))
-    assert "telemetry-consume = consumers.__main__:entry" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "telemetry-consume = consumers.__main__:entry" in scripts and "telemetry-acl = telemetry.__main__:entry" in scripts
 
 
 def test_long_running_commands_stamp_their_log_lines_or_write_json(redis_url):
