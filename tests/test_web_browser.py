@@ -122,6 +122,32 @@ def test_the_sensor_chart_holds_the_window_means_the_export_gives(web, browser):
     page.close()
 
 
+def test_a_late_reading_revises_the_window_the_sensor_page_draws(web, browser):
+    """A reading for a window already emitted makes the worker emit that window again with the next
+    revision; the open page replaces the window it drew by the new revision's mean."""
+    sensor = "web-0005"
+    page = open_page(browser, f"{web.url}/sensors/{sensor}?range=15m")
+    page.wait_for_function("() => document.body.dataset.live === 'open'", timeout=10_000)
+    windows = page.evaluate("() => sensorView.data.windows")
+    position = len(windows["window_start"]) - 3
+    start, count = windows["window_start"][position], windows["count"][position]
+    mean = windows["temperature_c_mean"][position]
+    web.write(sensor, 40.0, ts_ms=start + 1)
+    expected = (mean * count + 40.0) / (count + 1)
+    page.wait_for_function(f"""() => {{
+        const w = sensorView.data.windows, i = w.window_start.indexOf({start});
+        return i >= 0 && w.revision[i] === 1 && Math.abs(w.temperature_c_mean[i] - {expected}) < 1e-6;
+    }}""", timeout=10_000)
+    page.wait_for_timeout(700)  # the chart redraws at most every 500 ms
+    drawn = page.evaluate(f"""() => {{
+        const chart = sensorView.charts.temperature_c, i = chart.data[0].indexOf({start} / 1000);
+        return chart.data[2][i];
+    }}""")
+    assert drawn == pytest.approx(expected, abs=1e-9)
+    assert page.errors == []
+    page.close()
+
+
 def test_a_server_restart_shows_the_lost_connection_then_live_data_again(web, browser):
     page = open_page(browser, web.url + "/")
     page.wait_for_function("() => document.body.dataset.live === 'open'", timeout=10_000)
