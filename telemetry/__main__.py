@@ -11,6 +11,7 @@ from telemetry.acl import acl_file_text, apply_users, role_passwords, write_priv
 from telemetry.cli import CommandParser, PipelineConfig, add_redis_arguments, run_main
 from telemetry.connection import connect
 from telemetry.errors import UsageError
+from telemetry.keys import validate_name
 from telemetry.roles import ROLE_NAMES, roles
 
 
@@ -27,6 +28,9 @@ def build_parser() -> CommandParser:
                           "passwords already there are kept")
     acl.add_argument("--rotate", action="store_true", help="with --secrets: new passwords, even where DIR has some")
     acl.add_argument("--out", type=Path, metavar="FILE", help="write the ACL file here (mode 0600) instead of stdout")
+    acl.add_argument("--user-prefix", default="", metavar="TEXT",
+                     help="name the users TEXT<role> (e.g. plant7- for plant7-worker), for several pipelines or "
+                          "groups on one server; their secrets are DIR/TEXT<role>")
     acl.add_argument("--role", action="append", choices=ROLE_NAMES, metavar="ROLE",
                      help="only this role (repeatable; default all)")
     acl.add_argument("--apply", action="store_true",
@@ -44,14 +48,16 @@ def run_acl(args, config: PipelineConfig) -> int:
     if args.apply and not (args.redis_url or os.environ.get("REDIS_URL")):
         raise UsageError("--apply: name the server whose users it sets (--redis-url or REDIS_URL); it does not "
                          "fall back to localhost or the embedded server")
+    if args.user_prefix:
+        validate_name("--user-prefix", args.user_prefix)
     chosen = [role for role in roles(config.keys, config.group) if not args.role or role.name in args.role]
-    users = role_passwords(chosen, args.secrets, rotate=args.rotate)
+    users = role_passwords(chosen, args.secrets, rotate=args.rotate, name_prefix=args.user_prefix)
     text = acl_file_text(users)
     if args.out is None:
         sys.stdout.write(text)
     else:
         write_private(args.out, text)
-    where = f"; passwords in {args.secrets}/<role>" if args.secrets else " (passwords not kept: give --secrets DIR)"
+    where = f"; passwords in {args.secrets}/{args.user_prefix}<role>" if args.secrets else " (passwords not kept: give --secrets DIR)"
     print(f"acl: {len(users)} users for pipeline {config.keys.namespace_tag!r}, group {config.group!r}{where}",
           file=sys.stderr)
     if args.apply:

@@ -31,10 +31,11 @@ def password_hash(password: str) -> str:
 class AclUser:
     role: Role
     password: str = field(repr=False)
+    name_prefix: str = ""  # several pipelines on one server: one set of users each
 
     @property
     def name(self) -> str:
-        return self.role.name
+        return self.name_prefix + self.role.name
 
     def rules(self) -> list[str]:
         return ["on", f"#{password_hash(self.password)}", *self.role.rules()]
@@ -55,9 +56,11 @@ def write_private(path: Path, text: str) -> None:
         file.write(text)
 
 
-def role_passwords(roles: Iterable[Role], secrets_dir: Path | None, *, rotate: bool = False) -> list[AclUser]:
-    """A user per role. With a secrets folder, a password already in `DIR/<role>` is kept (running
-    the command again changes nothing), unless `rotate`; new ones are written there, mode 0600."""
+def role_passwords(roles: Iterable[Role], secrets_dir: Path | None, *, rotate: bool = False,
+                   name_prefix: str = "") -> list[AclUser]:
+    """A user per role, named `<name_prefix><role>`. With a secrets folder, a password already in
+    `DIR/<user>` is kept (running the command again changes nothing), unless `rotate`; new ones
+    are written there, mode 0600."""
     if secrets_dir is not None:
         try:
             secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -67,7 +70,7 @@ def role_passwords(roles: Iterable[Role], secrets_dir: Path | None, *, rotate: b
             raise UsageError(f"--secrets {secrets_dir}: not a folder")
     users = []
     for role in roles:
-        path = secrets_dir / role.name if secrets_dir is not None else None
+        path = secrets_dir / f"{name_prefix}{role.name}" if secrets_dir is not None else None
         password = None
         if path is not None and path.exists() and not rotate:
             if path.stat().st_mode & 0o077:
@@ -77,7 +80,7 @@ def role_passwords(roles: Iterable[Role], secrets_dir: Path | None, *, rotate: b
             password = secrets.token_urlsafe(32)
             if path is not None:
                 write_private(path, password + "\n")
-        users.append(AclUser(role, password))
+        users.append(AclUser(role, password, name_prefix))
     return users
 
 

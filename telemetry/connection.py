@@ -68,6 +68,9 @@ class RedisTarget:
     def masked_url(self) -> str:
         return masked(self.url)
 
+    def __repr__(self) -> str:  # a traceback or a log of the target shows no password either
+        return f"RedisTarget({self.masked_url!r}, {self.origin!r})"
+
     @property
     def username(self) -> str | None:
         return urlsplit(self.url).username

@@ -62,6 +62,10 @@ def test_acl_command_flags(tmp_path):
     assert run_cli("telemetry", "acl", "--rotate").returncode == 2
     only = run_cli("telemetry", "acl", "--role", "reader", "--group", "night")
     assert only.returncode == 0 and only.stdout.startswith("user reader on #") and len(only.stdout.splitlines()) == 1
+    named = run_cli("telemetry", "acl", "--user-prefix", "plant7-", "--secrets", str(tmp_path / "s"))
+    assert named.returncode == 0 and [line.split()[1] for line in named.stdout.splitlines()] == [
+        f"plant7-{role}" for role in ROLE_NAMES]
+    assert sorted(path.name for path in (tmp_path / "s").iterdir()) == sorted(f"plant7-{role}" for role in ROLE_NAMES)
     bad = run_cli("telemetry", "acl", "--group", "a:b")
     assert bad.returncode == 2 and "--group" in bad.stderr
 
@@ -86,7 +90,8 @@ def test_masked_urls():
     assert masked("redis://worker:s3cret@db:6379/0") == "redis://worker:***@db:6379/0"
     assert masked("unix:///run/redis.sock?db=0&password=s3cret") == "unix:///run/redis.sock?db=0&password=***"
     assert masked("rediss://db:6380/0?ssl_ca_certs=/ca.pem") == "rediss://db:6380/0?ssl_ca_certs=/ca.pem"
-    assert "s3cret" not in RedisTarget("redis://w:s3cret@db/0", "REDIS_URL").describe()
+    target = RedisTarget("redis://w:s3cret@db/0", "REDIS_URL")
+    assert "s3cret" not in target.describe() and "s3cret" not in repr(target) and "***" in repr(target)
 
 
 def test_refusal_lines_name_user_command_and_key():
