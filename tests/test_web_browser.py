@@ -165,3 +165,18 @@ def test_a_server_restart_shows_the_lost_connection_then_live_data_again(web, br
     page.wait_for_function(f"() => fleet.ts[fleet.index.get('web-0001')] > {before}", timeout=5_000)
     assert page.errors == []
     page.close()
+
+
+def test_redis_going_away_is_said_on_the_page_which_recovers_when_it_returns(web, browser):
+    page = open_page(browser, web.url + "/alerts")
+    page.wait_for_function("() => document.body.dataset.live === 'open'", timeout=10_000)
+    web.redis_server.stop()
+    notice = page.locator("#connection")
+    page.wait_for_function("() => document.getElementById('connection').textContent.includes('Redis unreachable')",
+                           timeout=20_000)
+    shoot(page, "alerts-redis-away")
+    web.redis_server.start()  # the same port and data (AOF)
+    page.wait_for_function("() => document.body.dataset.live === 'open'", timeout=30_000)
+    assert "again" in notice.inner_text()
+    assert page.errors == []
+    page.close()

@@ -71,6 +71,7 @@ class WebPipeline:
     folder: Path
     port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    redis_server: PrivateRedisServer | None = None
 
     @property
     def url(self) -> str:
@@ -142,7 +143,7 @@ def web_pipeline_in(folder: Path) -> Iterator[WebPipeline]:
     per-test flush of the shared one would cut short), and the pipeline on it."""
     (folder / "redis").mkdir(parents=True, exist_ok=True)
     with PrivateRedisServer(folder / "redis") as server:
-        pipeline = WebPipeline(server.url, folder)
+        pipeline = WebPipeline(server.url, folder, redis_server=server)
         try:
             pipeline.start()
             yield pipeline

@@ -27,6 +27,17 @@ const Live = (() => {
       if (handlers[name]) handlers[name](JSON.parse(event.data));
     }
 
+    // The browser gives up on a stream the server refused: say why, when the server says (a 503
+    // while Redis is away), rather than blame the connection.
+    async function explain() {
+      try {
+        const response = await fetch("/api/status", {headers: {Accept: "application/json"}});
+        if (!response.ok) show(`The server is up, but: ${(await response.json()).error}. Retrying…`, "lost");
+      } catch (error) {
+        // the server itself is away: the notice already says so
+      }
+    }
+
     function open() {
       const target = lastId ? url + (url.includes("?") ? "&" : "?") + "last_id=" + encodeURIComponent(lastId) : url;
       source = new EventSource(target);
@@ -42,7 +53,10 @@ const Live = (() => {
         lost = true;
         document.body.dataset.live = "lost";
         show("Lost the connection to the server; reconnecting…", "lost");
-        if (source.readyState === EventSource.CLOSED) setTimeout(open, 2000);
+        if (source.readyState === EventSource.CLOSED) {
+          explain();
+          setTimeout(open, 2000);
+        }
       });
       for (const name of ["update", "status", "progress"]) source.addEventListener(name, (event) => deliver(name, event));
     }
