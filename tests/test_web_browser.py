@@ -55,6 +55,10 @@ def test_the_grid_has_one_cell_per_sensor(web, browser):
     assert page.locator("#partitions tbody tr").count() == 4
     page.wait_for_function("() => document.querySelector('#counters').textContent.includes('readings / s')")
     shoot(page, "fleet")
+    page.fill("#goto input", "web-0002")
+    page.press("#goto input", "Enter")
+    page.wait_for_url("**/sensors/web-0002")
+    page.wait_for_selector("body[data-ready=true]")
     assert page.errors == []
     page.close()
 

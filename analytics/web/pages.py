@@ -7,7 +7,8 @@ from __future__ import annotations
 from html import escape
 
 NAV = ('<nav><a href="/" class="brand">telemetry</a><a href="/">Fleet</a><a href="/alerts">Alerts</a>'
-       '<a href="/api/status">Status (JSON)</a></nav>')
+       '<a href="/api/status">Status (JSON)</a><form id="goto" class="goto"><input name="sensor" '
+       'placeholder="go to sensor…" aria-label="sensor name"></form></nav>')
 NOTICE = '<div id="connection" class="notice" role="status" hidden></div>'
 
 

@@ -110,5 +110,14 @@ const Live = (() => {
   }
   const sensorHref = (name) => "/sensors/" + encodeURIComponent(name);
 
+  const jump = document.getElementById("goto");
+  if (jump) {
+    jump.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const name = jump.sensor.value.trim();
+      if (name) location.href = sensorHref(name);
+    });
+  }
+
   return {follow, getJSON, time, duration, number, row, fill, show, sensorHref};
 })();
