@@ -39,6 +39,7 @@ def test_fleet_snapshot_has_every_sensor_partition_and_the_csp(web):
     assert all(row["owner"] != "-" for row in snapshot["partitions"])
     assert set(snapshot["losses"]) == {"missing_seq", "lost_to_trim", "late", "dead_lettered"}
     assert snapshot["counters"]["reporting"] >= SENSORS
+    assert fetch(f"{web.url}/api/fleet", headers={"Host": "rebound.example"})[0] == 400  # bound to loopback
 
 
 def test_sensor_range_readings_windows_and_errors(web):

@@ -23,6 +23,8 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -60,6 +62,7 @@ class ServeSettings:
     target: RedisTarget
     rules: tuple[AlertRule, ...]
     stale_ms: int = 30_000  # a sensor with no reading for this long is drawn silent
+    allowed_hosts: tuple[str, ...] = ("*",)  # Host headers answered; the loopback names when bound to loopback
 
 
 class Unavailable(Exception):
@@ -243,7 +246,10 @@ def create_app(settings: ServeSettings) -> Starlette:
         Route("/api/events/sensors/{name}", events_sensor),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+    # A page on another site can make a browser send requests to 127.0.0.1 under its own host name
+    # (DNS rebinding): a server bound to loopback answers only the loopback names.
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers={
         HTTPException: on_http, BadRequest: on_bad_request, Unavailable: on_unavailable,
         **{kind: on_unavailable for kind in REDIS_ERRORS}})
 

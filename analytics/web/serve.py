@@ -32,6 +32,15 @@ def bind(host: str, port: int) -> socket.socket:
     return listener
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def allowed_hosts(host: str) -> tuple[str, ...]:
+    """Bound to loopback, only requests addressed to a loopback name are answered; bound to an
+    address others reach, any name (a proxy in front decides)."""
+    return LOOPBACK_NAMES if host in LOOPBACK_NAMES or host.startswith("127.") else ("*",)
+
+
 def serve(config: PipelineConfig, *, host: str, port: int, rules: tuple[AlertRule, ...], stale_ms: int) -> int:
     target = config.target()
     listener = bind(host, port)
@@ -40,7 +49,7 @@ def serve(config: PipelineConfig, *, host: str, port: int, rules: tuple[AlertRul
     print(target.describe(), file=sys.stderr)
     print(f"serve: http://{shown}:{bound}/ (pipeline {config.keys.namespace_tag!r}, group {config.group!r}; "
           "Ctrl-C stops)", file=sys.stderr, flush=True)
-    app = create_app(ServeSettings(config, target, rules, stale_ms))
+    app = create_app(ServeSettings(config, target, rules, stale_ms, allowed_hosts(host)))
     # Threads waiting on Redis replies get the interpreter back within 1 ms of a reply, not 5, while
     # the follower thread decodes readings: a snapshot makes no round trip, but a sensor page many.
     sys.setswitchinterval(0.001)
