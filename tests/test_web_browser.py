@@ -80,6 +80,12 @@ def test_an_out_of_range_reading_turns_its_cell_red_and_adds_an_alert_row_within
     assert alerts.locator("#events tbody tr", has_text=HOT).first.inner_text().count("firing") == 1
     shoot(fleet, "fleet-alert")
     shoot(alerts, "alerts")
+    alerts.select_option("#filters select[name=severity]", "warning")
+    assert alerts.locator("#firing tbody tr", has_text=HOT).count() == 0
+    alerts.select_option("#filters select[name=severity]", "critical")
+    alerts.fill("#filters input[name=sensor]", "web-h*")
+    assert alerts.locator("#firing tbody tr", has_text=HOT).count() == 1
+    assert "severity=critical" in alerts.url and "sensor=web-h" in alerts.url  # a filtered view can be shared
     cell = fleet.evaluate(f"fleet.states[fleet.index.get('{HOT}')]")
     assert STATE_NAMES[cell] == "critical"
     web.write(HOT, 21.0)  # resolved again for the tests after this one
