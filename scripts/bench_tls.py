@@ -28,7 +28,7 @@ def main() -> int:
     arguments = parser(__doc__)
     arguments.add_argument("--sensors", type=int, default=10_000)
     arguments.add_argument("--readings", type=int, default=30, help="readings per sensor (default 30)")
-    arguments.add_argument("--rounds", type=int, default=2, help="alternating plain/TLS rounds (best of each)")
+    arguments.add_argument("--rounds", type=int, default=3, help="alternating plain/TLS rounds (best of each; default 3)")
     args = arguments.parse_args()
     rounds: dict[bool, list[dict[str, float]]] = {False: [], True: []}
     for _ in range(args.rounds):
