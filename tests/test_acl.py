@@ -189,21 +189,25 @@ def test_a_producer_waits_for_the_admin_to_create_the_pipeline(acl, tmp_path):
 
 def test_a_long_running_process_refused_says_so_and_keeps_retrying(acl, tmp_path):
     ok(acl.run("admin", "consumers", "group", "create", "--partitions", PARTITIONS))
-    log = tmp_path / "producer.log"
-    with open(log, "w") as stderr:
-        producer = spawn("producers", "a", "--rate", "20", env_extra=acl.env("reader"), stderr=stderr)
+    started = {}
+    for name, args in (("producer", ("producers", "a", "--rate", "20")), ("worker", ("consumers", "aggregate"))):
+        with open(tmp_path / f"{name}.log", "w") as stderr:
+            started[name] = spawn(*args, env_extra=acl.env("reader"), stderr=stderr)
     try:
-        deadline = time.monotonic() + 30
-        while log.read_text().count("may not run") < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert producer.poll() is None, log.read_text()
-        assert "Redis user 'reader' may not run" in log.read_text() and "retrying" in log.read_text()
+        for name, process in started.items():
+            log = tmp_path / f"{name}.log"
+            deadline = time.monotonic() + 30
+            while log.read_text().count("may not run") < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert process.poll() is None, log.read_text()
+            assert "Redis user 'reader' may not run" in log.read_text() and "retrying" in log.read_text()
     finally:
-        producer.terminate()
-        try:
-            producer.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            producer.kill()
+        for process in started.values():
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 def test_the_web_page_as_reader_and_the_notifier_as_notifier(acl, tmp_path):

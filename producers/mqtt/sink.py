@@ -22,6 +22,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from redis.exceptions import NoPermissionError
+
 from producers.mqtt.dead_letter import MqttDeadLetter
 from producers.mqtt.message import DeviceReading
 from telemetry.backoff import RETRYABLE, Backoff
@@ -29,6 +31,7 @@ from telemetry.connection import Client
 from telemetry.errors import UsageError
 from telemetry.keys import Keys
 from telemetry.partitions import Layout
+from telemetry.refusals import retry_reason
 from telemetry.schema import SCHEMA_VERSION, FieldMap
 from telemetry.scripts import ReplicaWait, load_script, run_until_answered
 
@@ -81,8 +84,8 @@ class ReadingSink:
             calls.append((keys, args))
 
         def unanswered(failed: Exception, delay: float) -> None:
-            print(f"bridge: Redis unavailable ({failed.__class__.__name__}: {failed}); retrying "
-                  f"{len(readings)} unacknowledged readings in {delay:.1f}s", file=self.log)
+            print(f"bridge: {retry_reason(failed)}; retrying {len(readings)} unacknowledged readings in {delay:.1f}s",
+                  file=self.log)
 
         replies = run_until_answered(self.db, self.script, calls, self.wait, Backoff(), unanswered)
         return WriteResult(sum(int(reply[0]) for reply in replies), sum(int(reply[1]) for reply in replies))
@@ -98,8 +101,8 @@ class ReadingSink:
                                   approximate=True)
                 pipeline.execute()
                 return
-            except RETRYABLE as error:
+            except (*RETRYABLE, NoPermissionError) as error:  # the last: until an operator fixes the ACL
                 delay = backoff.next_delay()
-                print(f"bridge: Redis unavailable ({error.__class__.__name__}: {error}); retrying "
-                      f"{len(dead_letters)} dead letters in {delay:.1f}s", file=self.log)
+                print(f"bridge: {retry_reason(error)}; retrying {len(dead_letters)} dead letters in {delay:.1f}s",
+                      file=self.log)
                 time.sleep(delay)
