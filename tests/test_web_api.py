@@ -111,6 +111,19 @@ def test_event_stream_resumes_from_the_last_event_id(web):
     assert len(held) >= 10 and set(held) <= seen
 
 
+def test_a_resume_from_too_far_back_tells_the_page_to_start_afresh(web):
+    """The fleet page resumes up to 30 s behind the newest reading; further back, the page is told
+    to reload (a fresh snapshot) and the stream goes on from now, not from an hour of readings."""
+    newest = web.db.xrevrange(web.layout.partitions[0].readings, count=1)[0][0]
+    behind = f"{int(newest.split('-')[0]) - 120_000}-0"
+    events = read_events(f"{web.url}/api/events/fleet", 2, behind)
+    assert events[0]["event"] == "reset"
+    updates = [event for event in events if event.get("event") == "update"]
+    assert updates and all(int(event["id"].split("-")[0]) >= int(newest.split("-")[0]) for event in updates)
+    recent = read_events(f"{web.url}/api/events/fleet", 2, newest)
+    assert all(event.get("event") != "reset" for event in recent)
+
+
 def test_alerts_api_filters(web):
     web.write(HOT, 90.0)
     wait_for(lambda: any(a["sensor"] == HOT for a in get_json(f"{web.url}/api/alerts")["firing"]), 10, "the hot alert")

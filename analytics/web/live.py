@@ -71,6 +71,9 @@ class LiveSource:
     streams: list[str]
     encode: Callable[[list[Entry]], dict | None]
     status: Callable[[], dict] | None = None
+    # A resume further behind the streams' newest entry than this replays too much to be worth it:
+    # the page is told to reload (a fresh snapshot) instead.
+    max_replay_ms: int = 3_600_000
 
 
 async def events(db: Client, source: LiveSource, start_after: str | None,
@@ -87,12 +90,16 @@ async def events(db: Client, source: LiveSource, start_after: str | None,
 
 async def _events(db: Client, source: LiveSource, start_after: str | None,
                   is_disconnected: Callable[[], object]) -> AsyncIterator[ServerSentEvent]:
+    newest = await anyio.to_thread.run_sync(last_ids, db, source.streams)
+    yield ServerSentEvent(comment="connected", retry=RETRY_MS)
     if start_after is None:
-        positions = await anyio.to_thread.run_sync(last_ids, db, source.streams)
+        positions = newest
+    elif max(stream_id_key(i)[0] for i in newest.values()) - stream_id_key(start_after)[0] > source.max_replay_ms:
+        yield ServerSentEvent("{}", event="reset")
+        positions = newest
     else:
         positions = dict.fromkeys(source.streams, resume_position(start_after))
     next_status = next_progress = anyio.current_time()
-    yield ServerSentEvent(comment="connected", retry=RETRY_MS)
     while not await is_disconnected():
         if source.status is not None and anyio.current_time() >= next_status:
             status = await anyio.to_thread.run_sync(source.status)

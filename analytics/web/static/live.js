@@ -59,6 +59,8 @@ const Live = (() => {
         }
       });
       for (const name of ["update", "status", "progress"]) source.addEventListener(name, (event) => deliver(name, event));
+      // away too long to catch up event by event: the server says so, and the page starts afresh
+      source.addEventListener("reset", () => { source.close(); location.reload(); });
     }
     open();
   }
