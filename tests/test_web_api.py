@@ -37,7 +37,7 @@ def test_fleet_snapshot_has_every_sensor_partition_and_the_csp(web):
     assert len(snapshot["sensors"]["states"]) == len(names) == snapshot["counters"]["sensors"]
     assert [row["index"] for row in snapshot["partitions"]] == [0, 1, 2, 3]
     assert all(row["owner"] != "-" for row in snapshot["partitions"])
-    assert set(snapshot["losses"]) == {"missing_seq", "lost_to_trim", "late", "dead_lettered"}
+    assert set(snapshot["losses"]) == {"missing_seq", "lost_to_trim", "late", "too_late", "revisions", "dead_lettered"}
     assert snapshot["counters"]["reporting"] >= SENSORS
     assert fetch(f"{web.url}/api/fleet", headers={"Host": "rebound.example"})[0] == 400  # bound to loopback
 

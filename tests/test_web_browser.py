@@ -54,6 +54,12 @@ def test_the_grid_has_one_cell_per_sensor(web, browser):
     assert page.evaluate("fleet.colourOf('web-0001')") == GREEN
     assert page.locator("#partitions tbody tr").count() == 4
     page.wait_for_function("() => document.querySelector('#counters').textContent.includes('readings / s')")
+    x, y = page.evaluate("() => fleet.cellAt(fleet.index.get('web-0003')).map((v) => v + fleet.cell / 2)")
+    box = page.locator("#grid").bounding_box()
+    page.mouse.move(box["x"] + x, box["y"] + y)
+    tooltip = page.locator("#tooltip")
+    tooltip.wait_for(state="visible")
+    assert tooltip.inner_text().startswith("web-0003: ") and "°C" in tooltip.inner_text()
     shoot(page, "fleet")
     page.fill("#goto input", "web-0002")
     page.press("#goto input", "Enter")

@@ -139,7 +139,8 @@ def pipeline_figures(status: PipelineStatus) -> dict:
                         "lag": row.lag_entries, "lag_s": round(row.lag_seconds, 3), "pending": row.pending}
                        for row in status.partitions],
         "dead_letters": status.dead_letter_count,
-        "losses": {name: counters.get(name, 0) for name in ("missing_seq", "lost_to_trim", "late", "dead_lettered")},
+        "losses": {name: counters.get(name, 0)
+                   for name in ("missing_seq", "lost_to_trim", "late", "too_late", "revisions", "dead_lettered")},
         "processed": counters.get("processed", 0),
         "warnings": list(status.warnings),
     }

@@ -173,7 +173,8 @@ function renderStatus(status) {
     [p.lag === null ? "-" : p.lag.toLocaleString(), "num"], [Live.number(p.lag_s, 1), "num"], [p.pending, "num"]])));
   const losses = document.getElementById("losses");
   const figures = [["dead letters", status.dead_letters], ["missing by seq", status.losses.missing_seq],
-                   ["lost to trim", status.losses.lost_to_trim], ["late (dead-lettered)", status.losses.late],
+                   ["lost to trim", status.losses.lost_to_trim], ["too late (dead-lettered)", status.losses.too_late],
+                   ["late (windows revised)", status.losses.late], ["window revisions", status.losses.revisions],
                    ["processed", status.processed]];
   losses.replaceChildren(...figures.flatMap(([label, value]) => {
     const dt = document.createElement("dt"); dt.textContent = label;
