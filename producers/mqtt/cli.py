@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from redis.exceptions import NoPermissionError
+
 from producers.mqtt.bridge import MqttBridge
 from producers.mqtt.device_publisher import DevicePublisher
 from producers.mqtt.formats import FORMATS, FormatOptions, parser_for
@@ -28,6 +30,7 @@ from telemetry.cli import (
 from telemetry.errors import UsageError
 from telemetry.partitions import partition_maxlen
 from telemetry.progress import ProgressLine
+from telemetry.refusals import refusal_line
 from telemetry.timeutil import parse_duration_ms
 
 STATUS_EVERY_S = 1.0
@@ -104,8 +107,9 @@ def publish_status(db, config: PipelineConfig, bridge: MqttBridge, *, stopped: b
         pipeline.set(config.keys.mqtt_bridge(bridge.settings.client_id),
                      json.dumps({**bridge.status(), "stopped": stopped}), px=None if stopped else STATUS_TTL_MS)
         pipeline.execute()
-    except RETRYABLE:
-        pass
+    except (*RETRYABLE, NoPermissionError) as error:  # the readings go on; a refusal is said
+        if isinstance(error, NoPermissionError):
+            print(f"bridge: status not published: {refusal_line(error)}", file=sys.stderr)
 
 
 def run_bridge(args: argparse.Namespace, config: PipelineConfig, stop: StopSignal) -> int:
