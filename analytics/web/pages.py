@@ -66,7 +66,7 @@ def sensor_page(sensor: str) -> str:
 <section><h2>Humidity (%RH)</h2><div id="chart-humidity" class="chart"></div></section>
 <section class="columns">
   <div><h2>Rolling statistics</h2><table id="rolling"></table></div>
-  <div><h2>Alert episodes</h2><table id="episodes"></table></div>
+  <div><h2>Alert episodes</h2><table id="episodes"></table><p id="episodes-more" hidden><a href="/alerts"></a></p></div>
   <div><h2>Rules with thresholds</h2><table id="thresholds"></table></div>
 </section>
 """

@@ -3,7 +3,8 @@
 // on the time axis, for a range; then live. Each window is kept by its start with its latest
 // revision, as the API gives it, so a revised window replaces the one drawn.
 const sensorName = document.body.dataset.sensor;
-const GAP_FACTOR = 3;  // readings further apart than this many typical intervals are drawn with a gap
+const GAP_FACTOR = 3;
+const EPISODE_ROWS = 12;  // the newest; the chart marks them all  // readings further apart than this many typical intervals are drawn with a gap
 
 const view = {
   data: null, charts: {}, episodes: new Map(), range: null, redraw: null,
@@ -55,9 +56,12 @@ function windowTable(metric) {
   return [xs, mean, min, max];
 }
 
+// One x axis for both: a gap (an explicit null) spreads over the other table's points next to it
+// (NULL_EXPAND), so a dropout is a gap in the line, not a line across it.
+const NULL_EXPAND = 2;
 function chartData(metric) {
-  const joined = uPlot.join([readingTable(metric), windowTable(metric)]);
-  return joined;
+  return uPlot.join([readingTable(metric), windowTable(metric)],
+                    [[null, NULL_EXPAND], [null, NULL_EXPAND, NULL_EXPAND, NULL_EXPAND]]);
 }
 
 function decorations(metric) {
@@ -151,12 +155,18 @@ function renderTables() {
     Live.row([`over ${r.window_s} s, as of`, Live.time(r.as_of_ts), ""]),
   ] : [Live.row(["no rolling statistics yet (no commit has applied a reading of this sensor)"])]);
   const episodes = [...view.episodes.values()].sort((a, b) => b.start - a.start);
-  Live.fill(document.getElementById("episodes"), episodes.length ? episodes.map((e) => Live.row([
+  const shown = episodes.slice(0, EPISODE_ROWS).map((e) => Live.row([
     [e.severity, `sev-${e.severity}`], e.rule, Live.time(e.start),
     e.end === null ? ["firing", "sev-critical"] : Live.duration((e.end - e.start) / 1000),
-    `${Live.number(e.value, 2)} ${e.unit}`])) : [Live.row(["none in this range"])]);
+    `${Live.number(e.value, 2)} ${e.unit}`]));
+  Live.fill(document.getElementById("episodes"), shown.length ? shown : [Live.row(["none in this range"])]);
+  const more = document.getElementById("episodes-more");
+  more.hidden = episodes.length <= EPISODE_ROWS;
+  more.firstElementChild.textContent = `… and ${episodes.length - EPISODE_ROWS} earlier: every event on the alerts page`;
+  more.firstElementChild.href = `/alerts?sensor=${encodeURIComponent(sensorName)}`;
   Live.fill(document.getElementById("thresholds"), d.thresholds.map((t) => Live.row([
-    t.rule, t.metric, t.source, t.above !== null ? `> ${t.above} ${t.unit}` : `< ${t.below} ${t.unit}`, [t.severity, `sev-${t.severity}`]])));
+    t.rule, `${t.source === "reading" ? "reading" : "rolling " + t.source} ` +
+    (t.above !== null ? `> ${t.above} ${t.unit}` : `< ${t.below} ${t.unit}`), [t.severity, `sev-${t.severity}`]])));
   document.getElementById("summary").textContent =
     `${d.readings.ts.length.toLocaleString()} readings and ${d.windows.window_start.length.toLocaleString()} windows ` +
     `from ${Live.time(view.range.since)} to ${Live.time(view.range.until)} · partition ${d.partition}`;
