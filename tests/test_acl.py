@@ -370,3 +370,39 @@ def test_the_web_page_and_the_notifier_refused_say_so_and_keep_trying(acl, tmp_p
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def test_apply_on_a_server_with_an_aclfile_saves_the_users_across_a_restart(tmp_path):
+    """`--apply` as the server's own admin: ACL SETUSER for each role, then ACL SAVE into the
+    server's aclfile, so the users outlive a restart; running it again keeps the passwords."""
+    from telemetry.embedded import PrivateRedisServer
+    from tests.acl_helpers import ROOT_PASSWORD
+    from tests.conftest import run_cli
+
+    require_redis_7()
+    acl_file = tmp_path / "users.acl"
+    acl_file.write_text("user default on nopass resetchannels -@all +ping +shutdown\n"
+                        f"user root on >{ROOT_PASSWORD} ~* &* +@all\n")
+    (tmp_path / "data").mkdir()
+    server = PrivateRedisServer(tmp_path / "data", extra_args=("--aclfile", str(acl_file)))
+    server.start()
+    try:
+        root_url = f"redis://root:{ROOT_PASSWORD}@127.0.0.1:{server.port}/0"
+        secrets = tmp_path / "secrets"
+        passwords = []
+        for _ in range(2):
+            applied = run_cli("telemetry", "acl", "--secrets", str(secrets), "--apply", "--redis-url", root_url)
+            assert applied.returncode == 0 and "6 users set on 127.0.0.1" in applied.stderr, applied.stderr
+            assert "last until it restarts" not in applied.stderr
+            passwords.append((secrets / "worker").read_text())
+        assert passwords[0] == passwords[1]
+        assert "user worker on " in acl_file.read_text()  # ACL SAVE wrote it
+        server.restart()
+        env = {"REDIS_URL": f"redis://producer@127.0.0.1:{server.port}/0",
+               "TELEMETRY_REDIS_PASSWORD_FILE": str(secrets / "producer")}
+        admin = {**env, "REDIS_URL": env["REDIS_URL"].replace("producer@", "admin@"),
+                 "TELEMETRY_REDIS_PASSWORD_FILE": str(secrets / "admin")}
+        ok(run_cli("consumers", "group", "create", "--partitions", "2", env_extra=admin))
+        ok(run_cli("producers", "a", "--count", "3", "--start=-1m", env_extra=env))
+    finally:
+        server.stop()
