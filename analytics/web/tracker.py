@@ -33,6 +33,7 @@ from telemetry.records import AlertEvent
 from telemetry.refusals import refusal_line
 from telemetry.schema import FieldMap, Reading, SchemaError
 from telemetry.stream_reads import read_streams
+from telemetry.timeutil import stream_id_key
 
 TAIL_PER_SENSOR = 3  # entries read back per known sensor at start, to find each one's latest reading
 MIN_TAIL = 1_000  # per partition: enough to find a new pipeline's sensors before any checkpoint names them
@@ -96,10 +97,6 @@ class FleetState:
         if current is None or reading.ts_ms >= current.ts:
             self.latest[reading.sensor] = Latest(reading.ts_ms, reading.temperature_c, reading.humidity_pct)
         return reading
-
-
-def _later(a: str, b: str) -> str:
-    return a if tuple(map(int, a.split("-"))) >= tuple(map(int, b.split("-"))) else b
 
 
 def known_sensors(db: Client, groups: list[GroupKeys]) -> set[str]:
@@ -179,7 +176,7 @@ class FleetTracker:
         for key in alert_keys:
             last = db.xrevrange(key, count=1)
             state.positions[key] = last[0][0] if last else "0-0"
-        state.last_id = max(state.positions.values(), key=lambda i: tuple(map(int, i.split("-"))), default="0-0")
+        state.last_id = max(state.positions.values(), key=stream_id_key, default="0-0")
         with self.lock:
             self.state = state
         self.error = None
@@ -211,7 +208,7 @@ class FleetTracker:
                             state.apply_alert(entry_id, fields)
                     if entries:
                         state.positions[stream] = entries[-1][0]
-                        state.last_id = _later(entries[-1][0], state.last_id)
+                        state.last_id = max(entries[-1][0], state.last_id, key=stream_id_key)
                 if applied:
                     self._arrivals.append((time.monotonic(), applied))
 
