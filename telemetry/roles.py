@@ -118,9 +118,10 @@ class KeyPatterns:
 
     @property
     def group_state(self) -> tuple[str, ...]:
-        """The group's keys that are not streams."""
+        """The group's keys that are not streams: every key the commit script is passed (so a key
+        added to the commit is granted with it), less the readings and the outputs."""
         group = self.of_group
-        return (group.lease, group.epoch, group.checkpoint, group.state, group.windows, group.counters)
+        return tuple(key for key in group.commit_keys() if key not in (group.readings, *self.group_outputs))
 
     @property
     def group_outputs(self) -> tuple[str, ...]:
