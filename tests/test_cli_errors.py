@@ -206,6 +206,9 @@ def test_the_package_builds_with_its_lua_scripts_and_console_scripts(tmp_path):
     wheel = next(tmp_path.glob("*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "telemetry/lua/commit.lua" in names and "consumers/worker.py" in names
+    packages = {str(path.parent.relative_to(source)) for top in ("producers", "consumers", "analytics", "telemetry")
+                for path in (source / top).rglob("__init__.py")}
+    assert {name for name in packages if f"{name}/__init__.py" not in names} == set()  # the edges' too
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "telemetry-consume = consumers.__main__:entry" in scripts and "telemetry-acl = telemetry.__main__:entry" in scripts
