@@ -51,8 +51,11 @@ def add_parser(commands) -> None:
                         help="attempts per event and sink before it is dead-lettered (default 8)")
     notify.add_argument("--webhook-connections", type=number_type(int, minimum=1, maximum=64), default=4,
                         help="connections per webhook; each sensor's events use one, in order (default 4)")
-    notify.add_argument("--max-in-flight", type=number_type(int, minimum=1), default=1000,
-                        help="events read and not yet acknowledged, at most (default 1000)")
+    notify.add_argument("--max-queued", type=number_type(int, minimum=1), default=1000,
+                        help="read on while some sink has fewer events than this waiting (default 1000)")
+    notify.add_argument("--max-in-flight", type=number_type(int, minimum=1), default=20_000,
+                        help="events read and not yet acknowledged by every sink, at most: a slow sink falls "
+                             "behind alone up to this (default 20,000)")
     notify.add_argument("--external-url", default="http://localhost:8080",
                         help="the pipeline's web page: generatorURL is URL/sensors/NAME (default http://localhost:8080)")
     notify.add_argument("--duration", help="stop after this long (e.g. 30s)")
@@ -73,7 +76,8 @@ def notify_settings(args: argparse.Namespace) -> NotifySettings:
                           parse_duration_ms(args.retry_max, field="--retry-max") / 1000),
         resend_ms=parse_duration_ms(args.resend, field="--resend"),
         claim_idle_ms=parse_duration_ms(args.claim_idle, field="--claim-idle"),
-        max_in_flight=args.max_in_flight, external_url=args.external_url, drain=args.drain,
+        max_in_flight=args.max_in_flight, max_queued=args.max_queued, external_url=args.external_url,
+        drain=args.drain,
         webhook_connections=args.webhook_connections,
         duration_ms=parse_duration_ms(args.duration, field="--duration") if args.duration else None)
 
@@ -96,7 +100,8 @@ def run(args: argparse.Namespace, config: PipelineConfig, stop: StopSignal) -> i
     streams = [group.alerts for group in layout.groups(config.group)]
     sinks = build_sinks(settings, config.keys.namespace_tag)
     notifier = Notifier(db, streams, keys, settings.consumer, sinks, start=settings.start,
-                        max_in_flight=settings.max_in_flight, claim_idle_ms=settings.claim_idle_ms,
+                        max_in_flight=settings.max_in_flight, max_queued=settings.max_queued,
+                        claim_idle_ms=settings.claim_idle_ms,
                         resend_ms=settings.resend_ms, horizon_ms=settings.horizon_ms,
                         pipeline=config.keys.namespace_tag, external_url=settings.external_url,
                         block_ms=settings.block_ms, drain=settings.drain, duration_ms=settings.duration_ms)

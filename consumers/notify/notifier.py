@@ -54,12 +54,14 @@ def sink_id(sink: Sink) -> str:
 
 class Notifier:
     def __init__(self, db: Client, streams: list[str], keys: NotifyKeys, consumer: str, sinks: list[Sink], *,
-                 start: str = "new", max_in_flight: int = 1000, claim_idle_ms: int = 30_000,
+                 start: str = "new", max_in_flight: int = 20_000, max_queued: int = 1000,
+                 claim_idle_ms: int = 30_000,
                  resend_ms: int = 60_000, horizon_ms: int = 240_000, pipeline: str = "telemetry",
                  external_url: str = "http://localhost:8080", block_ms: int = 100, drain: bool = False,
                  duration_ms: int | None = None) -> None:
         self.db, self.streams, self.keys, self.consumer, self.sinks = db, streams, keys, consumer, sinks
         self.start, self.max_in_flight, self.claim_idle_ms = start, max_in_flight, claim_idle_ms
+        self.max_queued = max_queued
         self.resend_ms, self.horizon_ms, self.pipeline, self.external_url = resend_ms, horizon_ms, pipeline, external_url
         self.block_ms, self.drain, self.duration_ms = block_ms, drain, duration_ms
         self.group = keys.group
@@ -137,7 +139,7 @@ class Notifier:
         if now >= self._next_resend:
             self._next_resend = now + self.resend_ms / 1000
             self.resend_firing()
-        room = self.max_in_flight - len(self.in_flight)
+        room = self.room()
         if room <= 0:
             self._wait_done(self.block_ms / 1000)
             return True
@@ -148,6 +150,13 @@ class Notifier:
         elif self.drain and reading_new and not self.in_flight:
             return False
         return True
+
+    def room(self) -> int:
+        """How many more events to read: while the least busy sink has fewer than `max_queued`
+        waiting, up to `max_in_flight` unacknowledged in all. So a slow sink falls behind alone,
+        the others keep up, until it holds `max_in_flight` events."""
+        least_queued = min(sink.queued() for sink in self.sinks)
+        return min(self.max_queued - least_queued, self.max_in_flight - len(self.in_flight))
 
     def _read(self, room: int) -> list[tuple[str, str, dict | None]]:
         count = max(1, room // len(self.streams))
@@ -323,7 +332,7 @@ class Notifier:
     def _claim(self) -> None:
         """Entries a notifier read and did not finish for --claim-idle: it died."""
         for stream in self.streams:
-            room = self.max_in_flight - len(self.in_flight)
+            room = self.room()
             if room <= 0:
                 return
             cursor, claimed, *_ = self.db.xautoclaim(stream, self.group, self.consumer, self.claim_idle_ms,

@@ -28,7 +28,8 @@ class NotifySettings:
     retry: RetryPolicy = DEFAULT_RETRY
     resend_ms: int = 60_000  # Alertmanager re-send interval of the alerts still firing
     claim_idle_ms: int = 30_000  # a dead notifier's unacknowledged notices move after this long
-    max_in_flight: int = 1000
+    max_in_flight: int = 20_000  # events read and not acknowledged, in all
+    max_queued: int = 1000  # reading goes on while some sink has fewer waiting
     webhook_connections: int = 4  # lanes per webhook: a sensor's events keep to one, in order
     external_url: str = "http://localhost:8080"
     receiver: str = "telemetry"
