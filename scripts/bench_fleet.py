@@ -328,30 +328,44 @@ def backfill(db: redis.Redis, processes: Processes, label: str, sensors: int,
     return streams, total_length(db, streams), redis_cpu_s(db) - cpu_before
 
 
+@dataclass(frozen=True, slots=True)
+class DrainRun:
+    children: list[Child]
+    elapsed_s: float  # from the first entry consumed until every worker exited
+    wall_s: float  # from spawning the workers
+
+
+def drain_with_workers(db: redis.Redis, processes: Processes, streams: list[str], workers: int,
+                       label: str) -> DrainRun:
+    """`workers` `--drain` workers until every one exited (each checked for a clean exit)."""
+    spawned = time.perf_counter()
+    children = start_workers(processes, workers, "--drain")
+    first_consumed: float | None = None
+    while not all(child.exited() for child in children):
+        if time.perf_counter() > spawned + DRAIN_TIMEOUT_S:
+            raise PhaseTimeout(label, DRAIN_TIMEOUT_S)
+        if first_consumed is None and consumption_started(db, streams):
+            first_consumed = time.perf_counter()
+        time.sleep(POLL_S)
+    finished = time.perf_counter()
+    for child in children:
+        child.check()
+    return DrainRun(children, finished - (first_consumed if first_consumed is not None else spawned),
+                    finished - spawned)
+
+
 def drain(workers: int, sensors: int, readings: int, tls: bool = False) -> list[Figure]:
     label = f"{'TLS ' if tls else ''}drain {workers}w"
     with fresh_pipeline(tls) as (db, processes):
         child_cpu_before = redis_child_cpu_s(db)
         streams, written, producer_cpu = backfill(db, processes, label, sensors, readings)
         cpu_before = redis_cpu_s(db)
-        spawned = time.perf_counter()
-        children = start_workers(processes, workers, "--drain")
-        first_consumed: float | None = None
-        deadline = spawned + DRAIN_TIMEOUT_S
-        while not all(child.exited() for child in children):
-            if time.perf_counter() > deadline:
-                raise PhaseTimeout(label, DRAIN_TIMEOUT_S)
-            if first_consumed is None and consumption_started(db, streams):
-                first_consumed = time.perf_counter()
-            time.sleep(POLL_S)
-        finished = time.perf_counter()
-        for child in children:
-            child.check()
+        run = drain_with_workers(db, processes, streams, workers, label)
         drain_cpu = redis_cpu_s(db) - cpu_before
         child_cpu = redis_child_cpu_s(db) - child_cpu_before
         streams = readings_streams(db)
         left = backlog(db, streams)
-    elapsed = finished - (first_consumed if first_consumed is not None else spawned)
+    children, elapsed = run.children, run.elapsed_s
     producer_us = per_reading_us(producer_cpu, written)
     drain_us = per_reading_us(drain_cpu, written)
     return [
@@ -359,7 +373,7 @@ def drain(workers: int, sensors: int, readings: int, tls: bool = False) -> list[
         Figure(f"{label}: readings written", written, "readings"),
         Figure(f"{label}: producer Redis CPU", producer_us, "µs/reading"),
         Figure(f"{label}: drain time (first consumed to exit)", elapsed, "s"),
-        Figure(f"{label}: drain wall from spawn", finished - spawned, "s"),
+        Figure(f"{label}: drain wall from spawn", run.wall_s, "s"),
         Figure(f"{label}: readings/s", written / elapsed if elapsed > 0 else math.nan, "readings/s"),
         Figure(f"{label}: aggregator Redis CPU", drain_us, "µs/reading"),
         Figure(f"{label}: producer + aggregator Redis CPU", producer_us + drain_us, "µs/reading"),

@@ -16,23 +16,12 @@ from __future__ import annotations
 import math
 import random
 import sys
-import time
 
 import redis
 
 from producers.writer import StreamWriter
 from scripts.bench_common import Figure, parser, print_figures
-from scripts.bench_fleet import (
-    DRAIN_TIMEOUT_S,
-    POLL_S,
-    PhaseTimeout,
-    consumption_started,
-    fresh_pipeline,
-    per_reading_us,
-    readings_streams,
-    redis_cpu_s,
-    start_workers,
-)
+from scripts.bench_fleet import drain_with_workers, fresh_pipeline, per_reading_us, readings_streams, redis_cpu_s
 from telemetry.keys import Keys
 from telemetry.partitions import open_layout
 from telemetry.schema import FieldMap, row_template
@@ -66,18 +55,7 @@ def drain(label: str, rows: list[str], sensors: int) -> tuple[list[Figure], dict
         writer.flush()
         streams = readings_streams(db)
         cpu_before, memory_before = redis_cpu_s(db), db.info("memory")["used_memory"]
-        spawned = time.perf_counter()
-        children = start_workers(processes, WORKERS, "--drain")
-        first_consumed = None
-        while not all(child.exited() for child in children):
-            if time.perf_counter() > spawned + DRAIN_TIMEOUT_S:
-                raise PhaseTimeout(label, DRAIN_TIMEOUT_S)
-            if first_consumed is None and consumption_started(db, streams):
-                first_consumed = time.perf_counter()
-            time.sleep(POLL_S)
-        finished = time.perf_counter()
-        for child in children:
-            child.check()
+        run = drain_with_workers(db, processes, streams, WORKERS, label)
         drain_cpu = redis_cpu_s(db) - cpu_before
         counters: dict[str, float] = {}
         for key in db.scan_iter(match="*:counters", _type="hash"):
@@ -87,7 +65,7 @@ def drain(label: str, rows: list[str], sensors: int) -> tuple[list[Figure], dict
         kept_fields = sum(db.hlen(key) for key in kept)
         kept_bytes = sum(db.memory_usage(key, samples=0) or 0 for key in kept)
         counters["memory_growth"] = db.info("memory")["used_memory"] - memory_before
-    elapsed = finished - (first_consumed or spawned)
+    elapsed, children = run.elapsed_s, run.children
     readings = len(rows)
     figures = [
         Figure(f"{label}: readings/s", readings / elapsed if elapsed > 0 else math.nan, "readings/s"),
