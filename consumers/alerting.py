@@ -247,13 +247,13 @@ def on_silence(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, cloc
     changed = False
     for rule in rules.silent:
         episode = state.alerts.get(rule.name)
-        if (episode is None or episode.state != "firing") and clock_ms - state.max_ts >= rule.after_ms:
-            step(emit, sensor, state, rule, True, False, state.max_ts + rule.after_ms, rule.after_ms / 1000)
+        if (episode is None or episode.state != "firing") and clock_ms - state.last_heard >= rule.after_ms:
+            step(emit, sensor, state, rule, True, False, state.last_heard + rule.after_ms, rule.after_ms / 1000)
             changed = True
     return changed
 
 
 def silence_deadline(rules: RuleSet, state: SensorState) -> int | None:
-    deadlines = [state.max_ts + rule.after_ms for rule in rules.silent
+    deadlines = [state.last_heard + rule.after_ms for rule in rules.silent
                  if (episode := state.alerts.get(rule.name)) is None or episode.state != "firing"]
     return min(deadlines) if deadlines else None

@@ -222,6 +222,10 @@ class PartitionProcessor:
         if ts_ms > self.clock_ms:
             self.advance_clock(ts_ms)
         settings = self.settings
+        if self.clock_ms - ts_ms >= settings.idle_ms:
+            # A source catching up (a gateway's buffer, a producer resumed): its sensor is not
+            # silent while its old readings arrive, nor its windows idle.
+            state.heard_ms = self.clock_ms
         start = ts_ms - ts_ms % settings.window_ms
         window = state.windows.get(start)
         late = window is None and self._closed(state, start)
@@ -331,7 +335,7 @@ class PartitionProcessor:
         """A deadline passed: close the windows of a sensor silent for `idle`, fire silent rules."""
         state = self.sensors[sensor]
         settings = self.settings
-        if clock_ms - state.max_ts >= settings.idle_ms:
+        if clock_ms - state.last_heard >= settings.idle_ms:
             for start in sorted(state.windows):
                 if clock_ms >= start + settings.window_ms + settings.grace_ms + settings.idle_ms:
                     self._close(sensor, state, state.windows[start], "idle")
@@ -344,7 +348,7 @@ class PartitionProcessor:
         if state.max_ts == NONE:
             return  # only dead letters so far: nothing to close, no silence to judge
         settings = self.settings
-        deadlines = [max(start + settings.window_ms + settings.grace_ms, state.max_ts) + settings.idle_ms
+        deadlines = [max(start + settings.window_ms + settings.grace_ms, state.last_heard) + settings.idle_ms
                      for start in state.windows]
         silence = silence_deadline(settings.rules, state)
         if silence is not None:

@@ -54,10 +54,19 @@ class SensorState:
     late: int = 0  # readings applied to a window already emitted
     too_late: int = 0  # readings past the allowed lateness, dead-lettered
     revisions: int = 0  # windows emitted again
+    # The partition clock when a reading far behind it last arrived (NONE: none did): a source
+    # catching up on its buffer is heard from, though its readings are old (`last_heard`).
+    heard_ms: int = NONE
     # Not checkpointed: the merge of every rolling bucket but the newest, and the (newest bucket,
     # bucket count) it was made for (consumers/rolling.py).
     older_buckets: tuple[tuple[int, int], Summary] | None = None
     rolling_now: Summary | None = None  # the rolling stats as of the newest reading, once computed
+
+    @property
+    def last_heard(self) -> int:
+        """When the sensor was last heard from, on the partition clock: silence and idle are judged
+        from here."""
+        return max(self.max_ts, self.heard_ms)
 
     def pack_core(self) -> bytes:
         newest = max(self.buckets) if self.buckets else None
@@ -66,7 +75,7 @@ class SensorState:
                              [[rule, episode.state, episode.since_ms] for rule, episode in self.alerts.items()],
                              None if newest is None else [newest, *self.buckets[newest].values()],
                              self.rule_memory, self.set_aside, [self.late, self.too_late, self.revisions],
-                             self.gaps])
+                             self.gaps, self.heard_ms])
 
     @classmethod
     def unpack_core(cls, packed: bytes) -> SensorState:
@@ -80,7 +89,8 @@ class SensorState:
                    alerts={rule: AlertEpisode(state, since) for rule, state, since in alerts},
                    rule_memory=rule_memory, set_aside=later[0] if later else [],
                    buckets={} if newest is None else {newest[0]: Summary(*newest[1:])},
-                   late=late, too_late=too_late, revisions=revisions, gaps=later[2] if len(later) > 2 else [])
+                   late=late, too_late=too_late, revisions=revisions, gaps=later[2] if len(later) > 2 else [],
+                   heard_ms=later[3] if len(later) > 3 else NONE)
 
 
 def pack_bucket(start_ms: int, summary: Summary) -> bytes:
