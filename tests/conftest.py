@@ -76,6 +76,15 @@ def db(redis_url):
 
 
 @pytest.fixture()
+def fleet(redis_url, tmp_path):
+    """Worker processes with the crash harness's rules, stopped whatever the test's outcome."""
+    from tests.crash_harness import fleet_on  # the harness imports this module
+
+    with fleet_on(redis_url, tmp_path) as workers:
+        yield workers
+
+
+@pytest.fixture()
 def keys() -> Keys:
     return Keys()
 

@@ -25,12 +25,6 @@ PRODUCER_ARGS = ("--fleet", "k-", "8", "--rate", "40", "--spike-rate", "432", "-
                  "--partitions", str(PARTITIONS))
 
 
-@pytest.fixture()
-def fleet(redis_url, tmp_path):
-    with fleet_on(redis_url, tmp_path) as workers:
-        yield workers
-
-
 @pytest.mark.slow
 def test_workers_killed_at_random_moments_and_rescaled_lose_and_double_nothing(redis_url, fleet):
     kill_drill(fleet, spawn("producers", *PRODUCER_ARGS, "--redis-url", redis_url))

@@ -32,7 +32,6 @@ from tests.crash_harness import (
     PARTITIONS,
     WINDOW_MS,
     assert_reconciles,
-    fleet_on,
     readings_of,
     run_kill_loop,
     spawn,
@@ -40,12 +39,6 @@ from tests.crash_harness import (
     wait_until_settled,
 )
 from tests.lossy_proxy import LossyProxy
-
-
-@pytest.fixture()
-def fleet(redis_url, tmp_path):
-    with fleet_on(redis_url, tmp_path) as workers:
-        yield workers
 
 
 def test_export_and_plot_take_each_windows_latest_revision(redis_url, db, tmp_path):
