@@ -1,7 +1,9 @@
 """make demo: five named sensors (one faulty), their last hour backfilled first, and two aggregator
 workers, each its own process, the live web page (DEMO_PORT, default 8080, else a free port) and a
 notifier delivering every alert event to a signed webhook of the demo's own (out/notifications.jsonl);
-a live view for DEMO_SECONDS (default 60) or until Ctrl-C, then CSV exports and a plot in out/."""
+where Mosquitto is installed, two more sensors publish as real devices do (Tasmota, Zigbee2MQTT) to
+a private broker that the MQTT bridge reads; a live view for DEMO_SECONDS (default 60) or until
+Ctrl-C, then CSV exports and a plot in out/."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import base64
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +31,7 @@ from analytics.export import ExportRequest, export
 from analytics.plot import alert_episodes, sensor_figure
 from analytics.streams import STREAM_KINDS, RowFilter, load_frame
 from consumers.notify.signing import parse_secret, signature
+from producers.mqtt.local_broker import PrivateMosquitto, mosquitto_binary
 from telemetry.cli import StopSignal
 from telemetry.connection import connect, resolve_target
 from telemetry.embedded import EmbeddedRedis, default_home
@@ -47,6 +51,7 @@ WORKER_FLAGS = ("--window", "10s", "--grace", "2s", "--rolling", "60s", "--idle"
                 "--settle", "2s", "--start", "all")
 MIN_SECONDS = 5  # time for the workers to take their partitions and a window to close
 HISTORY = "-1h"  # backfilled first, so windows, rolling stats, alerts and the plot exist at once
+DEVICES = {"kitchen": "tasmota", "porch": "zigbee2mqtt"}  # sensors that publish to the broker, by format
 
 
 def spawn(url: str, log: Path, module: str, *args: str) -> subprocess.Popen:
@@ -108,6 +113,28 @@ class WebhookLog:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+
+
+def start_devices(url: str, logs: Path) -> tuple[PrivateMosquitto | None, list[subprocess.Popen]]:
+    """The real-sensor path, simulator -> Mosquitto -> bridge -> Redis, where Mosquitto is installed:
+    a private broker on a free port (never one already on 1883), a device simulator and a bridge per format."""
+    if mosquitto_binary() is None:
+        print("demo: mosquitto is not installed, so no sensor comes over MQTT (Debian: apt-get install mosquitto)")
+        return None, []
+    folder = ROOT / ".telemetry" / "mosquitto"
+    shutil.rmtree(folder, ignore_errors=True)  # a bridge session of an earlier demo would replay its old readings
+    broker = PrivateMosquitto(folder)
+    broker.start()
+    processes = []
+    for device, format_name in DEVICES.items():
+        processes.append(spawn(url, logs / f"bridge-{format_name}.log", "producers", "--from-mqtt", broker.url,
+                               "--format", format_name, "--client-id", f"demo-bridge-{format_name}"))
+        # 1 Hz: Tasmota's device time has whole seconds, so two reports in one second are one to the bridge
+        processes.append(spawn(url, logs / f"device-{device}.log", "producers", device, "--rate", "1",
+                               "--to-mqtt", broker.url, "--format", format_name))
+    print(f"demo: {', '.join(f'{device} ({f})' for device, f in DEVICES.items())} publish to a private Mosquitto "
+          f"on {broker.url}; the MQTT bridge writes their readings")
+    return broker, processes
 
 
 def stop_all(processes: list[subprocess.Popen]) -> None:
@@ -173,6 +200,9 @@ def main() -> int:
     processes = [spawn(target.url, logs / f"worker-{n}.log", "consumers", "aggregate", "--consumer", f"demo-worker-{n}",
                        *WORKER_FLAGS) for n in (1, 2)]
     processes.append(spawn(target.url, logs / "producer.log", "producers", *producer_args))
+    broker, device_processes = start_devices(target.url, logs)
+    processes += device_processes
+    sensors = [*SENSORS, *(DEVICES if broker else ())]
     port = web_port()
     processes.append(spawn(target.url, logs / "web.log", "analytics", "serve", "--port", str(port)))
     print(f"demo: the live web page is at http://127.0.0.1:{port}/ while the demo runs", flush=True)
@@ -182,14 +212,14 @@ def main() -> int:
                            "--start", "all", "--external-url", f"http://127.0.0.1:{port}"))
     console = Console(stderr=False)
     interactive = console.is_terminal
-    print(f"demo: {len(SENSORS)} sensors ({FAULTY} with faults) and 2 workers for {seconds:g}s; Ctrl-C stops early")
+    print(f"demo: {len(sensors)} sensors ({FAULTY} with faults) and 2 workers for {seconds:g}s; Ctrl-C stops early")
     deadline = time.monotonic() + seconds
     previous = None
     try:
         with Live(console=console, refresh_per_second=2, transient=False) if interactive else nullcontext() as live:
             next_plain = time.monotonic() + 10
             while time.monotonic() < deadline and not stop.requested:
-                snapshot = collect_snapshot(db, layout, GROUP, list(SENSORS))
+                snapshot = collect_snapshot(db, layout, GROUP, sensors)
                 rates = rates_between(previous, snapshot)
                 previous = snapshot
                 if interactive:
@@ -202,8 +232,10 @@ def main() -> int:
                 time.sleep(0.5)
     finally:
         stop_all(processes)
+        if broker is not None:
+            broker.stop()
     time.sleep(0.2)
-    final = collect_snapshot(db, layout, GROUP, list(SENSORS))
+    final = collect_snapshot(db, layout, GROUP, sensors)
     print(f"demo: stopped. {plain_summary(final, {})}")
     webhook.server.shutdown()
     print(f"demo: the notifier delivered {webhook.received} alert events to a signed webhook "
