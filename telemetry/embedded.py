@@ -17,11 +17,11 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
 
 import redis
 
 from telemetry.errors import UsageError
+from telemetry.private_process import PrivateProcess
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 15.0
@@ -160,7 +160,7 @@ class EmbeddedRedis:
 
 
 @dataclass(slots=True)
-class PrivateRedisServer:
+class PrivateRedisServer(PrivateProcess):
     """A throwaway redis-server on a free port (tests, benchmarks): never the shared 6379."""
 
     data_dir: Path
@@ -188,21 +188,3 @@ class PrivateRedisServer:
             pass  # the server closes the connection as it exits
         self.process.wait(timeout=30)
         self.process = None
-
-    def kill(self) -> None:
-        """kill -9: no chance to flush; what it acknowledged is in the AOF's written part."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
 
 from telemetry.embedded import free_port
 from telemetry.errors import UsageError
+from telemetry.private_process import PrivateProcess
 
 BINARIES = ("prometheus-alertmanager", "alertmanager")
 START_TIMEOUT_S = 20.0
@@ -29,7 +28,7 @@ def alertmanager_binary() -> str | None:
 
 
 @dataclass
-class PrivateAlertmanager:
+class PrivateAlertmanager(PrivateProcess):
     data_dir: Path
     webhook_url: str
     resolve_timeout: str = "5m"
@@ -64,44 +63,23 @@ class PrivateAlertmanager:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "alertmanager.yml"
         config.write_text(self.config())
-        log = (self.data_dir / "alertmanager.log").open("a")
-        self.process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.path={self.data_dir}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=",
-             f"--web.external-url=http://127.0.0.1:{self.port}"], stdout=log, stderr=log)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                text = (self.data_dir / "alertmanager.log").read_text()[-800:]
-                self.stop()
-                raise UsageError(f"alertmanager did not start on port {self.port}: {text}")
-            time.sleep(0.1)
+        log = self.data_dir / "alertmanager.log"
+        with log.open("a") as output:
+            self.process = subprocess.Popen(
+                [binary, f"--config.file={config}", f"--storage.path={self.data_dir}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=",
+                 f"--web.external-url=http://127.0.0.1:{self.port}"], stdout=output, stderr=output)
+        self.wait_until_ready(self.ready, START_TIMEOUT_S, f"alertmanager on port {self.port}",
+                              lambda: log.read_text()[-800:])
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
 
     def alerts(self) -> list[dict]:
         """GET /api/v2/alerts: what Alertmanager holds now (active, suppressed)."""
         with urllib.request.urlopen(f"{self.url}/api/v2/alerts", timeout=5) as response:
             return json.loads(response.read())
-
-    def stop(self) -> None:
-        if self.process is not None:
-            if self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
-            self.process = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()

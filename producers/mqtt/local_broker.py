@@ -7,13 +7,12 @@ import getpass
 import shutil
 import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
 
 from telemetry.embedded import free_port
 from telemetry.errors import UsageError
+from telemetry.private_process import PrivateProcess
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 START_TIMEOUT_S = 10.0
@@ -24,7 +23,10 @@ def mosquitto_binary() -> str | None:
 
 
 @dataclass
-class PrivateMosquitto:
+class PrivateMosquitto(PrivateProcess):
+    """SIGTERM (`stop`) saves the persistence file as Mosquitto exits; kill -9 (`kill`) loses what
+    arrived since the last autosave."""
+
     data_dir: Path
     port: int = field(default_factory=free_port)
     max_queued_messages: int = 1000  # Mosquitto's default: what it keeps per absent client
@@ -60,35 +62,13 @@ class PrivateMosquitto:
         config.write_text(self.config())
         self.process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    log = (self.data_dir / "mosquitto.log")
-                    raise UsageError(f"mosquitto did not start on port {self.port}: "
-                                     f"{log.read_text()[-500:] if log.exists() else 'no log'}") from None
-                time.sleep(0.05)
+        log = self.data_dir / "mosquitto.log"
+        self.wait_until_ready(self.accepts, START_TIMEOUT_S, f"mosquitto on port {self.port}",
+                              lambda: log.read_text()[-500:] if log.exists() else "no log")
 
-    def stop(self) -> None:
-        """SIGTERM: Mosquitto saves its persistence file as it exits."""
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-
-    def kill(self) -> None:
-        """kill -9: what arrived since the last autosave is gone."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
+    def accepts(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
