@@ -40,7 +40,7 @@ from telemetry.partitions import Layout, delete_pipeline, open_layout
 from telemetry.schema import FieldMap
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "out"
+OUT = Path(os.environ.get("DEMO_OUT", ROOT / "out")).resolve()  # DEMO_OUT puts the results elsewhere
 PREFIX = "demo"
 SENSORS = ("greenhouse-north", "greenhouse-south", "cold-store", "server-room", "attic")
 FAULTY = "attic"
@@ -121,7 +121,7 @@ def start_devices(url: str, logs: Path) -> tuple[PrivateMosquitto | None, list[s
     if mosquitto_binary() is None:
         print("demo: mosquitto is not installed, so no sensor comes over MQTT (Debian: apt-get install mosquitto)")
         return None, []
-    folder = ROOT / ".telemetry" / "mosquitto"
+    folder = default_home() / "mosquitto"
     shutil.rmtree(folder, ignore_errors=True)  # a bridge session of an earlier demo would replay its old readings
     broker = PrivateMosquitto(folder)
     broker.start()
@@ -158,7 +158,7 @@ def clear_demo_keys(db) -> None:
 
 
 def write_outputs(db, layout: Layout) -> list[Path]:
-    OUT.mkdir(exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     written = []
     groups = layout.groups(GROUP)
     for which in ("readings", "aggregates", "alerts"):
@@ -239,10 +239,10 @@ def main() -> int:
     print(f"demo: stopped. {plain_summary(final, {})}")
     webhook.server.shutdown()
     print(f"demo: the notifier delivered {webhook.received} alert events to a signed webhook "
-          f"({webhook.received - webhook.bad} signatures valid): {webhook.path.relative_to(ROOT)}")
+          f"({webhook.received - webhook.bad} signatures valid): {os.path.relpath(webhook.path)}")
     for path in write_outputs(db, layout):
-        print(f"demo: wrote {path.relative_to(ROOT)}")
-    print(f"demo: process logs in {logs.relative_to(ROOT)}/")
+        print(f"demo: wrote {os.path.relpath(path)}")
+    print(f"demo: process logs in {os.path.relpath(logs)}/")
     if target.origin.startswith("embedded") and not embedded_was_running:
         embedded.stop()
         print("demo: stopped the embedded redis-server it started (data stays in .telemetry/)")

@@ -26,6 +26,7 @@ ROOT_PASSWORD = "root-test-password"
 class AclServer:
     folder: Path
     group: str = "aggregators"
+    prefix: str = "telemetry"
     tls: TlsFiles | None = None
     tls_port: int = field(default_factory=free_port)
     server: PrivateRedisServer = field(init=False)
@@ -36,7 +37,7 @@ class AclServer:
 
     def start(self) -> None:
         require_redis_7()
-        made = run_cli("telemetry", "acl", "--group", self.group, "--secrets", str(self.secrets),
+        made = run_cli("telemetry", "acl", "--prefix", self.prefix, "--group", self.group, "--secrets", str(self.secrets),
                        "--out", str(self.folder / "roles.acl"))
         assert made.returncode == 0, made.stderr
         acl_file = self.folder / "users.acl"
