@@ -5,8 +5,10 @@ client certificate never replaces the password). Every process connects with red
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
+import redis
 
 from tests.acl_helpers import AclServer
 from tests.conftest import run_cli
@@ -102,25 +104,38 @@ def test_tls_settings_are_checked_before_connecting(tls):
     assert not_tls.returncode == 2 and "use rediss://" in one_error_line(not_tls)
 
 
-def test_a_tls_cluster_runs_the_pipeline(tmp_path):
+def test_a_tls_cluster_runs_the_pipeline_under_the_acl_roles(tmp_path):
     """Three masters speaking TLS to clients (client certificates required), on the bus and to
-    each other (tls-cluster): producer, worker and reader find the cluster from one rediss:// URL
-    and reach every master on its TLS port."""
+    each other (tls-cluster), with the ACL roles applied on every node: admin, producer, worker
+    and reader each find the cluster from one rediss:// URL with their own user and reach every
+    master on its TLS port, and no node refused anything."""
     from telemetry.local_cluster import PrivateRedisCluster
     from tests.acl_helpers import require_redis_7
 
     require_redis_7()
     files = make_tls_files(tmp_path / "certs")
+    secrets = tmp_path / "secrets"
     with PrivateRedisCluster(tmp_path / "cluster", masters=3, tls_args=files.server_args) as cluster:
-        url = f"rediss://127.0.0.1:{cluster.tls_ports[0]}/0?{files.query()}"
-        for module, *args in (("producers", "--fleet", "tc-", "6", "--count", "20", "--start=-2m"),
-                              ("consumers", "aggregate", "--drain", "--start", "all", "--window", "10s",
-                               "--settle", "0s")):
-            result = run_cli(module, *args, "--redis-url", url)
-            assert result.returncode == 0, result.stderr
-            assert "Redis Cluster of 3 masters" in result.stderr
-        status = run_cli("consumers", "status", "--json", "--redis-url", url)
-        assert status.returncode == 0, status.stderr
+        applied = run_cli("telemetry", "acl", "--secrets", str(secrets), "--apply", "--redis-url",
+                          f"rediss://127.0.0.1:{cluster.tls_ports[0]}/0?{files.query()}")
+        assert applied.returncode == 0, applied.stderr
+
+        def run(role: str, module: str, *args: str) -> subprocess.CompletedProcess:
+            env = {"REDIS_URL": f"rediss://{role}@127.0.0.1:{cluster.tls_ports[0]}/0?{files.query()}",
+                   "TELEMETRY_REDIS_PASSWORD_FILE": str(secrets / role)}
+            result = run_cli(module, *args, env_extra=env)
+            assert result.returncode == 0 and "NOPERM" not in result.stderr, result.stderr
+            return result
+
+        run("admin", "consumers", "group", "create", "--partitions", "6", "--to", "start")
+        for role, module, *args in (("producer", "producers", "--fleet", "tc-", "6", "--count", "20", "--start=-2m"),
+                                    ("worker", "consumers", "aggregate", "--drain", "--start", "all", "--window", "10s",
+                                     "--settle", "0s")):
+            assert "Redis Cluster of 3 masters" in run(role, module, *args).stderr
+        status = run("reader", "consumers", "status", "--json")
         assert json.loads(status.stdout)["counters"]["processed"] == 120
+        for node in cluster.nodes:
+            with redis.Redis(port=node.port, decode_responses=True) as client:
+                assert "worker" in client.acl_users() and client.acl_log() == []
         plain = run_cli("consumers", "status", "--redis-url", f"redis://127.0.0.1:{cluster.tls_ports[1]}/0")
         assert plain.returncode == 1 and "use rediss://" in plain.stderr
