@@ -1,5 +1,9 @@
 """Alert rules applied to one sensor's readings in event order, one episode at a time.
 
+A reading that does not carry a rule's metric is skipped by that rule: it neither fires nor
+resolves it, and a rule's memory (rate anchors, the stuck run) moves only with readings of its
+metric. Silence is about readings, of either metric.
+
 Every decision is a function of the readings: rules see each reading with the rolling statistics
 as of that reading, silence is measured on the partition's event clock, and an episode's id is
 made of its rule, sensor and the event time its breach began. The same readings therefore give
@@ -24,9 +28,9 @@ def stats_fields(stats: MetricStats) -> dict[str, float | int | None]:
     return {"count": stats.count, "mean": stats.mean, "std": stats.std, "min": stats.min, "max": stats.max}
 
 
-# A per-reading rule, compiled once: (emit, sensor, state, ts, temperature, humidity, rolling stats
-# before this reading or None).
-ReadingCheck = Callable[[Emit, str, SensorState, int, float, float, "Summary | None"], None]
+# A per-reading rule, compiled once: (emit, sensor, state, ts, temperature, humidity (either None
+# when the reading lacks it), rolling stats before this reading or None).
+ReadingCheck = Callable[[Emit, str, SensorState, int, "float | None", "float | None", "Summary | None"], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,8 @@ def _reading_check(rule: AlertRule) -> ReadingCheck:
     if rule.kind == "threshold":
         def check(emit, sensor, state, ts_ms, t, h, before):
             value = t if temperature else h
+            if value is None:
+                return
             breach, clear = _compare(rule, value)
             if breach or name in state.alerts or flap in state.rule_memory:
                 step(emit, sensor, state, rule, breach, clear, ts_ms, value)
@@ -65,6 +71,8 @@ def _reading_check(rule: AlertRule) -> ReadingCheck:
         span = rule.over_ms
 
         def check(emit, sensor, state, ts_ms, t, h, before):
+            if (t if temperature else h) is None:
+                return
             reference = _rate_reference(state, name, span, ts_ms, t, h)
             if reference is not None:
                 value, last = (t, reference[1]) if temperature else (h, reference[2])
@@ -77,6 +85,9 @@ def _reading_check(rule: AlertRule) -> ReadingCheck:
 
         def check(emit, sensor, state, ts_ms, t, h, before):
             run = state.rule_memory.get(name)  # [since, count, temperature, humidity] of the unchanged run
+            if run is not None:  # a metric the reading lacks is taken as unchanged
+                t = run[2] if t is None else t
+                h = run[3] if h is None else h
             if run is None or run[2] != t or run[3] != h:
                 state.rule_memory[name] = [ts_ms, 1, t, h]
                 if name in state.alerts or flap in state.rule_memory:
@@ -89,12 +100,13 @@ def _reading_check(rule: AlertRule) -> ReadingCheck:
     else:  # zscore: the reading against the rolling statistics of the readings before it
         min_count, clear_below = rule.min_count, rule.threshold - rule.hysteresis
         def check(emit, sensor, state, ts_ms, t, h, before):
-            if before is None or before.n < min_count:
+            value = t if temperature else h
+            if value is None or before is None or before.count(rule.metric) < min_count:
                 return
             std = before.std(rule.metric)
             if not std:
                 return
-            z = abs((t - before.t_mean) if temperature else (h - before.h_mean)) / std
+            z = abs(value - (before.t_mean if temperature else before.h_mean)) / std
             if z > threshold or name in state.alerts or flap in state.rule_memory:
                 step(emit, sensor, state, rule, z > threshold, z <= clear_below, ts_ms, z,
                      stats_fields(before.metric(rule.metric)))
@@ -220,8 +232,8 @@ def _flap_event(rule: AlertRule, sensor: str, since_ms: int, state: str, ts_ms: 
                       state, percent, limit, ts_ms, "%")
 
 
-def on_reading(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, ts_ms: int, temperature_c: float,
-               humidity_pct: float, before: Summary | None) -> None:
+def on_reading(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, ts_ms: int,
+               temperature_c: float | None, humidity_pct: float | None, before: Summary | None) -> None:
     """Per-reading rules. `before`: rolling statistics without this reading (zscore compares a
     reading with its past)."""
     for check in rules.reading_checks:
@@ -231,8 +243,12 @@ def on_reading(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, ts_m
             step(emit, sensor, state, rule, False, True, ts_ms, 0.0)
 
 
-def on_rolling(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, ts_ms: int, after: Summary) -> None:
+def on_rolling(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, ts_ms: int, after: Summary,
+               temperature_c: float | None, humidity_pct: float | None) -> None:
+    """Rolling rules, after a reading: only those on a metric the reading carries."""
     for rule in rules.on_rolling:
+        if (temperature_c if rule.metric == "temperature_c" else humidity_pct) is None:
+            continue
         value = after.source(rule.metric, rule.source)
         if value is not None:
             breach, clear = _compare(rule, value)

@@ -4,7 +4,9 @@ Nothing here talks to Redis, so the sorting of good from bad input is unit-teste
 Entries laid out as the project's producers write them (fields in `entry_layout` order) are
 decoded a column at a time with numpy, which is what lets one worker keep up with a fleet;
 anything else, and any row the columns flag, goes through `Reading.decode`, which names the bad
-field for the dead-letter reason.
+field for the dead-letter reason. A reading with one metric (the other field absent) takes the
+columns too: its row gets a placeholder for the absent metric, replaced by NaN once the columns
+are parsed, so a metric's column is NaN exactly where readings lack it.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ class DeadLetter:
 
 @dataclass(slots=True)
 class ReadingColumns:
-    """A batch's valid readings, one array per part, in stream order; `seq` is NO_SEQ where absent."""
+    """A batch's valid readings, one array per part, in stream order; `seq` is NO_SEQ where absent,
+    a metric NaN where the reading does not carry it."""
 
     ids: list[str] = field(default_factory=list)
     sensors: list[str] = field(default_factory=list)
@@ -79,10 +82,23 @@ class ReadingColumns:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def metric_lists(self) -> tuple[list[float | None], list[float | None]]:
+        """Temperatures and humidities as Python lists, None where a reading lacks the metric."""
+        return _present(self.temperature_c), _present(self.humidity_pct)
+
     def take(self, rows: np.ndarray) -> ReadingColumns:
         index = rows.tolist()
         return ReadingColumns([self.ids[i] for i in index], [self.sensors[i] for i in index], self.ts_ms[rows],
                               self.temperature_c[rows], self.humidity_pct[rows], self.seq[rows])
+
+
+def _present(column: np.ndarray) -> list[float | None]:
+    absent = np.isnan(column)
+    if not absent.any():
+        return column.tolist()
+    values = column.astype(object)
+    values[absent] = None
+    return values.tolist()
 
 
 @dataclass(slots=True)
@@ -110,10 +126,17 @@ def _layout_positions(field_map: FieldMap) -> dict[str, int]:
     return {part: 2 * layout.index(name) + 1 for part, name in parts.items() if name}
 
 
+# Stands for an absent metric in a row, so that the column parses; the parsed value is then
+# replaced by NaN. Plain and inside both ranges, so it flags nothing.
+PLACEHOLDER = "0"
+
+
 def _layout_row(reading: Reading, field_map: FieldMap) -> list[str]:
-    """A decoded reading as a flat field list in `entry_layout` order, so every row reads the same way."""
+    """A decoded reading as a flat field list in `entry_layout` order, so every row reads the same
+    way; an absent metric holds the placeholder (the caller notes it as absent)."""
     values = {field_map.sensor: reading.sensor, field_map.ts: str(reading.ts_ms),
-              field_map.temperature_c: repr(reading.temperature_c), field_map.humidity_pct: repr(reading.humidity_pct),
+              field_map.temperature_c: PLACEHOLDER if reading.temperature_c is None else repr(reading.temperature_c),
+              field_map.humidity_pct: PLACEHOLDER if reading.humidity_pct is None else repr(reading.humidity_pct),
               field_map.seq: str(NO_SEQ if reading.seq is None else reading.seq),
               field_map.version: str(SCHEMA_VERSION)}
     row: list[str] = []
@@ -179,6 +202,54 @@ def _unusual_rows(columns: tuple[list, ...], raw: bool) -> np.ndarray | None:
     return np.array([any(pattern.search(column[row]) for column in columns) for row in range(len(columns[0]))])
 
 
+@dataclass(slots=True)
+class _Rows:
+    """A batch's candidate readings as rows in layout order, and what a row's layout form hides:
+    the entry's own fields where it was written otherwise (for dead-letter reasons), the readings
+    decoded already, and which rows lack a metric."""
+
+    ids: list[str] = field(default_factory=list)
+    rows: list[list] = field(default_factory=list)
+    originals: dict[int, list] = field(default_factory=dict)
+    decoded: dict[int, Reading] = field(default_factory=dict)
+    no_temperature: list[int] = field(default_factory=list)
+    no_humidity: list[int] = field(default_factory=list)
+
+    def add_one_metric(self, entry_id: str, fields: list, insert_at: int, part: list, humidity: bool) -> None:
+        """An entry in layout order but for its absent metric: the placeholder goes in its place."""
+        (self.no_humidity if humidity else self.no_temperature).append(len(self.rows))
+        self.originals[len(self.rows)] = fields
+        self.ids.append(entry_id)
+        self.rows.append(fields[:insert_at] + part + fields[insert_at:])
+
+    def add_decoded(self, entry_id: str, reading: Reading, fields: list, field_map: FieldMap, raw: bool) -> None:
+        index = len(self.rows)
+        if reading.temperature_c is None:
+            self.no_temperature.append(index)
+        if reading.humidity_pct is None:
+            self.no_humidity.append(index)
+        self.originals[index] = fields
+        self.decoded[index] = reading
+        self.ids.append(entry_id)
+        row = _layout_row(reading, field_map)
+        self.rows.append([value.encode() for value in row] if raw else row)
+
+    def original(self, index: int) -> list:
+        return self.originals.get(index, self.rows[index])
+
+
+def _one_metric_layouts(layout: list, field_map: FieldMap, raw: bool) -> dict[tuple, tuple[int, list, bool]]:
+    """Field names of an entry in layout order that lacks one metric -> where that metric's pair
+    goes in its row, the pair with the placeholder, and whether it is the humidity."""
+    found = {}
+    for name, humidity in ((field_map.temperature_c, False), (field_map.humidity_pct, True)):
+        key = name.encode() if raw else name
+        at = layout.index(key)
+        part = [key, PLACEHOLDER.encode() if raw else PLACEHOLDER]
+        found[tuple(layout[:at] + layout[at + 1:])] = (2 * at, part, humidity)
+    return found
+
+
 def build_batch(entries: list[Entry], field_map: FieldMap, now_ms: int, max_skew_ms: int,
                 delivery_counts: dict[str, int] | None = None, max_deliveries: int = 0) -> CommitBatch:
     """Sort entries into readings, dead letters (with a reason naming the field) and lost ones."""
@@ -187,10 +258,9 @@ def build_batch(entries: list[Entry], field_map: FieldMap, now_ms: int, max_skew
     raw = next((_is_raw(fields) for _, fields in entries if fields), False)  # lost entries carry no fields
     if raw:
         layout = [name.encode() for name in layout]
+    one_metric = _one_metric_layouts(layout, field_map, raw)
     at = _layout_positions(field_map)
-    ids: list[str] = []
-    rows: list[list[str]] = []  # every candidate in layout order; entries written otherwise are decoded first
-    trusted: list[int] = []  # positions of rows built from an already decoded reading
+    rows = _Rows()  # every candidate in layout order; entries written otherwise are decoded first
     for entry_id, fields in entries:
         if not fields:
             batch.lost_ids.append(entry_id)
@@ -199,39 +269,41 @@ def build_batch(entries: list[Entry], field_map: FieldMap, now_ms: int, max_skew
             batch.dead_letters.append(DeadLetter(entry_id, f"max-deliveries: delivered {delivery_counts[entry_id]} times",
                                                  entry, sensor_and_seq(entry, field_map)))
         elif fields[::2] == layout:
-            ids.append(entry_id)
-            rows.append(fields)
+            rows.ids.append(entry_id)
+            rows.rows.append(fields)
+        elif (absent := one_metric.get(tuple(fields[::2]))) is not None:
+            rows.add_one_metric(entry_id, fields, *absent)
         elif (reading := _decode_one(batch, entry_id, _as_text(fields), field_map)) is not None:
-            trusted.append(len(rows))
-            ids.append(entry_id)
-            row = _layout_row(reading, field_map)
-            rows.append([value.encode() for value in row] if raw else row)
-    if not rows:
+            rows.add_decoded(entry_id, reading, fields, field_map, raw)
+    if not rows.rows:
         return batch
-    trusted_mask = np.zeros(len(rows), bool)
-    trusted_mask[trusted] = True
+    trusted = np.zeros(len(rows.rows), bool)
+    trusted[list(rows.decoded)] = True
     try:
-        readings, suspect = _columns(ids, rows, trusted_mask, at)
+        readings, suspect = _columns(rows.ids, rows.rows, trusted, at)
     except (ValueError, OverflowError):  # some value is not a number: vet each row, then convert
-        vetted = []
-        for entry_id, fields, is_trusted in zip(ids, rows, trusted_mask.tolist()):
-            if is_trusted:
-                vetted.append((entry_id, _as_text(fields)))
-            elif (reading := _decode_one(batch, entry_id, _as_text(fields), field_map)) is not None:
-                vetted.append((entry_id, _layout_row(reading, field_map)))
-        if not vetted:
+        vetted = _Rows()
+        for index, entry_id in enumerate(rows.ids):
+            fields = _as_text(rows.original(index))
+            reading = rows.decoded.get(index) or _decode_one(batch, entry_id, fields, field_map)
+            if reading is not None:
+                vetted.add_decoded(entry_id, reading, fields, field_map, False)
+        if not vetted.rows:
             return batch
-        ids, rows = [entry_id for entry_id, _ in vetted], [row for _, row in vetted]
-        readings, suspect = _columns(ids, rows, np.ones(len(rows), bool), at)
+        rows = vetted
+        readings, suspect = _columns(rows.ids, rows.rows, np.ones(len(rows.rows), bool), at)
+    readings.temperature_c[rows.no_temperature] = np.nan
+    readings.humidity_pct[rows.no_humidity] = np.nan
+    ids = rows.ids
     keep = ~suspect
     for row in np.flatnonzero(suspect).tolist():
-        keep[row] = _decode_one(batch, ids[row], _as_text(rows[row]), field_map) is not None
+        keep[row] = _decode_one(batch, ids[row], _as_text(rows.original(row)), field_map) is not None
     future = keep & (readings.ts_ms > now_ms + max_skew_ms)
     for row in np.flatnonzero(future).tolist():
         ts_ms, seq = int(readings.ts_ms[row]), int(readings.seq[row])
         batch.dead_letters.append(DeadLetter(
             ids[row], f"future: ts={ts_ms} is {(ts_ms - now_ms) / 1000:.0f}s ahead of the worker clock "
-                      f"(max skew {max_skew_ms / 1000:.0f}s)", as_dict(_as_text(rows[row])),
+                      f"(max skew {max_skew_ms / 1000:.0f}s)", as_dict(_as_text(rows.original(row))),
             None if seq == NO_SEQ else (readings.sensors[row], seq)))
     keep &= ~future
     batch.readings = readings if keep.all() else readings.take(np.flatnonzero(keep))

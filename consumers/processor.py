@@ -30,6 +30,7 @@ from consumers.sensor_state import SensorState
 from consumers.summary import Summary
 from consumers.windows import NONE, Window
 from telemetry.records import AlertEvent, DeadLetterRecord, WindowAggregate
+from telemetry.schema import FieldMap, Reading
 
 WindowKey = tuple[str, int]  # (sensor, window start)
 
@@ -44,6 +45,7 @@ GAP_LIMIT = 100
 # The most wall-clock time one read may vouch for: a worker reads at least every block interval
 # (0.1 s by default); a read that took longer was held up (Redis paused, the worker frozen).
 LONGEST_LOOK_MS = 1_000
+LATE_FIELDS = FieldMap(version=None)  # how a reading past the allowed lateness shows in its dead letter
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +112,9 @@ class PartitionProcessor:
             if letter.sensor_seq is not None:
                 self._set_aside(*letter.sensor_seq)
         columns = batch.readings
+        temperatures, humidities = columns.metric_lists()
         for entry_id, sensor, ts_ms, temperature_c, humidity_pct, seq in zip(
-                columns.ids, columns.sensors, columns.ts_ms.tolist(), columns.temperature_c.tolist(),
-                columns.humidity_pct.tolist(), columns.seq.tolist()):
+                columns.ids, columns.sensors, columns.ts_ms.tolist(), temperatures, humidities, columns.seq.tolist()):
             self.apply_reading(entry_id, sensor, ts_ms, temperature_c, humidity_pct, seq)
 
     def windows_to_fetch(self, batch: CommitBatch) -> list[WindowKey]:
@@ -208,8 +210,10 @@ class PartitionProcessor:
             state.missing_seq -= 1
         return True
 
-    def apply_reading(self, entry_id: str, sensor: str, ts_ms: int, temperature_c: float, humidity_pct: float,
-                      seq: int) -> None:
+    def apply_reading(self, entry_id: str, sensor: str, ts_ms: int, temperature_c: float | None,
+                      humidity_pct: float | None, seq: int) -> None:
+        """One reading; a metric it does not carry is None (windows, rolling statistics and rules
+        on that metric skip it)."""
         out = self.outputs
         state = self.sensors.get(sensor)
         if state is None:
@@ -234,8 +238,7 @@ class PartitionProcessor:
                 self._count(state, "too_late")
                 out.dead_letters.append(DeadLetterRecord.of(
                     entry_id, f"late: window {start} is past the allowed lateness (watermark {state.max_ts})",
-                    {"sensor": sensor, "ts": str(ts_ms), "temperature_c": repr(temperature_c),
-                     "humidity_pct": repr(humidity_pct), **({"seq": str(seq)} if seq >= 0 else {})}))
+                    Reading(sensor, ts_ms, temperature_c, humidity_pct, seq if seq >= 0 else None).encode(LATE_FIELDS)))
                 return
             window = self._reopen(sensor, state, start)
         elif window is None:
@@ -255,7 +258,7 @@ class PartitionProcessor:
         emit = self._emit_alert
         on_reading(emit, rules, sensor, state, ts_ms, temperature_c, humidity_pct, before)
         if rules.on_rolling:
-            on_rolling(emit, rules, sensor, state, state.max_ts, self.rolling_stats(state))
+            on_rolling(emit, rules, sensor, state, state.max_ts, self.rolling_stats(state), temperature_c, humidity_pct)
         self._close_by_watermark(sensor, state)
         if sensor not in self._scheduled:
             self._schedule(sensor)

@@ -47,7 +47,8 @@ class RollingSpec:
     def in_window(self, bucket_start: int, as_of_ms: int) -> bool:
         return bucket_start + self.bucket_ms > as_of_ms - self.rolling_ms
 
-    def add(self, state: SensorState, ts_ms: int, temperature_c: float, humidity_pct: float) -> int | None:
+    def add(self, state: SensorState, ts_ms: int, temperature_c: float | None, humidity_pct: float | None
+            ) -> int | None:
         """Add a reading (state.max_ts already includes it). Returns the older bucket the checkpoint
         must now write on its own (consumers/sensor_state.py): the one the reading went to, when it
         is not the newest, or the newest before this reading started a newer one; else None."""

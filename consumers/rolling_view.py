@@ -30,12 +30,9 @@ class RollingView:
     late: int  # readings that revised a window already emitted
     too_late: int  # readings past the allowed lateness, dead-lettered
     revisions: int  # windows emitted again
+    count: int  # readings in the rolling window, with either metric (each metric's own count in its stats)
     temperature_c: MetricStats
     humidity_pct: MetricStats
-
-    @property
-    def count(self) -> int:
-        return self.temperature_c.count
 
 
 def rolling_views(db: Client, wanted: list[tuple[GroupKeys, list[str] | None]]) -> dict[str, RollingView]:
@@ -52,7 +49,7 @@ def rolling_views(db: Client, wanted: list[tuple[GroupKeys, list[str] | None]]) 
         for sensor, state in restore_sensors(fields, spec).items():
             stats = spec.stats(state)
             views[sensor] = RollingView(sensor, state.max_ts, spec.rolling_ms / 1000, state.missing_seq,
-                                        state.late, state.too_late, state.revisions,
+                                        state.late, state.too_late, state.revisions, stats.n,
                                         stats.metric("temperature_c"), stats.metric("humidity_pct"))
     return views
 

@@ -4,6 +4,11 @@ rolling buckets.
 Welford's update adds one reading and Chan's formula merges two summaries; both are exact up to
 rounding in any order, so a window built reading by reading and one merged from partials agree,
 and neither loses precision the way sums of squares do on values far from zero.
+
+A reading may carry one metric only (a probe without humidity, a device that publishes each
+metric on its own topic): each metric's statistics come from the readings that carry it. `n`
+counts readings; `t_missing` and `h_missing` count those without the metric, so a summary of
+full readings (the common case) packs as before, and an old checkpoint unpacks unchanged.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ INF = math.inf
 
 @dataclass(slots=True)
 class Summary:
-    n: int = 0
+    n: int = 0  # readings, with either metric
     t_mean: float = 0.0
     t_m2: float = 0.0
     t_min: float = INF
@@ -25,25 +30,34 @@ class Summary:
     h_m2: float = 0.0
     h_min: float = INF
     h_max: float = -INF
+    t_missing: int = 0  # readings without a temperature
+    h_missing: int = 0  # readings without a humidity
 
-    def add(self, temperature_c: float, humidity_pct: float) -> None:
+    def add(self, temperature_c: float | None, humidity_pct: float | None) -> None:
+        """One reading; None for a metric it does not carry."""
         n = self.n + 1
         self.n = n
-        delta = temperature_c - self.t_mean
-        self.t_mean += delta / n
-        self.t_m2 += delta * (temperature_c - self.t_mean)
-        delta = humidity_pct - self.h_mean
-        self.h_mean += delta / n
-        self.h_m2 += delta * (humidity_pct - self.h_mean)
         # Comparisons, not min()/max(): the same result at a third of the cost, twice per reading.
-        if temperature_c < self.t_min:
-            self.t_min = temperature_c
-        if temperature_c > self.t_max:
-            self.t_max = temperature_c
-        if humidity_pct < self.h_min:
-            self.h_min = humidity_pct
-        if humidity_pct > self.h_max:
-            self.h_max = humidity_pct
+        if temperature_c is None:
+            self.t_missing += 1
+        else:
+            delta = temperature_c - self.t_mean
+            self.t_mean += delta / (n - self.t_missing)
+            self.t_m2 += delta * (temperature_c - self.t_mean)
+            if temperature_c < self.t_min:
+                self.t_min = temperature_c
+            if temperature_c > self.t_max:
+                self.t_max = temperature_c
+        if humidity_pct is None:
+            self.h_missing += 1
+        else:
+            delta = humidity_pct - self.h_mean
+            self.h_mean += delta / (n - self.h_missing)
+            self.h_m2 += delta * (humidity_pct - self.h_mean)
+            if humidity_pct < self.h_min:
+                self.h_min = humidity_pct
+            if humidity_pct > self.h_max:
+                self.h_max = humidity_pct
 
     def merge(self, other: Summary) -> None:
         if other.n == 0:
@@ -51,45 +65,70 @@ class Summary:
         if self.n == 0:
             self.copy_from(other)
             return
-        na, nb = self.n, other.n
-        n = na + nb
-        delta = other.t_mean - self.t_mean
-        self.t_mean += delta * nb / n
-        self.t_m2 += other.t_m2 + delta * delta * na * nb / n
-        delta = other.h_mean - self.h_mean
-        self.h_mean += delta * nb / n
-        self.h_m2 += other.h_m2 + delta * delta * na * nb / n
-        self.n = n
-        if other.t_min < self.t_min:
-            self.t_min = other.t_min
-        if other.t_max > self.t_max:
-            self.t_max = other.t_max
-        if other.h_min < self.h_min:
-            self.h_min = other.h_min
-        if other.h_max > self.h_max:
-            self.h_max = other.h_max
+        na, nb = self.n - self.t_missing, other.n - other.t_missing
+        if nb:
+            if na:
+                n = na + nb
+                delta = other.t_mean - self.t_mean
+                self.t_mean += delta * nb / n
+                self.t_m2 += other.t_m2 + delta * delta * na * nb / n
+            else:
+                self.t_mean, self.t_m2 = other.t_mean, other.t_m2
+            if other.t_min < self.t_min:
+                self.t_min = other.t_min
+            if other.t_max > self.t_max:
+                self.t_max = other.t_max
+        na, nb = self.n - self.h_missing, other.n - other.h_missing
+        if nb:
+            if na:
+                n = na + nb
+                delta = other.h_mean - self.h_mean
+                self.h_mean += delta * nb / n
+                self.h_m2 += other.h_m2 + delta * delta * na * nb / n
+            else:
+                self.h_mean, self.h_m2 = other.h_mean, other.h_m2
+            if other.h_min < self.h_min:
+                self.h_min = other.h_min
+            if other.h_max > self.h_max:
+                self.h_max = other.h_max
+        self.n += other.n
+        self.t_missing += other.t_missing
+        self.h_missing += other.h_missing
 
     def copy_from(self, other: Summary) -> None:
-        (self.n, self.t_mean, self.t_m2, self.t_min, self.t_max,
-         self.h_mean, self.h_m2, self.h_min, self.h_max) = other.values()
+        (self.n, self.t_mean, self.t_m2, self.t_min, self.t_max, self.h_mean, self.h_m2, self.h_min, self.h_max,
+         self.t_missing, self.h_missing) = other.all_values()
 
     def copy(self) -> Summary:
-        return Summary(*self.values())
+        return Summary(*self.all_values())
+
+    def all_values(self) -> tuple:
+        return (self.n, self.t_mean, self.t_m2, self.t_min, self.t_max, self.h_mean, self.h_m2, self.h_min,
+                self.h_max, self.t_missing, self.h_missing)
 
     def values(self) -> tuple:
+        """The packed form (checkpoints, kept windows): the missing counts only when a reading
+        lacked a metric, so `Summary(*values)` reads both forms."""
+        if self.t_missing or self.h_missing:
+            return self.all_values()
         return (self.n, self.t_mean, self.t_m2, self.t_min, self.t_max,
                 self.h_mean, self.h_m2, self.h_min, self.h_max)
 
+    def count(self, metric: str) -> int:
+        """Readings that carried the metric."""
+        return self.n - (self.t_missing if metric == "temperature_c" else self.h_missing)
+
     def std(self, metric: str) -> float | None:
-        """Sample standard deviation (ddof 1, as pandas), None below two readings."""
-        if self.n < 2:
+        """Sample standard deviation (ddof 1, as pandas), None below two readings of the metric."""
+        count = self.count(metric)
+        if count < 2:
             return None
         m2 = self.t_m2 if metric == "temperature_c" else self.h_m2
-        return math.sqrt(max(m2, 0.0) / (self.n - 1))
+        return math.sqrt(max(m2, 0.0) / (count - 1))
 
     def source(self, metric: str, source: str) -> float | None:
-        """One statistic (mean, std, min or max) of one metric, None while empty."""
-        if not self.n:
+        """One statistic (mean, std, min or max) of one metric, None while it has no reading."""
+        if not self.count(metric):
             return None
         if source == "std":
             return self.std(metric)
@@ -101,11 +140,12 @@ class Summary:
         return self.t_max if temperature else self.h_max
 
     def metric(self, metric: str) -> MetricStats:
+        count = self.count(metric)
+        if not count:
+            return MetricStats(0, None, None, None, None)
         if metric == "temperature_c":
-            return MetricStats(self.n, self.t_mean if self.n else None, self.std(metric),
-                               self.t_min if self.n else None, self.t_max if self.n else None)
-        return MetricStats(self.n, self.h_mean if self.n else None, self.std(metric),
-                           self.h_min if self.n else None, self.h_max if self.n else None)
+            return MetricStats(count, self.t_mean, self.std(metric), self.t_min, self.t_max)
+        return MetricStats(count, self.h_mean, self.std(metric), self.h_min, self.h_max)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ class Window:
     last_ts: int = NONE
     revision: int = 0  # the revision its next emission carries
 
-    def add(self, ts_ms: int, temperature_c: float, humidity_pct: float) -> None:
+    def add(self, ts_ms: int, temperature_c: float | None, humidity_pct: float | None) -> None:
         self.summary.add(temperature_c, humidity_pct)
         if self.first_ts == NONE or ts_ms < self.first_ts:
             self.first_ts = ts_ms
@@ -27,19 +27,24 @@ class Window:
             self.last_ts = ts_ms
 
     def pack(self) -> list:
-        return [self.start_ms, *self.summary.values(), self.first_ts, self.last_ts, self.revision]
+        """The summary's missing counts, when it has any, go last: older forms stay readable."""
+        values = self.summary.values()
+        return [self.start_ms, *values[:9], self.first_ts, self.last_ts, self.revision, *values[9:]]
 
     @classmethod
     def unpack(cls, values: list) -> Window:
-        return cls(values[0], Summary(*values[1:10]), values[10], values[11], values[12] if len(values) > 12 else 0)
+        return cls(values[0], Summary(*values[1:10], *values[13:15]), values[10], values[11],
+                   values[12] if len(values) > 12 else 0)
 
     def reopened(self) -> Window:
         """A copy of this emitted window that a late reading revises: the emitted one stays as it was."""
-        return Window(self.start_ms, Summary(*self.summary.values()), self.first_ts, self.last_ts, self.revision + 1)
+        return Window(self.start_ms, self.summary.copy(), self.first_ts, self.last_ts, self.revision + 1)
 
     def aggregate(self, sensor: str, window_ms: int, closed_by: str) -> WindowAggregate:
-        summary = self.summary
+        """Each metric's statistics from its own readings; None for one no reading carried."""
+        temperature, humidity = self.summary.metric("temperature_c"), self.summary.metric("humidity_pct")
         return WindowAggregate(
-            sensor, self.start_ms, self.start_ms + window_ms, summary.n, summary.t_mean, summary.t_min,
-            summary.t_max, summary.std("temperature_c"), summary.h_mean, summary.h_min, summary.h_max,
-            summary.std("humidity_pct"), self.first_ts, self.last_ts, closed_by, self.revision)
+            sensor, self.start_ms, self.start_ms + window_ms, self.summary.n,
+            temperature.count, temperature.mean, temperature.min, temperature.max, temperature.std,
+            humidity.count, humidity.mean, humidity.min, humidity.max, humidity.std,
+            self.first_ts, self.last_ts, closed_by, self.revision)

@@ -27,19 +27,28 @@ def _float(text: str | None) -> float | None:
     return float(text) if text not in (None, "") else None
 
 
+METRIC_PREFIXES = ("temperature_c_", "humidity_pct_")
+
+
 @dataclass(frozen=True, slots=True)
 class WindowAggregate:
+    """One closed window of one sensor. Each metric's statistics come from the readings that
+    carried it (`<metric>_count` of the window's `count`); a metric no reading carried has
+    count 0 and its mean, min, max and std are None, left out of the entry."""
+
     sensor: str
     window_start: int
     window_end: int
     count: int
-    temperature_c_mean: float
-    temperature_c_min: float
-    temperature_c_max: float
+    temperature_c_count: int
+    temperature_c_mean: float | None
+    temperature_c_min: float | None
+    temperature_c_max: float | None
     temperature_c_std: float | None
-    humidity_pct_mean: float
-    humidity_pct_min: float
-    humidity_pct_max: float
+    humidity_pct_count: int
+    humidity_pct_mean: float | None
+    humidity_pct_min: float | None
+    humidity_pct_max: float | None
     humidity_pct_std: float | None
     first_ts: int
     last_ts: int
@@ -49,18 +58,25 @@ class WindowAggregate:
     revision: int = 0
 
     def fields(self) -> list[str]:
+        absent = tuple(prefix for prefix in METRIC_PREFIXES if not getattr(self, prefix + "count"))
         out: list[str] = []
         for name in self.__slots__:
+            if absent and name.startswith(absent) and not name.endswith("_count"):
+                continue
             value = getattr(self, name)
             out += [name, value if isinstance(value, str) else number_text(value)]
         return out
 
     @classmethod
     def decode(cls, entry: dict[str, str]) -> WindowAggregate:
-        ints = {"window_start", "window_end", "count", "first_ts", "last_ts", "revision"}
+        """Entries written before per-metric counts had every reading carry both metrics."""
+        ints = {"window_start", "window_end", "count", "first_ts", "last_ts", "revision", "temperature_c_count",
+                "humidity_pct_count"}
+        defaults = {"revision": "0", "temperature_c_count": entry.get("count", ""),
+                    "humidity_pct_count": entry.get("count", "")}
         values = {}
         for name in cls.__slots__:
-            text = entry.get(name, "0" if name == "revision" else "")  # entries from before revisions
+            text = entry.get(name, defaults.get(name, ""))
             values[name] = text if name in ("sensor", "closed_by") else int(text) if name in ints else _float(text)
         return cls(**values)
 

@@ -4,6 +4,11 @@ Field names are configurable (`FieldMap`) so that streams written by other produ
 seed tutorial's `sensor_id`/`temp`/`humidity`, feed the pipeline without code changes. A field
 mapped to None is absent from the entry: a missing `ts` is taken from the stream id, a missing
 `seq` leaves gap detection to the fields that exist.
+
+A reading carries at least one metric. A metric the sensor did not measure (a probe without
+humidity, a device that publishes each metric on its own topic) is an absent field, never an
+empty or placeholder value: an entry with neither metric, or with a metric present but not a
+plain number in range, is refused (dead-lettered, naming the field).
 """
 
 from __future__ import annotations
@@ -141,18 +146,23 @@ def _integer(field: str, raw: object) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """One measurement of one sensor; `ts_ms` is event time (when measured), not arrival time."""
+    """One measurement of one sensor; `ts_ms` is event time (when measured), not arrival time.
+    A metric the reading does not carry is None (at least one is not)."""
 
     sensor: str
     ts_ms: int
-    temperature_c: float
-    humidity_pct: float
+    temperature_c: float | None
+    humidity_pct: float | None
     seq: int | None = None
 
     def encode(self, field_map: FieldMap = FieldMap()) -> dict[str, str]:
-        row = row_template(field_map).format(self.sensor, self.ts_ms, self.temperature_c, self.humidity_pct,
-                                             "" if self.seq is None else self.seq)
-        return {name: value for name, value in zip(entry_layout(field_map), row.split("\t")) if value}
+        """The entry's fields; a part that is None or mapped to None is left out. Floats use repr,
+        as `row_template` does, to read back exactly."""
+        parts = ((field_map.sensor, self.sensor), (field_map.ts, self.ts_ms),
+                 (field_map.temperature_c, self.temperature_c), (field_map.humidity_pct, self.humidity_pct),
+                 (field_map.seq, self.seq), (field_map.version, SCHEMA_VERSION))
+        return {name: repr(value) if isinstance(value, float) else str(value)
+                for name, value in parts if name and value is not None}
 
     @classmethod
     def decode(cls, entry: dict[str, str], entry_id: str, field_map: FieldMap = FieldMap()) -> Reading:
@@ -169,14 +179,18 @@ class Reading:
         version = entry.get(field_map.version, str(SCHEMA_VERSION)) if field_map.version else str(SCHEMA_VERSION)
         if version != str(SCHEMA_VERSION):
             raise SchemaError(field_map.version or "v", version, f"unsupported (this build reads {SCHEMA_VERSION})")
+        temperature, humidity = entry.get(field_map.temperature_c), entry.get(field_map.humidity_pct)
+        if temperature is None and humidity is None:
+            raise SchemaError(f"{field_map.temperature_c}/{field_map.humidity_pct}", None,
+                              "both missing: a reading carries at least one metric")
         return cls(
             sensor=sensor,
             ts_ms=ts_ms,
-            temperature_c=_finite(field_map.temperature_c, entry.get(field_map.temperature_c), *TEMPERATURE_RANGE_C),
-            humidity_pct=_finite(field_map.humidity_pct, entry.get(field_map.humidity_pct), *HUMIDITY_RANGE_PCT),
+            temperature_c=None if temperature is None else _finite(field_map.temperature_c, temperature,
+                                                                   *TEMPERATURE_RANGE_C),
+            humidity_pct=None if humidity is None else _finite(field_map.humidity_pct, humidity, *HUMIDITY_RANGE_PCT),
             seq=seq,
         )
-
 
 
 def sensor_and_seq(entry: dict[str, str], field_map: FieldMap) -> tuple[str, int] | None:

@@ -75,7 +75,8 @@ def test_windows_equal_pandas_and_every_entry_is_acknowledged(db):
 def test_malformed_entries_are_dead_lettered_and_the_batch_goes_on(db):
     layout = layout_of(db, 1)
     good = Reading("ok", START, 20.0, 50.0, 0).encode()
-    bad = [({k: v for k, v in good.items() if k != "humidity_pct"}, "humidity_pct=None: missing"),
+    bad = [({k: v for k, v in good.items() if k not in ("temperature_c", "humidity_pct")},
+            "temperature_c/humidity_pct=None: both missing"),
            (dict(good, temperature_c="4_5.5"), "not a plain number"),
            (dict(good, ts=str(2**63)), "above 2^53"),
            (dict(good, temperature_c="1e308"), "outside -80..150"),

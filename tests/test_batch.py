@@ -20,17 +20,26 @@ def good(sensor: str, seq: int) -> dict[str, str]:
     return Reading(sensor, NOW - 60_000 + seq, 20.0 + seq / 10, 50.0, seq).encode()
 
 
+METRICS = ("temperature_c", "humidity_pct")
+
+
+def without(fields: dict[str, str], name: str) -> dict[str, str]:
+    return {key: value for key, value in fields.items() if key != name}
+
+
 def text_entries(with_non_number: bool) -> list:
     entries = [(f"{NOW - 1000 + i}-0", flat(good("a" if i % 2 else "b", i))) for i in range(20)]
     reordered = dict(reversed(list(good("c", 1).items())))  # not in the producers' field order
     entries += [
         ("1700000099100-0", flat(reordered)),
-        ("1700000099101-0", flat({k: v for k, v in good("a", 30).items() if k != "humidity_pct"})),
+        ("1700000099101-0", flat({k: v for k, v in good("a", 30).items() if k not in METRICS})),  # neither metric
         ("1700000099102-0", flat(dict(good("a", 31), temperature_c="nan"))),
         ("1700000099103-0", flat(dict(good("a", 32), humidity_pct="101"))),
         ("1700000099104-0", flat(dict(good("a", 33), sensor="no spaces"))),
         ("1700000099105-0", flat(dict(good("a", 34), ts=str(NOW + 3_600_000)))),  # future
         ("1700000099106-0", None),  # trimmed while pending
+        ("1700000099108-0", flat(without(good("d", 1), "humidity_pct"))),  # one metric, producers' order
+        ("1700000099109-0", flat(dict(reversed(without(good("d", 2), "temperature_c").items())))),  # one, reordered
     ]
     if with_non_number:
         entries += [("1700000099107-0", flat(dict(good("a", 35), temperature_c="2\n1")))]
@@ -54,7 +63,12 @@ def test_bytes_fields_make_the_same_batch_as_str_fields(with_non_number):
         assert getattr(raw.readings, column) == getattr(text.readings, column)
     for column in ("ts_ms", "temperature_c", "humidity_pct", "seq"):
         np.testing.assert_array_equal(getattr(raw.readings, column), getattr(text.readings, column))
-    assert len(raw.readings) == 21
+    assert len(raw.readings) == 23
+    assert "neither" not in raw.dead_letters[0].reason and "both missing" in raw.dead_letters[0].reason
+    absent = {entry_id: (np.isnan(t), np.isnan(h)) for entry_id, t, h in zip(
+        raw.readings.ids, raw.readings.temperature_c.tolist(), raw.readings.humidity_pct.tolist())}
+    assert absent.pop("1700000099108-0") == (False, True) and absent.pop("1700000099109-0") == (True, False)
+    assert not any(t or h for t, h in absent.values())
 
 
 def test_bytes_that_are_not_utf8_are_dead_lettered_not_raised():

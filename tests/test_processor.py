@@ -133,18 +133,23 @@ def checkpoint_round_trip(processor: PartitionProcessor) -> PartitionProcessor:
     return PartitionProcessor(processor.settings, sensors, processor.clock_ms)
 
 
-def test_a_checkpoint_anywhere_gives_the_outputs_of_an_uninterrupted_run():
-    readings = fleet_readings(jitter_ms=1_500, per_sensor=150)
-    entries = entries_of(readings)
+def assert_a_checkpoint_anywhere_changes_nothing(entries: list, cuts: tuple[int, ...], batch_size: int) -> None:
+    """With the built-in rules, a new owner taking over from a checkpoint after each cut gives the
+    outputs of an uninterrupted run."""
     rules = load_rules(None)
-    uninterrupted = records(run(PartitionProcessor(settings(rules).processing()), entries, 50))
-    for cut in (1, 199, 333):
+    uninterrupted = records(run(PartitionProcessor(settings(rules).processing()), entries, batch_size))
+    for cut in cuts:
         first = PartitionProcessor(settings(rules).processing())
         kept: dict = {}
-        before = run(first, entries[:cut], 50, kept)
-        after = run(checkpoint_round_trip(first), entries[cut:], 50, kept)
+        before = run(first, entries[:cut], batch_size, kept)
+        after = run(checkpoint_round_trip(first), entries[cut:], batch_size, kept)
         resumed = tuple(a + b for a, b in zip(records(before)[:3], records(after)[:3]))
         assert resumed == uninterrupted[:3], f"checkpoint after {cut} entries changed the outputs"
+
+
+def test_a_checkpoint_anywhere_gives_the_outputs_of_an_uninterrupted_run():
+    assert_a_checkpoint_anywhere_changes_nothing(entries_of(fleet_readings(jitter_ms=1_500, per_sensor=150)),
+                                                 (1, 199, 333), 50)
 
 
 def rolling_expected(readings: list[Reading], rolling_ms: int) -> list[tuple[int, float, float, float, float]]:

@@ -20,7 +20,7 @@ from tests.aggregation_helpers import latest_windows
 from tests.test_processor import (
     SILENT_RULES,
     START,
-    checkpoint_round_trip,
+    assert_a_checkpoint_anywhere_changes_nothing,
     entries_of,
     expected_windows,
     keep_emitted,
@@ -98,16 +98,7 @@ def test_late_readings_give_the_same_revisions_whatever_the_batching(batch_sizes
 
 def test_a_checkpoint_anywhere_gives_the_revisions_of_an_uninterrupted_run():
     arrival = delayed(steady(sensors=3, seconds=150), fraction=0.05, by=3 * 25)
-    entries = entries_of(arrival)
-    rules = load_rules(None)
-    uninterrupted = records(run(PartitionProcessor(settings(rules).processing()), entries, 40))
-    for cut in (1, 170, 301):
-        first = PartitionProcessor(settings(rules).processing())
-        kept: dict = {}
-        before = run(first, entries[:cut], 40, kept)
-        after = run(checkpoint_round_trip(first), entries[cut:], 40, kept)
-        resumed = tuple(a + b for a, b in zip(records(before)[:3], records(after)[:3]))
-        assert resumed == uninterrupted[:3], f"checkpoint after {cut} entries changed the outputs"
+    assert_a_checkpoint_anywhere_changes_nothing(entries_of(arrival), (1, 170, 301), 40)
 
 
 def test_a_stalled_source_revises_the_windows_idle_closed_and_its_silence_resolves():

@@ -28,7 +28,7 @@ def test_round_trip_is_exact():
         ("temperature_c", "150.1", "outside"),
         ("temperature_c", "-80.5", "outside"),
         ("humidity_pct", "100.5", "outside"),
-        ("humidity_pct", None, "missing"),
+        ("humidity_pct", "", "not a number"),  # present but empty is not absent
         ("seq", "1.5", "not an integer"),
         ("temperature_c", "4_5.5", "not a plain number"),
         ("temperature_c", " 45.5", "not a plain number"),
@@ -51,6 +51,22 @@ def test_decode_names_the_bad_field_and_value(field, value, problem):
     assert caught.value.field == field
     assert problem in caught.value.problem
     assert field in str(caught.value)
+
+
+@pytest.mark.parametrize("absent", ["temperature_c", "humidity_pct"])
+def test_a_reading_with_one_metric_leaves_the_other_absent(absent):
+    entry = {name: value for name, value in GOOD.items() if name != absent}
+    reading = Reading.decode(entry, "1-0")
+    assert getattr(reading, absent) is None
+    assert reading.encode() == entry  # absent again, not empty
+    assert Reading.decode(reading.encode(), "1-0") == reading
+
+
+def test_a_reading_without_either_metric_is_refused_naming_both():
+    entry = {name: value for name, value in GOOD.items() if name not in ("temperature_c", "humidity_pct")}
+    with pytest.raises(SchemaError) as caught:
+        Reading.decode(entry, "1-0")
+    assert str(caught.value) == "temperature_c/humidity_pct=None: both missing: a reading carries at least one metric"
 
 
 def test_seed_tutorial_entries_decode_with_the_seed_preset():
