@@ -56,7 +56,8 @@ class Snapshot:
 
 def _sensor_views(db: redis.Redis, layout: Layout, group: str, sensors: list[str]) -> list[SensorView]:
     """Per partition, its latest readings and producer seqs in one pipelined round trip; then the
-    rolling views."""
+    rolling views. A metric shows its newest value, from a reading before the newest where that
+    one lacks it (a split-topic device)."""
     by_partition: dict[int, list[str]] = defaultdict(list)
     for sensor in sensors:
         by_partition[layout.partition_for(sensor).index].append(sensor)
@@ -71,8 +72,10 @@ def _sensor_views(db: redis.Redis, layout: Layout, group: str, sensors: list[str
     views = {}
     for names in by_partition.values():
         latest: dict[str, dict] = {}
-        for _, fields in next(replies):
-            latest.setdefault(fields.get("sensor", ""), fields)
+        for _, fields in next(replies):  # newest first: each field from the newest entry that has it
+            merged = latest.setdefault(fields.get("sensor", ""), {})
+            for name, value in fields.items():
+                merged.setdefault(name, value)
         for sensor, seq in zip(names, next(replies)):
             views[sensor] = _sensor_view(sensor, latest.get(sensor, {}), seq, rolling.get(sensor))
     return [views[sensor] for sensor in sensors]

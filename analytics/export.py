@@ -54,13 +54,18 @@ def _writable_temp_beside(target: Path) -> tuple[int, str]:
         raise UsageError(f"--out {target}: cannot write there ({error.strerror})") from None
 
 
+def _metric_text(value: float) -> str:
+    return "" if math.isnan(value) else repr(value)
+
+
 def readings_csv_lines(frame: pd.DataFrame) -> str:
     """CSV text for a frame of validated readings (the general path, for mixed pages): no field of
-    a valid reading needs quoting, and repr keeps every float exact."""
+    a valid reading needs quoting, and repr keeps every float exact. A metric the reading does not
+    carry is an empty cell."""
     seq = ["" if value is None else str(value) for value in frame["seq"].astype(object).where(frame["seq"].notna(), None)]
     columns = (frame["stream_id"].tolist(), frame["sensor"].tolist(), frame["time"].tolist(),
-               map(str, frame["ts_ms"].tolist()), map(repr, frame["temperature_c"].tolist()),
-               map(repr, frame["humidity_pct"].tolist()), seq)
+               map(str, frame["ts_ms"].tolist()), map(_metric_text, frame["temperature_c"].tolist()),
+               map(_metric_text, frame["humidity_pct"].tolist()), seq)
     return "".join(line + "\n" for line in map(",".join, zip(*columns)))
 
 

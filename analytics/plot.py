@@ -74,7 +74,12 @@ def sensor_figure(sensor: str, readings: pd.DataFrame, windows: pd.DataFrame, ep
     figure, (temperature_axis, humidity_axis) = plt.subplots(2, 1, figsize=(13, 6), sharex=True)
     for axis, column, colour in ((temperature_axis, "temperature_c", "tab:red"),
                                  (humidity_axis, "humidity_pct", "tab:blue")):
-        axis.plot(*with_gaps(readings["ts_ms"], readings[column]), color=colour, linewidth=0.8, label=column)
+        # Only the readings that carry the metric: a split-topic sensor's alternate readings lack
+        # it, and a gap is judged on the metric's own readings.
+        carried = readings[readings[column].notna()]
+        axis.plot(*with_gaps(carried["ts_ms"], carried[column]), color=colour, linewidth=0.8, label=column)
+        if carried.empty:
+            axis.text(0.5, 0.5, f"no {column} readings", transform=axis.transAxes, ha="center", color="grey")
         if not windows.empty:
             windows = windows.sort_values("window_start")
             axis.plot(*window_segments(windows, f"{column}_mean"), color="black", linewidth=1.4, label="window mean")

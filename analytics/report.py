@@ -55,10 +55,13 @@ class SensorSummary:
     seq_health: dict = field(default_factory=lambda: dict(NO_SEQ))
 
     def as_row(self, dead_letters: int | None, alerts: int | None) -> dict:
+        """`count` readings, `<metric>_count` of them carrying the metric; a metric's statistics are
+        over those only, None (null, '-') when none did."""
         row: dict = {"sensor": self.sensor, "count": self.count}
         for metric, stats in self.stats.items():
-            row.update({f"{metric}_mean": stats.mean, f"{metric}_min": stats.min, f"{metric}_max": stats.max,
-                        f"{metric}_std": stats.std})
+            present = stats.count > 0
+            row.update({f"{metric}_count": stats.count, f"{metric}_mean": stats.mean if present else None,
+                        f"{metric}_min": stats.min, f"{metric}_max": stats.max, f"{metric}_std": stats.std})
         row.update(self.seq_health)
         row["dead_letters"] = dead_letters
         row["alerts"] = alerts
@@ -130,7 +133,7 @@ class Report:
     def as_table(self) -> str:
         if not self.rows:
             return "no readings"
-        headers = ("sensor", "count", "temp mean", "min", "max", "std", "hum mean", "min", "max", "std",
+        headers = ("sensor", "count", "temp n", "mean", "min", "max", "std", "hum n", "mean", "min", "max", "std",
                    "missing", "gaps", "dups", "late", "too late", "revised", "dead", "alerts")
 
         def cell(value) -> str:
@@ -139,8 +142,8 @@ class Report:
             return f"{value:.2f}" if isinstance(value, float) else str(value)
 
         lines = [[cell(row[key]) for key in (
-            "sensor", "count", "temperature_c_mean", "temperature_c_min", "temperature_c_max", "temperature_c_std",
-            "humidity_pct_mean", "humidity_pct_min", "humidity_pct_max", "humidity_pct_std",
+            "sensor", "count", *(f"{metric}_{name}" for metric in METRICS
+                                 for name in ("count", "mean", "min", "max", "std")),
             "missing", "gaps", "duplicates", "late", "too_late", "revisions", "dead_letters", "alerts")]
                  for row in self.rows]
         widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]

@@ -70,6 +70,13 @@ def _numeric(frame: pd.DataFrame, name: str | None) -> pd.Series:
         return pd.to_numeric(column, errors="coerce")
 
 
+def _present(frame: pd.DataFrame, name: str) -> pd.Series:
+    """Where the entry has the field at all (pages of mixed entries hold NaN where one has not)."""
+    if name not in frame:
+        return pd.Series(False, index=frame.index)
+    return frame[name].notna()
+
+
 def uniform_columns(page: Page) -> dict[str, np.ndarray] | None:
     """When every entry has the same fields in the same order (one producer), slice the columns
     out of one matrix instead of building a dict per entry; None when the page is mixed."""
@@ -103,8 +110,12 @@ def readings_frame(page: Page, field_map: FieldMap) -> pd.DataFrame:
         ts = pd.to_numeric(raw["stream_id"].str.split("-").str[0])
     temperature = _numeric(raw, field_map.temperature_c)
     humidity = _numeric(raw, field_map.humidity_pct)
+    # A metric the reading does not carry is an absent field (NaN here); one present must be valid.
+    has_temperature, has_humidity = _present(raw, field_map.temperature_c), _present(raw, field_map.humidity_pct)
     valid = (sensor.fillna("").str.fullmatch(SENSOR_NAME.pattern) & ts.notna() & (ts >= 0)
-             & temperature.between(*TEMPERATURE_RANGE_C) & humidity.between(*HUMIDITY_RANGE_PCT))
+             & (has_temperature | has_humidity)
+             & (~has_temperature | temperature.between(*TEMPERATURE_RANGE_C))
+             & (~has_humidity | humidity.between(*HUMIDITY_RANGE_PCT)))
     frame = pd.DataFrame({"stream_id": raw["stream_id"], "sensor": sensor, "ts_ms": ts,
                           "temperature_c": temperature, "humidity_pct": humidity,
                           "seq": _numeric(raw, field_map.seq)})[valid]
@@ -116,8 +127,11 @@ def readings_frame(page: Page, field_map: FieldMap) -> pd.DataFrame:
 
 
 def aggregates_frame(page: Page, _: FieldMap) -> pd.DataFrame:
+    """A metric no reading of the window carried has no statistics (NaN: an empty cell, null)."""
     frame = _fields_frame(page, AGGREGATE_COLUMNS)
     frame["revision"] = pd.to_numeric(frame["revision"]).fillna(0).astype("int64")  # absent before revisions
+    for metric in ("temperature_c", "humidity_pct"):  # absent before per-metric counts: every reading had both
+        frame[f"{metric}_count"] = frame[f"{metric}_count"].fillna(frame["count"])
     for edge in ("start", "end"):
         frame[f"window_{edge}_time"] = iso_utc_column(pd.to_numeric(frame[f"window_{edge}"]).fillna(0))
     return frame[list(AGGREGATE_COLUMNS)]

@@ -239,3 +239,69 @@ def test_export_writes_json_lines_for_jsonl(redis_url, tmp_path):
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 50 and rows[0]["sensor"] == "j" and rows[-1]["seq"] == 49
+
+
+def one_metric_pipeline(db):
+    """A temperature probe, a split-topic device (one metric a reading) and a whole sensor, each a
+    reading a second for 60 s, aggregated in 10 s windows by a worker with a humidity rule that an
+    absent humidity read as 0 would fire."""
+    layout = layout_of(db, 4)
+    readings = []
+    for i in range(60):
+        readings += [Reading("probe", START + i * 1000, 20.0 + i % 5, None, i),
+                     Reading("split", START + i * 1000, None if i % 2 else 21.0 + i % 3, 55.0 + i % 4 if i % 2 else None, i),
+                     Reading("whole", START + i * 1000, 22.0, 45.0 + i % 2, i)]
+    add_readings(db, layout, readings)
+    drain(make_worker(db, layout, window_ms=10_000, rules=rules(
+        '[[rule]]\nname="dry"\nkind="threshold"\nmetric="humidity_pct"\nbelow=10.0')), START + 10**9)
+    frame = pd.DataFrame([(r.sensor, r.ts_ms, r.temperature_c, r.humidity_pct, r.seq) for r in readings],
+                         columns=["sensor", "ts_ms", "temperature_c", "humidity_pct", "seq"])
+    return layout, frame.astype({"temperature_c": float, "humidity_pct": float})
+
+
+def test_one_metric_readings_export_with_empty_cells_nulls_and_absent_window_statistics(redis_url, db, tmp_path):
+    layout, readings = one_metric_pipeline(db)
+    assert outputs(db, layout, "alerts").empty  # nothing is dry: absent humidity is no value
+    csv_out, jsonl_out, parquet_out = tmp_path / "r.csv", tmp_path / "r.jsonl", tmp_path / "r.parquet"
+    for out in (csv_out, jsonl_out, parquet_out):
+        result = run_cli("analytics", "export", "--out", str(out), "--redis-url", redis_url)
+        assert result.returncode == 0, result.stderr
+    probe_line = next(line for line in csv_out.read_text().splitlines() if ",probe," in line)
+    assert probe_line.split(",")[4:6] == ["20.0", ""]  # an empty cell, not nan
+    for frame in (pd.read_csv(csv_out), pd.read_json(jsonl_out, lines=True), pd.read_parquet(parquet_out)):
+        frame = frame.sort_values(["sensor", "ts_ms"]).reset_index(drop=True)
+        expected = readings.sort_values(["sensor", "ts_ms"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(frame[list(expected.columns)], expected, check_dtype=False)
+    assert [json.loads(line)["humidity_pct"] for line in jsonl_out.read_text().splitlines()
+            if '"probe"' in line][:1] == [None]
+    aggregates = tmp_path / "a.csv"
+    assert run_cli("analytics", "export", "--kind", "aggregates", "--out", str(aggregates),
+                   "--redis-url", redis_url).returncode == 0
+    windows = pd.read_csv(aggregates).set_index("sensor")
+    assert (windows.loc["probe", "humidity_pct_count"] == 0).all() and windows.loc["probe", "humidity_pct_mean"].isna().all()
+    assert (windows.loc["split", "temperature_c_count"] == 5).all() and (windows.loc["split", "count"] == 10).all()
+
+
+def test_report_and_plot_take_each_metric_over_its_own_readings(redis_url, db, tmp_path):
+    _, readings = one_metric_pipeline(db)
+    result = run_cli("analytics", "report", "--json", "--redis-url", redis_url)
+    assert result.returncode == 0, result.stderr
+    rows = {row["sensor"]: row for row in json.loads(result.stdout)["sensors"]}
+    for sensor, values in readings.groupby("sensor"):
+        row = rows[sensor]
+        assert row["count"] == 60
+        for metric in ("temperature_c", "humidity_pct"):
+            present = values[metric].dropna()
+            assert row[f"{metric}_count"] == len(present)
+            assert row[f"{metric}_mean"] == (pytest.approx(present.mean()) if len(present) else None)
+    assert rows["probe"]["humidity_pct_min"] is None and rows["probe"]["humidity_pct_std"] is None
+    table = run_cli("analytics", "report", "--redis-url", redis_url).stdout
+    assert "hum n" in table and "probe" in table
+    out = tmp_path / "split.png"
+    assert run_cli("analytics", "plot", "--sensor", "split", "--out", str(out), "--redis-url", redis_url).returncode == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    split = readings[readings.sensor == "split"]
+    figure = sensor_figure("split", split, pd.DataFrame(), [])
+    for axis, metric in zip(figure.axes, ("temperature_c", "humidity_pct")):
+        drawn = axis.get_lines()[0].get_ydata()
+        assert list(pd.Series(drawn).dropna()) == list(split[metric].dropna())  # a line through its own readings

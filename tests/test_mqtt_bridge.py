@@ -14,10 +14,12 @@ import urllib.request
 from collections import Counter
 from dataclasses import asdict
 
+import numpy as np
 import pandas as pd
 import pytest
 import redis
 
+from consumers.rules import DEFAULT_RULES_TOML
 from producers.mqtt.bridge import MqttBridge
 from producers.mqtt.formats import FormatOptions, parser_for
 from producers.mqtt.formats.json_mapping import JsonMapping
@@ -29,7 +31,7 @@ from telemetry.embedded import PrivateRedisServer, free_port
 from telemetry.keys import Keys
 from telemetry.partitions import open_layout
 from telemetry.schema import FieldMap
-from tests.aggregation_helpers import START, counters, outputs
+from tests.aggregation_helpers import START, counters, latest_windows, outputs
 from tests.conftest import run_cli
 from tests.crash_harness import WINDOW_MS, WORKER_FLAGS, spawn, wait_for
 from tests.mqtt_helpers import (
@@ -271,6 +273,24 @@ def test_redelivered_messages_at_arrival_time_are_written_and_counted(broker, re
     publisher.close()
 
 
+def test_split_topics_at_one_device_time_are_two_readings_and_redeliveries_of_each_are_recognised(broker, redis_url):
+    """A json device with device time publishes temperature and humidity on separate topics with
+    the same time: each is a reading of its metric (neither the other's duplicate), and a DUP
+    redelivery of either is recognised."""
+    publisher = Publisher(broker.port)
+    messages = [(f"sensors/attic/{topic}", {key: value + tick, "ts": START + tick * 1000})
+                for tick in range(3) for topic, key, value in (("temperature", "t", 20.0), ("humidity", "h", 40.0))][:5]
+    second = write_and_die_before_acknowledging(
+        broker, redis_url, "json", "sensor=topic:1,temperature=t,humidity=h,time=ts:epoch_ms",
+        lambda: [publisher.raw(topic, json.dumps(payload).encode()) for topic, payload in messages])
+    assert (second.counts.written, second.counts.duplicates, second.counts.dead_lettered) == (0, 5, 0)
+    readings = stream_readings(redis_url)
+    assert [(int(fields["ts"]), fields.get("temperature_c"), fields.get("humidity_pct")) for fields in readings] == [
+        (START, "20.0", None), (START, None, "40.0"), (START + 1000, "21.0", None), (START + 1000, None, "41.0"),
+        (START + 2000, "22.0", None)]
+    publisher.close()
+
+
 def test_bad_payloads_are_dead_lettered_and_acknowledged(broker, redis_url, tmp_path):
     publisher = Publisher(broker.port)
     bridge = start_bridge(broker.url, redis_url, tmp_path / "bridge.log")
@@ -371,3 +391,95 @@ def test_simulators_through_mosquitto_and_bridges_to_workers(broker, redis_url, 
 
 
 FORMAT_OF = {"tele": "tasmota", "zigbee2mqtt": "zigbee2mqtt", **{sensor: "shelly-gen2" for sensor in E2E_FORMATS["shelly-gen2"]}}
+
+
+# The built-in temperature-high (its `for` shortened) and humidity-low (on the rolling mean), and a
+# humidity threshold on each reading: an absent humidity taken for 0 %RH would fire both of these.
+PROBE_RULES = "".join(f"[[rule]]{block}" for block in DEFAULT_RULES_TOML.split("[[rule]]")
+                      if '"temperature-high"' in block or '"humidity-low"' in block).replace('"30s"', '"2s"') + """
+[[rule]]
+name = "humidity-dry"
+kind = "threshold"
+metric = "humidity_pct"
+below = 5.0
+"""
+PROBE_TEMPERATURES = [21.0, 22.5, 45.0, 46.0, 47.5, 46.0, 45.0, 30.0, 21.0]
+
+
+def publish_probe_live(publisher: Publisher) -> list[tuple[int, float]]:
+    """A DS18B20 on a Tasmota board, one reading a second at device time (whole seconds, UTC)."""
+    published = []
+    first_s = int(time.time()) + 1
+    for tick, temperature in enumerate(PROBE_TEMPERATURES):
+        time.sleep(max(0.0, first_s + tick - time.time()))
+        ts_ms = (first_s + tick) * 1000
+        payload = {"Time": pd.Timestamp(ts_ms, unit="ms").strftime("%Y-%m-%dT%H:%M:%S"),
+                   "DS18B20": {"Id": "01144A0CB2AA", "Temperature": temperature}, "TempUnit": "C"}
+        publisher.raw("tele/probe/SENSOR", json.dumps(payload).encode())
+        published.append((ts_ms, temperature))
+    return published
+
+
+def per_metric_windows(readings: pd.DataFrame) -> pd.DataFrame:
+    """pandas over the values present: count, mean and min of each metric skip NaN."""
+    readings = readings.assign(window_start=readings.ts_ms - readings.ts_ms % WINDOW_MS)
+    return readings.groupby(["sensor", "window_start"]).agg(
+        count=("ts_ms", "size"), temperature_c_count=("temperature_c", "count"),
+        temperature_c_mean=("temperature_c", "mean"), temperature_c_min=("temperature_c", "min"),
+        humidity_pct_count=("humidity_pct", "count"), humidity_pct_mean=("humidity_pct", "mean"))
+
+
+def test_a_temperature_probe_and_a_split_topic_device_through_mosquitto_a_bridge_and_a_worker(
+        broker, redis_url, tmp_path):
+    """A temperature-only probe (Tasmota, DS18B20, device time) and a Shelly gen1 H&T simulator
+    (temperature and humidity on separate topics, arrival time) publish through Mosquitto; a
+    bridge per format and a worker run. Each message becomes one reading of the metrics it
+    carries, exactly as published; each window's per-metric statistics equal pandas over those
+    readings; the probe's temperature rule fires and resolves, and no humidity rule fires on the
+    probe's absent humidity."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(PROBE_RULES)
+    bridges = [start_bridge(broker.url, redis_url, tmp_path / f"{name}.log", *args, format_name=name,
+                            client_id=f"in-{name}") for name, args in (("tasmota", ("--tz", "UTC")), ("shelly", ()))]
+    for name in ("tasmota", "shelly"):
+        wait_subscribed(redis_url, f"in-{name}")
+    flags = [flag if flag != "6" else str(PARTITIONS) for flag in WORKER_FLAGS]
+    worker = spawn("consumers", "aggregate", "--consumer", "w0", "--redis-url", redis_url, *flags, "--rules", str(rules),
+                   stderr=(tmp_path / "w0.log").open("w"))
+    publisher = Publisher(broker.port)
+    try:
+        simulator = spawn("producers", "hall", "--to-mqtt", broker.url, "--format", "shelly", "--count", "8",
+                          "--seed", "19")
+        probe = publish_probe_live(publisher)
+        assert simulator.wait(timeout=60) == 0
+        db = redis.Redis.from_url(redis_url, decode_responses=True)
+        wait_for(lambda: len(stream_readings(redis_url)) == len(probe) + 16, 20, "every message written")
+        written = pd.DataFrame(stream_readings(redis_url)).astype({"ts": int, "temperature_c": float,
+                                                                   "humidity_pct": float})
+        written = written.rename(columns={"ts": "ts_ms"})
+        by_sensor = dict(tuple(written.groupby("sensor")))
+        assert list(zip(by_sensor["probe"].ts_ms, by_sensor["probe"].temperature_c)) == probe
+        assert by_sensor["probe"].humidity_pct.isna().all()
+        hall = by_sensor["hall"]
+        assert (hall.temperature_c.isna() != hall.humidity_pct.isna()).all()  # one metric a reading
+        assert (hall.temperature_c.count(), hall.humidity_pct.count()) == (8, 8)
+        expected = per_metric_windows(written)
+        layout = open_layout(db, Keys(), PARTITIONS)
+        wait_for(lambda: counters(db, layout).get("windows_emitted", 0) >= len(expected), 60, "every window")
+        windows = latest_windows(outputs(db, layout, "aggregates").astype({"window_start": int}))
+        windows = windows.set_index(["sensor", "window_start"]).sort_index()
+        assert list(windows.index) == list(expected.index)
+        for column in expected.columns:
+            np.testing.assert_allclose(windows[column].astype(float), expected[column].astype(float), rtol=1e-9,
+                                       equal_nan=True, err_msg=column)
+        assert windows.loc["probe"].humidity_pct_mean.isna().all()  # absent from the entries
+        wait_for(lambda: len(outputs(db, layout, "alerts")) >= 2, 20, "the probe's alert resolved")
+        time.sleep(1)  # any alert that should not be there
+        alerts = outputs(db, layout, "alerts")
+        assert list(zip(alerts.rule, alerts.sensor, alerts.state)) == [
+            ("temperature-high", "probe", "firing"), ("temperature-high", "probe", "resolved")]
+    finally:
+        for process in [*bridges, worker]:
+            process.terminate()
+            process.wait(timeout=20)
+        publisher.close()

@@ -12,10 +12,13 @@ import time
 import pytest
 
 from analytics.web.live import cut_batch, resume_position
-from analytics.web.sensor import BadRequest, TimeRange, latest_revisions, windows_in
+from analytics.web.sensor import BadRequest, TimeRange, latest_revisions, sensor_detail, windows_in
+from analytics.web.tracker import FleetState, Latest
 from telemetry.embedded import PrivateRedisServer, free_port
 from telemetry.keys import Keys
 from telemetry.partitions import open_layout
+from telemetry.schema import FieldMap, Reading
+from tests.aggregation_helpers import START, add_readings, drain, layout_of, make_worker
 from tests.conftest import run_cli
 from tests.crash_harness import spawn, wait_for
 from tests.web_harness import HOT, PIPELINE_FLAGS, SENSORS, fetch, get_json, web_pipeline_in
@@ -256,3 +259,31 @@ def _answers(url: str) -> bool:
         return fetch(url, timeout=2)[0] == 200
     except OSError:
         return False
+
+
+def test_one_metric_readings_are_null_points_and_the_latest_value_of_each_metric_is_kept(db):
+    """A probe without humidity and a split-topic device: the sensor API has nulls where a reading
+    lacks a metric (and NaN nowhere, which JSON has not), a window without a metric has null
+    statistics, and the fleet's latest values keep each metric's newest."""
+    layout = layout_of(db, 1, Keys("onemetric"))
+    readings = [reading for i in range(40) for reading in (
+        Reading("probe", START + i * 1000, 20.0 + i % 3, None, i),
+        Reading("split", START + i * 1000 + 500, None if i % 2 else 21.0, 50.0 if i % 2 else None, i))]
+    add_readings(db, layout, readings)
+    drain(make_worker(db, layout, window_ms=10_000), START + 10**9)
+    keys = layout.groups("aggregators")[0]
+    span = TimeRange(START, START + 60_000, None)
+    probe = json.loads(json.dumps(sensor_detail(db, keys, "probe", span, FieldMap(), ()), allow_nan=False))
+    assert probe["readings"]["humidity_pct"] == [None] * 40 and None not in probe["readings"]["temperature_c"]
+    windows = probe["windows"]
+    assert windows["window_start"] and set(windows["humidity_pct_mean"]) == {None}
+    assert None not in windows["temperature_c_mean"]
+    assert probe["rolling"]["humidity_pct"]["count"] == 0 and probe["rolling"]["humidity_pct"]["mean"] is None
+    split = sensor_detail(db, keys, "split", span, FieldMap(), ())
+    assert split["readings"]["temperature_c"][:3] == [21.0, None, 21.0]
+    assert split["readings"]["humidity_pct"][:3] == [None, 50.0, None]
+    state = FleetState(layout)
+    for index, reading in enumerate(readings):
+        state.apply_reading(f"{START + index}-0", reading.encode(), FieldMap())
+    assert state.latest["split"] == Latest(START + 39_500, 21.0, 50.0)
+    assert state.latest["probe"] == Latest(START + 39_000, 20.0, None)

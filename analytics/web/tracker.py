@@ -46,9 +46,12 @@ RATE_WINDOW_S = 10.0
 
 @dataclass(frozen=True, slots=True)
 class Latest:
+    """A sensor's newest reading time, and the newest value of each metric: a reading without a
+    metric (a split-topic device's other topic) keeps the one before, None until one came."""
+
     ts: int
-    temperature_c: float
-    humidity_pct: float
+    temperature_c: float | None
+    humidity_pct: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +97,12 @@ class FleetState:
             return None  # the workers dead-letter it; the page shows the dead-letter count
         self.known.add(reading.sensor)
         current = self.latest.get(reading.sensor)
-        if current is None or reading.ts_ms >= current.ts:
+        if current is None:
             self.latest[reading.sensor] = Latest(reading.ts_ms, reading.temperature_c, reading.humidity_pct)
+        elif reading.ts_ms >= current.ts:
+            self.latest[reading.sensor] = Latest(
+                reading.ts_ms, current.temperature_c if reading.temperature_c is None else reading.temperature_c,
+                current.humidity_pct if reading.humidity_pct is None else reading.humidity_pct)
         return reading
 
 

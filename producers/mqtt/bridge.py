@@ -76,14 +76,10 @@ class Parsed:
     redelivered_at_arrival_time: int = 0
 
 
-def split_metric_reason(reading: DeviceReading) -> str:
-    missing = "humidity" if reading.humidity_pct is None else "temperature"
-    return (f"no {missing}: the pipeline's readings carry both temperature and humidity "
-            f"(sensor {reading.sensor})")
-
-
 def sort_messages(batch: list[Inbound], parse: Parser, bridge: str, counts: BridgeCounts) -> Parsed:
-    """Parse, then decide: retained replays skipped, bad payloads dead-lettered, readings kept."""
+    """Parse, then decide: retained replays skipped, bad payloads dead-lettered, readings kept (a
+    message with one metric, as split-topic devices send, is a reading of that metric: topics are
+    never merged by guessing which messages belong together)."""
     parsed = Parsed()
     for inbound in batch:
         message = inbound.message
@@ -98,9 +94,6 @@ def sort_messages(batch: list[Inbound], parse: Parser, bridge: str, counts: Brid
         if not readings:
             counts.ignored += 1
         for reading in readings:
-            if reading.temperature_c is None or reading.humidity_pct is None:
-                parsed.dead_letters.append(MqttDeadLetter.of(message, split_metric_reason(reading), bridge))
-                continue
             parsed.readings.append(reading)
             if message.dup and not reading.device_time:
                 parsed.redelivered_at_arrival_time += 1

@@ -7,10 +7,11 @@ resends the same calls under the same batch number, and the batch marker (the pr
 mechanism, `append_readings.lua`) makes the resend a no-op. And the broker resends every message
 the bridge had not acknowledged when it died or lost its connection (DUP set), though the bridge
 may have written its reading: a new process has a new batch number, so the marker cannot know
-it. The reading's identity can: a sensor and its device time. `mqtt_append.lua` keeps each
-sensor's newest device times (`mqtt-seen:<sensor>`, the last SEEN_TIMES_KEPT) and writes a reading
-only if its time is not among them, in the same atomic call as the XADD, with the seq given in
-Redis. A reading at arrival time (the payload has no time) cannot be recognised: it is written
+it. The reading's identity can: a sensor, its device time and the metrics it carries (a device
+that publishes each metric on its own topic sends two readings with one time). `mqtt_append.lua`
+keeps each sensor's newest identities (`mqtt-seen:<sensor>`, the last SEEN_TIMES_KEPT) and writes
+a reading only if its identity is not among them, in the same atomic call as the XADD, with the
+seq given in Redis. A reading at arrival time (the payload has no time) cannot be recognised: it is written
 as it comes, and the bridge counts the redelivered ones (README, "Real sensors over MQTT").
 """
 
@@ -39,6 +40,11 @@ BATCH_MARKER_TTL_MS = 86_400_000
 SEEN_TIMES_KEPT = 256  # per sensor: a redelivery comes within the bridge's in-flight bound of the newest
 DEAD_LETTER_MAXLEN = 100_000
 TIME_SOURCE_FIELD = "time"  # 'broker' on readings stamped with the arrival time; absent: device time
+
+
+def metric_text(value: float | None) -> str:
+    """As the script takes a metric: '' for one the reading does not carry (left out of the entry)."""
+    return "" if value is None else repr(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +85,8 @@ class ReadingSink:
             args: list = [self.batch_number, BATCH_MARKER_TTL_MS, self.maxlen, SEEN_TIMES_KEPT, *self.names,
                           SCHEMA_VERSION]
             for reading in part:
-                args += [reading.sensor, reading.ts_ms, repr(reading.temperature_c), repr(reading.humidity_pct),
-                         "1" if reading.device_time else "0"]
+                args += [reading.sensor, reading.ts_ms, metric_text(reading.temperature_c),
+                         metric_text(reading.humidity_pct), "1" if reading.device_time else "0"]
             calls.append((keys, args))
 
         def unanswered(failed: Exception, delay: float) -> None:

@@ -108,8 +108,10 @@ const fleet = {
     for (const [name, ts, temperature, humidity] of data.readings) {
       let position = this.index.get(name);
       if (position === undefined) { position = this.addSensor(name); added = true; }
-      if (this.ts[position] === null || ts >= this.ts[position]) {
-        this.ts[position] = ts; this.temperature[position] = temperature; this.humidity[position] = humidity;
+      if (this.ts[position] === null || ts >= this.ts[position]) {  // a metric a reading lacks keeps its last value
+        this.ts[position] = ts;
+        if (temperature !== null) this.temperature[position] = temperature;
+        if (humidity !== null) this.humidity[position] = humidity;
       }
     }
     for (const alert of data.alerts) {

@@ -26,16 +26,20 @@ function rangeQuery() {
 }
 
 // A metric's readings, with an explicit null wherever readings stopped for a while (a gap, not a line).
+// Only the readings that carry the metric (null in the others: a probe without humidity, a
+// split-topic device's other topic), so the gaps are judged on the metric's own readings.
 function readingTable(metric) {
   const r = view.data.readings;
+  const ts = [], values = [];
+  for (let i = 0; i < r.ts.length; i++) if (r[metric][i] !== null) { ts.push(r.ts[i]); values.push(r[metric][i]); }
   const xs = [], ys = [];
   const steps = [];
-  for (let i = 1; i < r.ts.length; i++) steps.push(r.ts[i] - r.ts[i - 1]);
+  for (let i = 1; i < ts.length; i++) steps.push(ts[i] - ts[i - 1]);
   steps.sort((a, b) => a - b);
   const typical = Math.max(steps.length ? steps[Math.floor(steps.length / 2)] : 1000, 1);
-  for (let i = 0; i < r.ts.length; i++) {
-    if (i > 0 && r.ts[i] - r.ts[i - 1] > GAP_FACTOR * typical) { xs.push((r.ts[i - 1] + 1) / 1000); ys.push(null); }
-    xs.push(r.ts[i] / 1000); ys.push(r[metric][i]);
+  for (let i = 0; i < ts.length; i++) {
+    if (i > 0 && ts[i] - ts[i - 1] > GAP_FACTOR * typical) { xs.push((ts[i - 1] + 1) / 1000); ys.push(null); }
+    xs.push(ts[i] / 1000); ys.push(values[i]);
   }
   return [xs, ys];
 }
@@ -189,7 +193,10 @@ function applyUpdate(update) {
     if (ts < view.range.since) continue;
     let i = r.ts.length;
     while (i > 0 && r.ts[i - 1] > ts) i--;
-    if (i > 0 && r.ts[i - 1] === ts) continue;  // a resumed stream may send an entry twice
+    if (i > 0 && r.ts[i - 1] === ts) {  // a resumed stream may send an entry twice; split topics share a time
+      r.temperature_c[i - 1] ??= temperature; r.humidity_pct[i - 1] ??= humidity;
+      continue;
+    }
     r.ts.splice(i, 0, ts); r.temperature_c.splice(i, 0, temperature); r.humidity_pct.splice(i, 0, humidity);
   }
   if (update.windows.length) {

@@ -5,7 +5,9 @@
 `sensor` is a topic level (`topic:N`, 0-based; `topic:N-` for level N to the end) or a field;
 fields are dotted paths into the object; `time` is FIELD:iso|epoch_s|epoch_ms (ISO without an
 offset is read in --tz), absent: the arrival time; `unit` C (default) or F. At least one of
-temperature and humidity."""
+temperature and humidity. A message may lack one of the mapped metrics (a device publishing each
+metric on its own topic, under one mapping): its reading carries the other; one lacking both is
+refused."""
 
 from __future__ import annotations
 
@@ -65,13 +67,25 @@ class JsonMapping:
         return cls(sensor, values.get("temperature"), values.get("humidity"), time, time_format, unit)
 
 
-def field_value(document: dict, path: str) -> object:
+ABSENT = object()
+
+
+def field_value(document: dict, path: str, missing: object = None) -> object:
+    """The value at a dotted path; a PayloadError where there is none, unless `missing` is given."""
     value: object = document
     for key in path.split("."):
         if not isinstance(value, dict) or key not in value:
+            if missing is not None:
+                return missing
             raise PayloadError(f"no field {path}")
         value = value[key]
     return value
+
+
+def metric_value(document: dict, path: str | None, convert) -> float | None:
+    """A mapped metric, None where the message does not carry it (present but not a number is an error)."""
+    value = ABSENT if path is None else field_value(document, path, ABSENT)
+    return None if value is ABSENT else convert(value)
 
 
 def device_of(mapping: JsonMapping, topic: str, document: dict) -> str:
@@ -93,9 +107,8 @@ def parse(message: MqttMessage, mapping: JsonMapping | None, zone: tzinfo) -> li
         raise UsageError("--format json needs --map")
     document = json_object(message)
     sensor = device_of(mapping, message.topic, document)
-    temperature = (temperature_c(field_value(document, mapping.temperature), mapping.unit)
-                   if mapping.temperature else None)
-    humidity = humidity_pct(field_value(document, mapping.humidity)) if mapping.humidity else None
+    temperature = metric_value(document, mapping.temperature, lambda value: temperature_c(value, mapping.unit))
+    humidity = metric_value(document, mapping.humidity, humidity_pct)
     ts_ms = (TIME_FORMATS[mapping.time_format](mapping.time, field_value(document, mapping.time), zone)
              if mapping.time else None)
     return [reading(sensor, ts_ms, message, temperature, humidity)]
