@@ -113,15 +113,31 @@ def run_until_answered(db: Client, script: Script, calls: list[Call], wait: Repl
 
 
 def _run_on(client: redis.Redis, script: Script, calls: list[Call], wait: ReplicaWait | None) -> list:
+    """One round trip: EVALSHA straight away. redis-py's own script calls in a pipeline ask
+    SCRIPT EXISTS first, a second round trip on every write; instead a server without the script
+    (restarted, flushed, a promoted replica) answers NOSCRIPT, and the calls, idempotent, are sent
+    again once it is loaded."""
+    replies = _evalsha_all(client, script, calls, wait)
+    if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
+        try:
+            script.sha = client.script_load(script.script)
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+                redis.exceptions.NoPermissionError) as error:  # the last: SCRIPT LOAD refused
+            return [error] * len(calls)
+        replies = _evalsha_all(client, script, calls, wait)
+    return replies
+
+
+def _evalsha_all(client: redis.Redis, script: Script, calls: list[Call], wait: ReplicaWait | None) -> list:
     pipeline = client.pipeline(transaction=False)
     for keys, args in calls:
-        script(keys=keys, args=args, client=pipeline)
+        pipeline.evalsha(script.sha, len(keys), *keys, *args)
     if wait is not None:
         pipeline.execute_command("WAIT", wait.replicas, wait.timeout_ms)
     try:
         replies = pipeline.execute(raise_on_error=False)
     except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
-            redis.exceptions.NoPermissionError) as error:  # the last: SCRIPT EXISTS/LOAD refused
+            redis.exceptions.NoPermissionError) as error:
         return [error] * len(calls)
     if wait is not None:
         wait.check(replies.pop())

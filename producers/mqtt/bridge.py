@@ -1,6 +1,7 @@
 """The bridge's loop: messages from the broker, readings into Redis, acknowledgements back.
 
-paho's network thread only queues what arrives (`on_message`); the loop takes what is queued,
+paho's network thread only queues what arrives (`on_message`); the loop takes what is queued
+(lingering up to linger_s for half the in-flight bound, so a step is worth its round trip),
 parses it (formats/), writes the readings and dead letters (sink.py, which blocks and resends
 until Redis has them) and only then acknowledges the messages, in the order they arrived. So a
 message is acknowledged only once its reading is in Redis, and what is in flight is bounded by
@@ -38,6 +39,7 @@ from producers.mqtt.sink import ReadingSink
 from telemetry.timeutil import now_ms
 
 TAKE_WAIT_S = 0.2  # how long a step waits for a first message
+LINGER_POLL_S = 0.001  # how often a lingering step looks whether it is full
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,12 +176,20 @@ class MqttBridge:
         return self.inbox.qsize() + self.in_hand
 
     def _take(self, wait_s: float) -> list[Inbound]:
-        """Up to batch_size queued messages, waiting up to wait_s for the first."""
+        """Up to batch_size queued messages, waiting up to wait_s for the first, then up to
+        linger_s for the step to fill: while messages keep coming, a step that took only what
+        had arrived would pay its Redis round trip and its script calls for a handful of
+        messages, and spend the time paho's thread needs to receive the next ones."""
         try:
             batch = [self.inbox.get(timeout=wait_s)]
         except queue.Empty:
             return []
-        while len(batch) < self.settings.batch_size:
+        settings = self.settings
+        fill = min(settings.batch_size, settings.step_fill)
+        deadline = time.monotonic() + settings.linger_s
+        while self.inbox.qsize() + 1 < fill and time.monotonic() < deadline:
+            time.sleep(LINGER_POLL_S)
+        while len(batch) < settings.batch_size:
             try:
                 batch.append(self.inbox.get_nowait())
             except queue.Empty:

@@ -86,9 +86,16 @@ class BridgeSettings:
     share_group: str | None = None  # MQTT 5 shared subscription: bridges of one group split the messages
     max_in_flight: int = 1000  # messages received and not yet acknowledged (MQTT 5 Receive Maximum)
     batch_size: int = 1000  # messages per write
+    linger_s: float = 0.02  # how long a step waits for more messages once one has come
     session_expiry_s: int = 7 * 86_400  # how long the broker keeps the session of a bridge that is away
     duration_s: float | None = None
     keepalive_s: int = 30
+
+    @property
+    def step_fill(self) -> int:
+        """Messages a lingering step waits for: half the in-flight bound, so the broker can send
+        the next step's messages while this one is written."""
+        return max(1, self.max_in_flight // 2)
 
     def __post_init__(self) -> None:
         if not self.client_id or len(self.client_id) > 64:
