@@ -9,9 +9,10 @@ import io
 import threading
 import time
 
-from producers.mqtt.bridge import Inbound, MqttBridge
+import paho.mqtt.client as mqtt
+
+from producers.mqtt.bridge import MqttBridge
 from producers.mqtt.formats import FormatOptions, parser_for
-from producers.mqtt.message import MqttMessage
 from producers.mqtt.settings import BridgeSettings, BrokerTarget
 from producers.mqtt.sink import WriteResult
 
@@ -38,9 +39,12 @@ def step_bridge(*, max_in_flight: int, batch_size: int, linger_s: float) -> tupl
 
 
 def arrive(bridge: MqttBridge, mids: range) -> None:
+    """As paho's thread hands messages over."""
     for mid in mids:
-        payload = f'{{"temperature": 20.5, "humidity": 40, "last_seen": {START_MS + mid}}}'.encode()
-        bridge.inbox.put(Inbound(MqttMessage("zigbee2mqtt/attic", payload, START_MS), mid, 1, bridge.connection))
+        message = mqtt.MQTTMessage(mid, b"zigbee2mqtt/attic")
+        message.payload = f'{{"temperature": 20.5, "humidity": 40, "last_seen": {START_MS + mid}}}'.encode()
+        message.qos = 1
+        bridge._on_message(bridge.client, None, message)
 
 
 def test_a_step_lingers_until_half_the_bound_arrived_then_acknowledges_in_order_after_the_write():
@@ -53,10 +57,21 @@ def test_a_step_lingers_until_half_the_bound_arrived_then_acknowledges_in_order_
     assert events == [("write", [START_MS + mid for mid in range(1, 11)], 0), *(("ack", mid) for mid in range(1, 11))]
 
 
+def test_a_step_waits_for_a_first_message():
+    bridge, events = step_bridge(max_in_flight=20, batch_size=1000, linger_s=0.0)
+    assert bridge.step(0.05) == 0
+    threading.Timer(0.1, arrive, (bridge, range(1, 2))).start()
+    started = time.monotonic()
+    assert bridge.step(5.0) == 1
+    assert time.monotonic() - started < 4.0  # woken by the message, not by the wait's end
+    assert events == [("write", [START_MS + 1], 0), ("ack", 1)]
+
+
 def test_a_step_takes_what_came_within_the_linger_and_at_most_a_batch():
     bridge, events = step_bridge(max_in_flight=100, batch_size=30, linger_s=0.05)
     arrive(bridge, range(1, 3))
     assert bridge.step(1.0) == 2  # 2 of the 50 it would wait for: the linger ended the wait
+    assert bridge.in_flight == 0
     arrive(bridge, range(3, 83))
     assert [bridge.step(1.0) for _ in range(4)] == [30, 30, 20, 0]
     acks = [mid for kind, mid, *_ in events if kind == "ack"]

@@ -18,10 +18,10 @@ are written, having nowhere else to come from.
 
 from __future__ import annotations
 
-import queue
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -111,7 +111,10 @@ class MqttBridge:
         self.log = log or sys.stderr
         self.clock_ms = clock_ms
         self.counts = BridgeCounts()
-        self.inbox: queue.Queue[Inbound] = queue.Queue()
+        # paho's thread appends, the loop pops: a deque needs no lock for that, and the event wakes
+        # a loop waiting for a first message (set only when clear, so it costs nothing under load)
+        self.inbox: deque[Inbound] = deque()
+        self._arrived = threading.Event()
         self.connection = 0
         self.resumed = False  # whether the current connection resumed the broker's session
         self.connected = False
@@ -168,32 +171,36 @@ class MqttBridge:
         print(f"bridge: disconnected from the broker ({reason_code})", file=self.log)
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
-        self.inbox.put(Inbound(MqttMessage(message.topic, message.payload, self.clock_ms(), bool(message.retain),
-                                           bool(message.dup)), message.mid, message.qos, self.connection))
+        self.inbox.append(Inbound(MqttMessage(message.topic, message.payload, self.clock_ms(), bool(message.retain),
+                                              bool(message.dup)), message.mid, message.qos, self.connection))
+        if not self._arrived.is_set():
+            self._arrived.set()
 
     @property
     def in_flight(self) -> int:
-        return self.inbox.qsize() + self.in_hand
+        return len(self.inbox) + self.in_hand
+
+    def _wait_for_first(self, wait_s: float) -> bool:
+        """Cleared, then the inbox looked at again, so a message appended in between is seen."""
+        if not self.inbox:
+            self._arrived.clear()
+            if not self.inbox:
+                self._arrived.wait(wait_s)
+        return bool(self.inbox)
 
     def _take(self, wait_s: float) -> list[Inbound]:
         """Up to batch_size queued messages, waiting up to wait_s for the first, then up to
         linger_s for the step to fill: while messages keep coming, a step that took only what
         had arrived would pay its Redis round trip and its script calls for a handful of
         messages, and spend the time paho's thread needs to receive the next ones."""
-        try:
-            batch = [self.inbox.get(timeout=wait_s)]
-        except queue.Empty:
+        if not self._wait_for_first(wait_s):
             return []
         settings = self.settings
         fill = min(settings.batch_size, settings.step_fill)
         deadline = time.monotonic() + settings.linger_s
-        while self.inbox.qsize() + 1 < fill and time.monotonic() < deadline:
+        while len(self.inbox) < fill and time.monotonic() < deadline:
             time.sleep(LINGER_POLL_S)
-        while len(batch) < settings.batch_size:
-            try:
-                batch.append(self.inbox.get_nowait())
-            except queue.Empty:
-                break
+        batch = [self.inbox.popleft() for _ in range(min(len(self.inbox), settings.batch_size))]
         with self._lock:
             current, resumed = self.connection, self.resumed
         if resumed:
