@@ -13,6 +13,7 @@ import os
 import re
 import ssl
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,10 +24,11 @@ import redis
 import walrus
 from redis.client import NEVER_DECODE
 from redis.cluster import RedisCluster
+from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection
 
 from telemetry.embedded import EmbeddedRedis, answers, default_home
 from telemetry.errors import RedisUnavailable, UsageError
-from telemetry.refusals import connection_class
+from telemetry.refusals import NamesRefusals
 
 LOCAL_DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -149,20 +151,51 @@ def resolve_target(flag_url: str | None, env: Mapping[str, str] = os.environ, *,
     return RedisTarget(EmbeddedRedis(home).ensure_running(), f"embedded redis-server, data in {home.name}/", password)
 
 
-def _no_client_setinfo() -> dict:
-    """CLIENT SETINFO (the library's name and version) costs two replies on every new connection:
-    over a flaky network, two more chances for a reconnect to fail, for a label nothing reads."""
+def _quiet_handshake(scheme: str) -> dict:
+    """A new connection sends nothing before its first command, so a reconnect over a flaky
+    network has no reply of its own to lose (at 30% lost replies a reconnect that waits for three
+    replies first fails two times in three). So: RESP2 on a single server, which needs no HELLO
+    (redis-py 8 speaks RESP3 by default, and with it asks for maintenance notifications: two
+    replies), and no CLIENT SETINFO (the library's name and version: two replies, for a label
+    nothing reads). Over TLS the HELLO stays: a TLS 1.3 server's session ticket, sent after the
+    handshake, is read with the HELLO's reply; with nothing read, redis-py finds data waiting on
+    the new connection and refuses it ("Connection not ready")."""
     parameters = inspect.signature(redis.connection.AbstractConnection.__init__).parameters
-    return {"driver_info": None} if "driver_info" in parameters else {"lib_name": None, "lib_version": None}
+    no_setinfo = {"driver_info": None} if "driver_info" in parameters else {"lib_name": None, "lib_version": None}
+    return no_setinfo if scheme == "rediss" else {"protocol": 2, **no_setinfo}
 
 
-NO_CLIENT_SETINFO = _no_client_setinfo()
+class _StartsQuietly:
+    """A connection just made is alive: its first command goes without the health check's PING
+    (due at once on a new connection), one more reply to lose before it. Connections idle for
+    `health_check_interval` are still checked before use."""
+
+    def _connect(self):
+        sock = super()._connect()
+        self.next_health_check = time.monotonic() + self.health_check_interval
+        return sock
+
+
+class NamingConnection(NamesRefusals, _StartsQuietly, Connection):
+    pass
+
+
+class NamingSSLConnection(NamesRefusals, _StartsQuietly, SSLConnection):
+    pass
+
+
+class NamingUnixConnection(NamesRefusals, _StartsQuietly, UnixDomainSocketConnection):
+    pass
+
+
+def connection_class(scheme: str) -> type[redis.connection.AbstractConnection]:
+    return {"rediss": NamingSSLConnection, "unix": NamingUnixConnection}.get(scheme, NamingConnection)
 
 
 def connect(target: RedisTarget, *, announce: bool = True, timeout_s: float = 10.0) -> Client:
     """A client with decoded responses; fails fast with RedisUnavailable if nothing answers."""
     settings = {"decode_responses": True, "socket_connect_timeout": 2.0, "socket_timeout": timeout_s,
-                "health_check_interval": 30, **NO_CLIENT_SETINFO, **target.client_settings()}
+                "health_check_interval": 30, **_quiet_handshake(urlsplit(target.url).scheme), **target.client_settings()}
     database = walrus.Database.from_url(target.url, connection_class=connection_class(urlsplit(target.url).scheme),
                                         **settings)
     with _refusals(target):
@@ -172,7 +205,9 @@ def connect(target: RedisTarget, *, announce: bool = True, timeout_s: float = 10
                 print(target.describe(), file=sys.stderr)
             return database
         database.close()
-        cluster = RedisCluster.from_url(target.url, **settings)
+        # redis-py's own protocol there: its node clients leave RESP2 replies (HGETALL) unparsed
+        cluster = RedisCluster.from_url(target.url, **{name: value for name, value in settings.items()
+                                                       if name != "protocol"})
         cluster.source_url = target.url  # for client_like: a copy with other settings
         cluster.source_settings = target.client_settings()
         if announce:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 
 import redis
-from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import NoPermissionError
 
 # redis-py's note on a pipeline's failed command: "Command # 2 (XADD {t}:readings * ...) of pipeline caused error: "
@@ -69,7 +68,7 @@ def _as_text(value) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-class _NamesRefusals:
+class NamesRefusals:
     """Keeps the last command sent alone (not a pipeline's packed ones) to name it in a refusal."""
 
     _last_command: tuple = ()
@@ -93,19 +92,3 @@ class _NamesRefusals:
             if not self._last_command:  # in a pipeline: redis-py adds the command to the message
                 raise AclRefusal(str(error), self.username, named=False) from None
             raise AclRefusal(refusal_line(error, self.username, self._last_command), self.username) from None
-
-
-class NamingConnection(_NamesRefusals, Connection):
-    pass
-
-
-class NamingSSLConnection(_NamesRefusals, SSLConnection):
-    pass
-
-
-class NamingUnixConnection(_NamesRefusals, UnixDomainSocketConnection):
-    pass
-
-
-def connection_class(scheme: str) -> type[redis.connection.AbstractConnection]:
-    return {"rediss": NamingSSLConnection, "unix": NamingUnixConnection}.get(scheme, NamingConnection)

@@ -15,7 +15,7 @@ import pytest
 
 from consumers.worker import AggregatorWorker
 from telemetry.backoff import Backoff
-from telemetry.connection import RedisTarget, connect
+from telemetry.connection import RedisTarget, client_like, connect
 from telemetry.schema import Reading
 from tests.aggregation_helpers import START, add_readings, counters, layout_of, make_worker, pending
 from tests.crash_harness import wait_for
@@ -160,9 +160,16 @@ def test_replies_lost_one_after_another_while_redis_answers_in_between_are_each_
     assert epochs(db, layout) == before, "the leases lapsed while the worker backed off"
 
 
-def test_a_new_connection_waits_for_no_reply_before_its_first_command(db, proxy):
-    """CLIENT SETINFO's replies on every reconnect were two more to lose: at 30% lost replies
-    most reconnects failed before their first command. Nothing is sent before it now."""
-    proxy.lose_next, proxy.lose_times = b"SETINFO", 10
+@pytest.mark.parametrize("handshake", [b"SETINFO", b"HELLO", b"MAINT_NOTIFICATIONS", b"PING"])
+def test_a_new_connection_waits_for_no_reply_before_its_first_command(db, proxy, handshake):
+    """Replies a new connection waits for before its first command are more to lose on every
+    reconnect: at 30% lost replies most reconnects failed before their first command (CLIENT
+    SETINFO; with redis-py 8, HELLO and CLIENT MAINT_NOTIFICATIONS; the health check's PING).
+    Nothing is sent before it now, on the first connection or a reconnect."""
     client = connect(RedisTarget(proxy.url, "test"), announce=False)
-    assert client.ping() and proxy.dropped == 0
+    proxy.lose_next, proxy.lose_times = handshake, 10
+    fresh = client_like(client, decode_responses=False)
+    assert fresh.get("absent") is None
+    client.connection_pool.disconnect()
+    assert client.get("absent") is None
+    assert proxy.dropped == 0
