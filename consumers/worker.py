@@ -46,13 +46,14 @@ from telemetry.connection import Client, as_text, client_like, is_cluster, refre
 from telemetry.keys import GroupKeys
 from telemetry.partitions import Layout
 from telemetry.progress import ProgressLine
-from telemetry.refusals import retry_reason
+from telemetry.refusals import RefusalRetries, retry_reason
 from telemetry.schema import FieldMap
 from telemetry.scripts import ReplicaWait, load_script, run_pipelined, run_until_answered
 from telemetry.stream_reads import read_streams
 from telemetry.timeutil import now_ms, stream_id_key
 
 PENDING_PAGE = 1000
+STOP_POLL_S = 0.2  # a long retry delay still notices a stop request this often
 WATCHED_KEY_CHANGED = "Watched variable changed."  # redis-py's WatchError when EXEC found a WATCHed key changed
 
 
@@ -135,6 +136,7 @@ class AggregatorWorker:
         # retries: at once after a lost reply, then longer while Redis keeps refusing, but never
         # so long that the heartbeat and the leases lapse over a flaky connection alone
         self.backoff = Backoff(max_s=min(5.0, settings.lease_ms / 3000))
+        self.refusals = RefusalRetries()  # an ACL refusal waits longer, and is said once
 
     def _progressing(self) -> bool:
         """Leases are renewed only while the loop finishes steps well within a lease."""
@@ -502,22 +504,38 @@ class AggregatorWorker:
             if settings.duration_ms is not None and self.clock() - started >= settings.duration_ms:
                 break
             try:
+                beat_due_ms = self.next_beat_ms
                 handled = self.step(self.clock())
                 progress.add(handled)
                 backoff.reset()
+                # a step that beat ran every kind of command: anything refused before went through
+                if self.next_beat_ms > beat_due_ms and (ended := self.refusals.went_through()) is not None:
+                    print(f"aggregator: {ended}", file=self.log)
                 if handled == 0 and settings.drain and self.owned and self.drained():
                     break
                 if self.caught_up:  # another read now would find little or nothing: wait for more
                     self.wait_for_entries()
             except (*RETRYABLE, NoPermissionError) as error:  # an ACL refusal: until an operator fixes it
                 self.in_doubt = True  # the next step first checks what Redis holds
-                delay = backoff.next_delay()
-                print(f"aggregator: {retry_reason(error)}; retrying " + (f"in {delay:.1f}s" if delay else "at once"),
-                      file=self.log)
-                refresh_topology(self.raw)
-                time.sleep(delay)
+                pause = time.monotonic() + self._retry_delay(error, backoff)
+                while not stop_requested() and time.monotonic() < pause:
+                    time.sleep(min(STOP_POLL_S, max(0.0, pause - time.monotonic())))
                 self.last_progress = time.monotonic()
         return self.stats
+
+    def _retry_delay(self, error: Exception, backoff: Backoff) -> float:
+        """How long to wait before the next step, said in the log. A transport error is retried at
+        once, then with backoff; an ACL refusal, which only an operator heals, with a backoff of
+        its own up to REFUSED_RETRY_MAX_S, and said once until a step goes through."""
+        if isinstance(error, NoPermissionError):
+            delay, line = self.refusals.refused(error)
+        else:
+            delay = backoff.next_delay()
+            line = f"{retry_reason(error)}; retrying " + (f"in {delay:.1f}s" if delay else "at once")
+            refresh_topology(self.raw)
+        if line is not None:
+            print(f"aggregator: {line}", file=self.log)
+        return delay
 
     # -- after a doubt -----------------------------------------------------------------------
 

@@ -10,9 +10,12 @@ without reading the server's ACL LOG. In a pipeline redis-py names the command i
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 import redis
 from redis.exceptions import NoPermissionError
+
+from telemetry.backoff import Backoff
 
 # redis-py's note on a pipeline's failed command: "Command # 2 (XADD {t}:readings * ...) of pipeline caused error: "
 _PIPELINE_NOTE = re.compile(r"Command # \d+ \((\S+)(?: (\S+))?[^)]*\) of pipeline caused error: ")
@@ -92,3 +95,35 @@ class NamesRefusals:
             if not self._last_command:  # in a pipeline: redis-py adds the command to the message
                 raise AclRefusal(str(error), self.username, named=False) from None
             raise AclRefusal(refusal_line(error, self.username, self._last_command), self.username) from None
+
+
+REFUSED_RETRY_MAX_S = 30.0
+
+
+@dataclass(slots=True)
+class RefusalRetries:
+    """How a long-running process retries a command its ACL refuses. A refusal does not heal by
+    retrying quickly (an operator has to change the user), so the retries back off with jitter up
+    to REFUSED_RETRY_MAX_S, apart from the transport errors' backoff, which any answer from Redis
+    resets; and each refusal is said once, not at every retry, until a step goes through."""
+
+    backoff: Backoff = field(default_factory=lambda: Backoff(initial_s=1.0, max_s=REFUSED_RETRY_MAX_S))
+    said: set[str] = field(default_factory=set)
+
+    def refused(self, error: NoPermissionError) -> tuple[float, str | None]:
+        """The delay before the next try, and the line to say (None when it was said already)."""
+        delay = self.backoff.next_delay()
+        reason = retry_reason(error)
+        if reason in self.said:
+            return delay, None
+        self.said.add(reason)
+        return delay, (f"{reason}; retrying with backoff up to {REFUSED_RETRY_MAX_S:.0f}s "
+                       "(said again if the refusal changes)")
+
+    def went_through(self) -> str | None:
+        """After a step Redis accepted: the line saying the refusals ended (None if there were none)."""
+        self.backoff.reset()
+        if not self.said:
+            return None
+        self.said.clear()
+        return "no longer refused; going on"

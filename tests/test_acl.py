@@ -210,6 +210,33 @@ def test_a_long_running_process_refused_says_so_and_keeps_retrying(acl, tmp_path
                 process.kill()
 
 
+def test_a_refused_worker_keeps_retrying_with_backoff_and_says_the_refusal_once(acl, tmp_path):
+    """A refusal does not heal by retrying at once: the worker refused as the reader said
+    "retrying at once" about once a second, forever. It retries with a backoff of its own now,
+    and says the refusal once."""
+    ok(acl.run("admin", "consumers", "group", "create", "--partitions", PARTITIONS))
+    root, log = acl.root(), tmp_path / "worker.log"
+    root.acl_log_reset()
+    with open(log, "w") as stderr:
+        worker = spawn("consumers", "aggregate", env_extra=acl.env("reader"), stderr=stderr)
+    try:
+        deadline = time.monotonic() + 60
+        while refusals(root, "reader") < 5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert refusals(root, "reader") >= 5, log.read_text()
+        assert worker.poll() is None, log.read_text()
+        said = [line for line in log.read_text().splitlines() if "may not run" in line]
+        assert len(said) == 1 and "retrying with backoff up to 30s" in said[0], log.read_text()
+    finally:
+        worker.terminate()
+        worker.wait(timeout=10)
+
+
+def refusals(root: redis.Redis, user: str) -> int:
+    """How many commands of the user Redis refused (ACL LOG counts repeats of one entry)."""
+    return sum(int(entry["count"]) for entry in root.acl_log() if entry["username"] == user)
+
+
 def test_the_web_page_as_reader_and_the_notifier_as_notifier(acl, tmp_path):
     """The two processes of the edges, each under its role: every page and API of `analytics
     serve` as the reader, `consumers notify` delivering every alert to a webhook as the notifier."""

@@ -13,7 +13,7 @@ from telemetry.acl import acl_file_text, role_passwords
 from telemetry.connection import RedisTarget, masked, resolve_target
 from telemetry.errors import UsageError
 from telemetry.keys import Keys
-from telemetry.refusals import AclRefusal, refusal_line
+from telemetry.refusals import REFUSED_RETRY_MAX_S, AclRefusal, RefusalRetries, refusal_line
 from telemetry.roles import ROLE_NAMES, roles
 from tests.conftest import run_cli
 
@@ -105,3 +105,17 @@ def test_refusal_lines_name_user_command_and_key():
     assert refusal_line(piped).startswith("Redis user 'producer' may not run HSET on key '{t:p1}:g:state'")
     script = redis.ResponseError("The user executing the script can't access at least one of the keys")
     assert "may not make a call its script makes (EVALSHA)" in refusal_line(script, "worker", ("evalsha", "abc"))
+
+
+def test_refusals_are_retried_with_backoff_up_to_30_s_and_each_said_once_until_one_goes_through():
+    retries = RefusalRetries()
+    refused = AclRefusal("Redis user 'reader' may not run ZADD (ACL +zadd)", "reader")
+    answers = [retries.refused(refused) for _ in range(12)]
+    delays = [delay for delay, _ in answers]
+    assert 0.5 <= delays[1] <= 1.0 and 1.0 <= delays[2] <= 2.0 and 8.0 <= delays[5] <= 16.0, "growing, with jitter"
+    assert all(15.0 <= delay <= REFUSED_RETRY_MAX_S for delay in delays[7:]), "capped"
+    assert [line is not None for _, line in answers] == [True] + [False] * 11, "said once"
+    other = AclRefusal("Redis user 'reader' may not run XADD (ACL +xadd)", "reader")
+    assert retries.refused(other)[1] is not None, "a different refusal is said"
+    assert retries.went_through() is not None and retries.went_through() is None
+    assert retries.refused(refused) == (0.0, answers[0][1]), "after a step went through, a refusal is new again"
