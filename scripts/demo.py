@@ -1,9 +1,10 @@
 """make demo: five named sensors (one faulty), their last hour backfilled first, and two aggregator
 workers, each its own process, the live web page (DEMO_PORT, default 8080, else a free port) and a
 notifier delivering every alert event to a signed webhook of the demo's own (out/notifications.jsonl);
-where Mosquitto is installed, two more sensors publish as real devices do (Tasmota, Zigbee2MQTT) to
-a private broker that the MQTT bridge reads; a live view for DEMO_SECONDS (default 60) or until
-Ctrl-C, then CSV exports and a plot in out/."""
+where Mosquitto is installed, three more sensors publish as real devices do (Tasmota, Zigbee2MQTT,
+Shelly gen1 with temperature and humidity on topics of their own) to a private broker that the
+MQTT bridge reads; a live view for DEMO_SECONDS (default 60) or until Ctrl-C, then CSV exports
+and a plot in out/."""
 
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ WORKER_FLAGS = ("--window", "10s", "--grace", "2s", "--rolling", "60s", "--idle"
                 "--settle", "2s", "--start", "all")
 MIN_SECONDS = 5  # time for the workers to take their partitions and a window to close
 HISTORY = "-1h"  # backfilled first, so windows, rolling stats, alerts and the plot exist at once
-DEVICES = {"kitchen": "tasmota", "porch": "zigbee2mqtt"}  # sensors that publish to the broker, by format
+DEVICES = {"kitchen": "tasmota", "porch": "zigbee2mqtt", "hallway": "shelly"}  # sensors on the broker, by format;
+# a Shelly gen1 H&T sends temperature and humidity on topics of their own: readings of one metric each
 
 
 def spawn(url: str, log: Path, module: str, *args: str) -> subprocess.Popen:

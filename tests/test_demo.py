@@ -46,8 +46,10 @@ def test_the_demo_runs_every_process_as_the_admin_role_and_writes_its_results(de
     assert {"greenhouse-north", "greenhouse-south", "cold-store", "server-room", "attic"} <= sensors
     assert len(readings) > 5 * 3600, "the backfilled hour of five sensors at 2 Hz"
     if mosquitto_binary() is not None:  # the sensors that came through Mosquitto and the bridges
-        assert {"kitchen", "porch"} <= sensors
-        assert {"kitchen", "porch"} & set(windows["sensor"]), "a window of a device over MQTT closed"
+        assert {"kitchen", "porch", "hallway"} <= sensors
+        assert {"kitchen", "porch", "hallway"} & set(windows["sensor"]), "a window of a device over MQTT closed"
+        hallway = readings[readings["sensor"] == "hallway"]  # Shelly gen1: one metric a message
+        assert (hallway["temperature_c"].isna() != hallway["humidity_pct"].isna()).all()
     assert set(windows["sensor"]) >= {"attic", "cold-store"}
     notifications = [json.loads(line) for line in (out / "notifications.jsonl").read_text().splitlines()]
     assert notifications and all(n["version"] == "4" for n in notifications)
