@@ -27,7 +27,7 @@ from producers.mqtt.bridge import MqttBridge
 from producers.mqtt.device_payloads import device_messages
 from producers.mqtt.formats import FormatOptions, parser_for
 from producers.mqtt.local_broker import PrivateMosquitto
-from producers.mqtt.settings import BridgeSettings, BrokerTarget
+from producers.mqtt.settings import DEFAULT_MAX_IN_FLIGHT, BridgeSettings, BrokerTarget
 from producers.mqtt.sink import ReadingSink
 from scripts.bench_common import START_MS, Figure, bench_redis, parser, print_figures
 from scripts.bench_fleet import per_reading_us, redis_cpu_s
@@ -40,14 +40,16 @@ FORMAT = "zigbee2mqtt"
 
 
 def session_properties() -> Properties:
+    """As the bridge connects by default: the same in-flight bound (Receive Maximum)."""
     properties = Properties(PacketTypes.CONNECT)
     properties.SessionExpiryInterval = 3600
-    properties.ReceiveMaximum = 1000
+    properties.ReceiveMaximum = DEFAULT_MAX_IN_FLIGHT
     return properties
 
 
 def plain_subscriber(port: int, client_id: str) -> tuple[mqtt.Client, list[int]]:
-    """Acknowledges on receipt (paho's default), counts, writes nothing."""
+    """Acknowledges on receipt (paho's default, on paho's own thread), counts, writes nothing: the
+    same client, MQTT 5, persistent session, QoS 1 and in-flight bound as the bridge."""
     received = [0]
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
 

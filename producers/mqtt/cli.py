@@ -16,7 +16,13 @@ from producers.mqtt.bridge import MqttBridge
 from producers.mqtt.device_publisher import DevicePublisher
 from producers.mqtt.formats import FORMATS, FormatOptions, parser_for
 from producers.mqtt.formats.json_mapping import JsonMapping
-from producers.mqtt.settings import PASSWORD_ENV, BridgeSettings, BrokerTarget, default_client_id
+from producers.mqtt.settings import (
+    DEFAULT_MAX_IN_FLIGHT,
+    PASSWORD_ENV,
+    BridgeSettings,
+    BrokerTarget,
+    default_client_id,
+)
 from producers.mqtt.sink import ReadingSink
 from telemetry.backoff import RETRYABLE
 from telemetry.cli import (
@@ -56,8 +62,9 @@ def add_mqtt_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--share", metavar="GROUP", help="MQTT 5 shared subscription: bridges of one GROUP split the messages")
     group.add_argument("--client-id", help="fixed MQTT client id, so the broker keeps the session while the bridge is "
                                            "away (default telemetry-PREFIX-HOSTNAME; each bridge needs its own)")
-    group.add_argument("--max-in-flight", type=number_type(int, minimum=1, maximum=65535), default=1000,
-                       help="messages received and not yet acknowledged (default 1000)")
+    group.add_argument("--max-in-flight", type=number_type(int, minimum=1, maximum=65535),
+                       default=DEFAULT_MAX_IN_FLIGHT,
+                       help=f"messages received and not yet acknowledged (default {DEFAULT_MAX_IN_FLIGHT})")
     group.add_argument("--mqtt-password-file", type=Path, metavar="FILE", help="the broker password, in a file")
     group.add_argument("--mqtt-ca", type=Path, metavar="FILE", help="mqtts://: CA certificate(s) to trust")
     group.add_argument("--mqtt-cert", type=Path, metavar="FILE", help="mqtts://: client certificate")

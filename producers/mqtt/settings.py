@@ -14,6 +14,7 @@ from telemetry.errors import UsageError
 
 PASSWORD_ENV = "MQTT_PASSWORD"
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+DEFAULT_MAX_IN_FLIGHT = 1000  # as Telegraf's max_undelivered_messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,7 @@ class BridgeSettings:
     client_id: str
     topics: tuple[str, ...] = ()
     share_group: str | None = None  # MQTT 5 shared subscription: bridges of one group split the messages
-    max_in_flight: int = 1000  # messages received and not yet acknowledged (MQTT 5 Receive Maximum)
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # messages received and not yet acknowledged (MQTT 5 Receive Maximum)
     batch_size: int = 1000  # messages per write
     linger_s: float = 0.02  # how long a step waits for more messages once one has come
     session_expiry_s: int = 7 * 86_400  # how long the broker keeps the session of a bridge that is away
