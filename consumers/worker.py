@@ -35,6 +35,7 @@ from consumers.assignment import Membership, assign
 from consumers.batch import Entry, build_batch, flat_fields, texts
 from consumers.checkpoint import CommitRequest, commit_request, load_checkpoint
 from consumers.commit_transaction import TransactionCommitter
+from consumers.fenced_read import WatchedRead
 from consumers.lease import Lease, LeaseClient, LeaseRenewer, still_held
 from consumers.processor import Outputs, PartitionProcessor, WindowKey
 from consumers.sensor_state import bucket_field, unpack_window
@@ -125,6 +126,7 @@ class AggregatorWorker:
         # A step's commits go as one plain transaction where they can (one server, no WAIT), else
         # and after any doubt through the commit script (consumers/commit_transaction.py).
         self.transaction = None if self.cluster or self.wait else TransactionCommitter(self.raw)
+        self.watched_read = None if self.cluster else WatchedRead(self.raw)  # consumers/fenced_read.py
         self.owned: dict[int, OwnedPartition] = {}
         self.next_beat_ms = 0
         self.caught_up = True  # the last read found fewer than --batch entries in every partition
@@ -252,6 +254,8 @@ class AggregatorWorker:
             self.hand_over(index)
         if self.transaction is not None:
             self.transaction.discard()
+        if self.watched_read is not None:
+            self.watched_read.discard()
         try:
             self.membership.leave()
         except RETRYABLE:
@@ -271,28 +275,30 @@ class AggregatorWorker:
         return read
 
     def _fenced_read_of(self, owned: list[OwnedPartition]) -> dict[int, list[Entry]]:
+        epochs = [partition.keys.epoch for partition in owned]
+        # the leases too, read not watched (renewals would abort the read): a token tells
+        # apart two owners with one epoch number, as after a failover lost an increment
+        keys = [key for partition in owned for key in (partition.keys.epoch, partition.keys.lease)]
+        streams = [partition.keys.readings for partition in owned]
+        group, consumer, count = self.settings.group, self.settings.consumer, self.settings.batch
+        if self.watched_read is not None:  # one server: the WATCH and the reads in one round trip
+            if self._stale(owned, self.watched_read.watch(epochs, keys)):
+                self.watched_read.discard()  # and with it the WATCH
+                return {}
+            executed = self.watched_read.read(group, consumer, streams, count)
+            if executed is None:
+                return {}  # an epoch moved since the WATCH: the next read finds which
+            return self._delivered(owned, executed[0])
         with self.raw.pipeline(transaction=True) as pipeline:
             try:
-                pipeline.watch(*[partition.keys.epoch for partition in owned])
-                # the leases too, read not watched (renewals would abort the read): a token tells
-                # apart two owners with one epoch number, as after a failover lost an increment
-                keys = [key for partition in owned for key in (partition.keys.epoch, partition.keys.lease)]
-                values = [pipeline.get(key) for key in keys] if self.cluster else pipeline.mget(keys)
+                pipeline.watch(*epochs)
+                values = [pipeline.get(key) for key in keys]
             except redis.WatchError as error:  # redis-py's word for a connection lost while watching
                 raise redis.ConnectionError(str(error)) from error
-            stale = [(p.index, epoch == str(p.lease.epoch).encode() and lease is None)
-                     for p, epoch, lease in zip(owned, values[::2], values[1::2])
-                     if not still_held(self.token, p.lease.epoch, epoch, lease)]
-            if stale:  # leaving the block UNWATCHes, riding out a dropped connection
-                for index, lapsed in stale:
-                    if lapsed:  # nobody took it yet: the next step takes the lease again, state kept
-                        self.in_doubt = True
-                    else:
-                        self._fenced(index)
+            if self._stale(owned, values):  # leaving the block UNWATCHes, riding out a dropped connection
                 return {}
             pipeline.multi()
-            pipeline.xreadgroup(self.settings.group, self.settings.consumer,
-                                {partition.keys.readings: ">" for partition in owned}, count=self.settings.batch)
+            pipeline.xreadgroup(group, consumer, dict.fromkeys(streams, ">"), count=count)
             try:
                 reply = pipeline.execute()[0]
             except redis.WatchError as error:
@@ -301,6 +307,25 @@ class AggregatorWorker:
                 # redis-py's word for a connection lost at EXEC: the read may have run and delivered
                 # entries to this consumer that it never saw; a reload reads them from the pending list
                 raise redis.ConnectionError(str(error)) from error
+        return self._delivered(owned, reply)
+
+    def _stale(self, owned: list[OwnedPartition], values: list) -> bool:
+        """Whether any partition's epoch or lease (read in pairs) is no longer as this owner holds
+        it: one taken over is dropped; one whose lease lapsed while nobody took it is taken again
+        by the next step, state kept."""
+        stale = [(p.index, epoch == str(p.lease.epoch).encode() and lease is None)
+                 for p, epoch, lease in zip(owned, values[::2], values[1::2])
+                 if not still_held(self.token, p.lease.epoch, epoch, lease)]
+        for index, lapsed in stale:
+            if lapsed:
+                self.in_doubt = True
+            else:
+                self._fenced(index)
+        return bool(stale)
+
+    @staticmethod
+    def _delivered(owned: list[OwnedPartition], reply) -> dict[int, list[Entry]]:
+        """Each partition's entries in an XREADGROUP reply (none for a partition it leaves out)."""
         by_stream = {partition.keys.readings.encode(): partition.index for partition in owned}
         read: dict[int, list[Entry]] = {partition.index: [] for partition in owned}
         streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 sends a map

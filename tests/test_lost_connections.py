@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from redis.connection import AbstractConnection
 
 from consumers.worker import AggregatorWorker
 from telemetry.backoff import Backoff
@@ -173,3 +174,21 @@ def test_a_new_connection_waits_for_no_reply_before_its_first_command(db, proxy,
     client.connection_pool.disconnect()
     assert client.get("absent") is None
     assert proxy.dropped == 0
+
+
+def test_a_fenced_read_on_one_server_is_two_round_trips(db, proxy, monkeypatch):
+    """Each round trip of a step is one more reply to lose: the WATCH of the epochs goes with
+    the read of the epochs and leases, then MULTI XREADGROUP EXEC (redis-py's pipeline sent the
+    WATCH and the reads one round trip each)."""
+    layout = layout_of(db, 2)
+    add_readings(db, layout, readings(0, 40))
+    worker = worker_through(proxy, layout)
+    worker.step(START)  # takes the partitions over
+    add_readings(db, layout, readings(40, 40))
+    sent = []
+    send = AbstractConnection.send_packed_command
+    monkeypatch.setattr(AbstractConnection, "send_packed_command",
+                        lambda connection, *args, **kwargs: sent.append(args[0]) or send(connection, *args, **kwargs))
+    read = worker._fenced_read()
+    assert sum(len(entries) for entries in read.values()) == 40
+    assert len(sent) == 2, sent
