@@ -240,7 +240,7 @@ def write_and_die_before_acknowledging(broker, redis_url, format_name, mapping, 
     """A bridge writes five readings and dies before its acknowledgements; a second one with the
     same client id takes the session over and is sent the five again, with DUP set."""
     first = in_process_bridge(broker, redis_url, format_name, mapping)
-    first.client.ack = lambda mid, qos: None
+    first.client.ack_in_order = lambda mids: None
     publish()
     wait_for(lambda: first.step(0.1) == 0 and first.counts.received == 5, 10, "five messages written")
     first.client.loop_stop()

@@ -34,7 +34,7 @@ def step_bridge(*, max_in_flight: int, batch_size: int, linger_s: float) -> tupl
                               max_in_flight=max_in_flight, batch_size=batch_size, linger_s=linger_s)
     bridge = MqttBridge(settings, RecordingSink(events), parser_for("zigbee2mqtt", FormatOptions()),
                         log=io.StringIO())
-    bridge.client.ack = lambda mid, qos: events.append(("ack", mid))
+    bridge.client.ack_in_order = lambda mids: events.extend(("ack", mid) for mid in mids)
     return bridge, events
 
 

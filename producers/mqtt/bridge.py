@@ -34,6 +34,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from producers.mqtt.dead_letter import MqttDeadLetter
 from producers.mqtt.formats import Parser
 from producers.mqtt.message import DeviceReading, MqttMessage, PayloadError
+from producers.mqtt.paho_client import BridgeClient
 from producers.mqtt.settings import BridgeSettings
 from producers.mqtt.sink import ReadingSink
 from telemetry.timeutil import now_ms
@@ -122,9 +123,9 @@ class MqttBridge:
         self._lock = threading.Lock()
         self.client = self._client()
 
-    def _client(self) -> mqtt.Client:
+    def _client(self) -> BridgeClient:
         settings, broker = self.settings, self.settings.broker
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=mqtt.MQTTv5,
+        client = BridgeClient(CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=mqtt.MQTTv5,
                              manual_ack=True)
         if broker.username is not None:
             client.username_pw_set(broker.username, broker.password)
@@ -225,9 +226,8 @@ class MqttBridge:
         self.counts.redelivered_at_arrival_time += parsed.redelivered_at_arrival_time
         with self._lock:
             current = self.connection
-        for inbound in batch:
-            if inbound.qos > 0 and inbound.connection == current:
-                self.client.ack(inbound.mid, inbound.qos)
+        # QoS 1 at most: the subscriptions ask for no more
+        self.client.ack_in_order([inbound.mid for inbound in batch if inbound.qos == 1 and inbound.connection == current])
         self.in_hand = 0
         return len(batch)
 
