@@ -47,7 +47,7 @@ from telemetry.connection import Client, as_text, client_like, is_cluster, refre
 from telemetry.keys import GroupKeys
 from telemetry.partitions import Layout
 from telemetry.progress import ProgressLine
-from telemetry.refusals import RefusalRetries, retry_reason
+from telemetry.refusals import Retries
 from telemetry.schema import FieldMap
 from telemetry.scripts import ReplicaWait, load_script, run_pipelined, run_until_answered
 from telemetry.stream_reads import read_streams
@@ -137,8 +137,8 @@ class AggregatorWorker:
         self.in_doubt = False  # a transport error left what Redis holds unknown: check before going on
         # retries: at once after a lost reply, then longer while Redis keeps refusing, but never
         # so long that the heartbeat and the leases lapse over a flaky connection alone
-        self.backoff = Backoff(max_s=min(5.0, settings.lease_ms / 3000))
-        self.refusals = RefusalRetries()  # an ACL refusal waits longer, and is said once
+        self.retries = Retries(transport=Backoff(max_s=min(5.0, settings.lease_ms / 3000)))
+        self.commit_retries = Retries(transport=Backoff(max_s=1.0))  # a commit waits within its lease
 
     def _progressing(self) -> bool:
         """Leases are renewed only while the loop finishes steps well within a lease."""
@@ -445,12 +445,9 @@ class AggregatorWorker:
                 self._drop(owned.index)
                 raise PartitionLost(owned.index)
 
-        def unanswered(failed: Exception, delay: float) -> None:
-            print(f"aggregator: commit of partition {owned.index} unconfirmed ({failed.__class__.__name__}); "
-                  f"resending in {delay:.1f}s", file=self.log)
-
         return run_until_answered(self.raw, self.commit_script, [request.script_call()], self.wait,
-                                  Backoff(max_s=1.0), unanswered, lease_still_held)[0]
+                                  self.commit_retries, self._say, f"the commit of partition {owned.index}",
+                                  lease_still_held)[0]
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -522,7 +519,6 @@ class AggregatorWorker:
     def _run(self, stop_requested: Callable[[], bool], progress: ProgressLine) -> WorkerStats:
         settings = self.settings
         started = self.clock()
-        backoff = self.backoff
         while not stop_requested():
             if settings.count is not None and self.stats.entries >= settings.count:
                 break
@@ -532,9 +528,9 @@ class AggregatorWorker:
                 beat_due_ms = self.next_beat_ms
                 handled = self.step(self.clock())
                 progress.add(handled)
-                backoff.reset()
+                self.retries.transport.reset()
                 # a step that beat ran every kind of command: anything refused before went through
-                if self.next_beat_ms > beat_due_ms and (ended := self.refusals.went_through()) is not None:
+                if self.next_beat_ms > beat_due_ms and (ended := self.retries.went_through()) is not None:
                     print(f"aggregator: {ended}", file=self.log)
                 if handled == 0 and settings.drain and self.owned and self.drained():
                     break
@@ -542,25 +538,24 @@ class AggregatorWorker:
                     self.wait_for_entries()
             except (*RETRYABLE, NoPermissionError) as error:  # an ACL refusal: until an operator fixes it
                 self.in_doubt = True  # the next step first checks what Redis holds
-                pause = time.monotonic() + self._retry_delay(error, backoff)
+                pause = time.monotonic() + self._retry_delay(error)
                 while not stop_requested() and time.monotonic() < pause:
                     time.sleep(min(STOP_POLL_S, max(0.0, pause - time.monotonic())))
                 self.last_progress = time.monotonic()
         return self.stats
 
-    def _retry_delay(self, error: Exception, backoff: Backoff) -> float:
-        """How long to wait before the next step, said in the log. A transport error is retried at
-        once, then with backoff; an ACL refusal, which only an operator heals, with a backoff of
-        its own up to REFUSED_RETRY_MAX_S, and said once until a step goes through."""
-        if isinstance(error, NoPermissionError):
-            delay, line = self.refusals.refused(error)
-        else:
-            delay = backoff.next_delay()
-            line = f"{retry_reason(error)}; retrying " + (f"in {delay:.1f}s" if delay else "at once")
+    def _retry_delay(self, error: Exception) -> float:
+        """How long to wait before the next step, said in the log (telemetry/refusals.Retries): a
+        transport error also refreshes a cluster's map of its masters."""
+        delay, line = self.retries.failed(error)
+        if not isinstance(error, NoPermissionError):
             refresh_topology(self.raw)
         if line is not None:
-            print(f"aggregator: {line}", file=self.log)
+            self._say(line)
         return delay
+
+    def _say(self, line: str) -> None:
+        print(f"aggregator: {line}", file=self.log)
 
     # -- after a doubt -----------------------------------------------------------------------
 
@@ -571,7 +566,7 @@ class AggregatorWorker:
                 for index in indexes if (owned := self.owned.get(index)) is not None]
         found = standings(self.raw, self.token, self.settings.consumer, held, self.settings.batch)
         self.in_doubt = False
-        self.backoff.reset()  # Redis answers: the next lost reply is a single one again, retried at once
+        self.retries.transport.reset()  # Redis answers: the next lost reply is a single one again, retried at once
         for standing in found:
             if self._still_ours(standing):
                 owned = self.owned[standing.index]

@@ -31,11 +31,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from producers.transaction_append import Part, TransactionAppender
-from telemetry.backoff import Backoff
 from telemetry.connection import Client, is_cluster
 from telemetry.keys import PartitionKeys
 from telemetry.partitions import Layout
-from telemetry.refusals import retry_reason
+from telemetry.refusals import Retries
 from telemetry.schema import FieldMap, entry_layout
 from telemetry.scripts import ReplicaWait, load_script, run_until_answered
 from telemetry.timeutil import stream_id_key
@@ -82,6 +81,7 @@ class StreamWriter:
         self._unsaved: dict[PartitionKeys, UnsavedSeqs] = {}
         self._saved: set[str] = set()  # sensors with a saved seq (a restart must find every one)
         self.log = log or sys.stderr
+        self.retries = Retries()  # resends after a lost reply at once; a refusal is said once
         self._outbox: queue.Queue[list[str]] = queue.Queue(maxsize=2)
         self._sender: threading.Thread | None = None
         self._sender_error: Exception | None = None
@@ -183,11 +183,9 @@ class StreamWriter:
             self.transaction = None
 
     def _send(self, calls: list, readings: int) -> list:
-        def unanswered(failed: Exception, delay: float) -> None:
-            print(f"producer: {retry_reason(failed)}; retrying {readings} unconfirmed readings in {delay:.1f}s",
-                  file=self.log)
-
-        return run_until_answered(self.db, self.append, calls, self.wait, Backoff(), unanswered)
+        return run_until_answered(self.db, self.append, calls, self.wait, self.retries,
+                                  lambda line: print(f"producer: {line}", file=self.log),
+                                  f"{readings} unconfirmed readings")
 
     def _by_partition(self, rows: list[str]) -> dict[PartitionKeys, tuple[list[str], dict[str, str]]]:
         """Each partition's rows, and each sensor's last row among them (its seq is the one to keep)."""

@@ -22,7 +22,7 @@ from telemetry.connection import SKIP_VERIFY_FLAG, RedisTarget, connect, resolve
 from telemetry.errors import RedisUnavailable, UsageError
 from telemetry.keys import Keys, validate_name
 from telemetry.partitions import Layout, legacy_layout_note, open_layout
-from telemetry.refusals import refusal_line, retry_reason
+from telemetry.refusals import Retries, refusal_line
 from telemetry.schema import FieldMap
 from telemetry.scripts import ReplicaWait
 
@@ -156,17 +156,20 @@ def until_answered(who: str, call: Callable[[], Answer], stop: StopSignal) -> An
     """A long-running command's setup (the pipeline record, a producer's saved seqs), retried with
     backoff while Redis does not answer: a connection that drops right after it was made is a
     flaky network, not a reason to exit."""
-    backoff = Backoff(max_s=10.0)
+    retries = Retries(transport=Backoff(max_s=10.0))
     while True:
         try:
-            return call()
+            answer = call()
+            if (ended := retries.went_through()) is not None:
+                print(f"{who}: {ended}", file=sys.stderr)
+            return answer
         except (*RETRYABLE, NoPermissionError) as error:
             if stop.requested:
                 raise
-            delay = backoff.next_delay()
-            print(f"{who}: {retry_reason(error)}; retrying " + (f"in {delay:.1f}s" if delay else "at once"),
-                  file=sys.stderr)
-            time.sleep(delay)
+            delay, line = retries.failed(error)
+            if line is not None:
+                print(f"{who}: {line}", file=sys.stderr)
+            stop.wait(delay)
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
@@ -199,6 +202,13 @@ class StopSignal:
         signal.signal(signal.SIGINT, self._handle)
         signal.signal(signal.SIGTERM, self._handle)
         return self
+
+    def wait(self, seconds: float) -> None:
+        """Sleeps up to `seconds`, less once a stop is asked for: a refused call's retry may wait
+        30 s, which must not hold up a Ctrl-C (a signal does not cut a sleep short in Python)."""
+        deadline = time.monotonic() + seconds
+        while not self.requested and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(0.2, left))
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:

@@ -127,3 +127,30 @@ class RefusalRetries:
             return None
         self.said.clear()
         return "no longer refused; going on"
+
+
+@dataclass(slots=True)
+class Retries:
+    """How a long-running process retries a call Redis did not carry out, whatever the call: a
+    transport error at once, then with the transport's backoff, said at each retry (an outage is
+    news); an ACL refusal with RefusalRetries' longer backoff, said once. One policy for the
+    producer, the bridge, the notifier, the worker and their setup, so none of them floods its
+    log or hammers Redis while an operator fixes a user."""
+
+    transport: Backoff = field(default_factory=Backoff)
+    refusals: RefusalRetries = field(default_factory=RefusalRetries)
+
+    def failed(self, error: Exception, retrying: str = "") -> tuple[float, str | None]:
+        """The delay before the next try, and the line to say (None when it was said already);
+        `retrying` names what is retried ("100 unconfirmed readings")."""
+        if isinstance(error, NoPermissionError):
+            return self.refusals.refused(error)
+        delay = self.transport.next_delay()
+        what = f"{retrying} " if retrying else ""
+        return delay, f"{retry_reason(error)}; retrying {what}" + (f"in {delay:.1f}s" if delay else "at once")
+
+    def went_through(self) -> str | None:
+        """After a call Redis carried out: both backoffs start over; the line saying the refusals
+        ended (None if there were none)."""
+        self.transport.reset()
+        return self.refusals.went_through()

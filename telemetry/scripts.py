@@ -20,8 +20,9 @@ import redis
 from redis.cluster import ClusterNode
 from redis.commands.core import Script
 
-from telemetry.backoff import RETRYABLE, Backoff
+from telemetry.backoff import RETRYABLE
 from telemetry.connection import Client, is_cluster, refresh_topology
+from telemetry.refusals import Retries
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 
@@ -95,20 +96,24 @@ def resend_reason(replies: list) -> Exception | None:
     return failed
 
 
-def run_until_answered(db: Client, script: Script, calls: list[Call], wait: ReplicaWait | None, backoff: Backoff,
-                       unanswered: Callable[[Exception, float], None],
+def run_until_answered(db: Client, script: Script, calls: list[Call], wait: ReplicaWait | None, retries: Retries,
+                       say: Callable[[str], None], retrying: str,
                        before_each: Callable[[], None] = lambda: None) -> list:
-    """Every call's reply, resending them all with backoff until Redis answers: the calls are
-    idempotent, so a resend after a lost reply is harmless. `before_each` may raise to give up;
-    `unanswered` is told the error and the delay before the next try."""
+    """Every call's reply, resending them all until Redis answers, with the retry policy of a
+    long-running process (telemetry/refusals.Retries): the calls are idempotent, so a resend after
+    a lost reply is harmless. `before_each` may raise to give up; `say` is given each line worth
+    logging, `retrying` names what is resent."""
     while True:
         before_each()
         replies = run_pipelined(db, script, calls, wait)
         failed = resend_reason(replies)
         if failed is None:
+            if (ended := retries.went_through()) is not None:
+                say(ended)
             return replies
-        delay = backoff.next_delay()
-        unanswered(failed, delay)
+        delay, line = retries.failed(failed, retrying)
+        if line is not None:
+            say(line)
         time.sleep(delay)
 
 

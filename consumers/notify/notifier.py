@@ -30,7 +30,7 @@ from telemetry.backoff import RETRYABLE, Backoff
 from telemetry.connection import Client, as_text, is_cluster
 from telemetry.keys import NotifyKeys
 from telemetry.records import AlertEvent
-from telemetry.refusals import retry_reason
+from telemetry.refusals import Retries
 from telemetry.timeutil import now_ms
 
 STATUS_EVERY_S = 1.0
@@ -64,6 +64,7 @@ class Notifier:
         self.max_queued = max_queued
         self.resend_ms, self.horizon_ms, self.pipeline, self.external_url = resend_ms, horizon_ms, pipeline, external_url
         self.block_ms, self.drain, self.duration_ms = block_ms, drain, duration_ms
+        self.retries = Retries(transport=Backoff(max_s=5.0))  # the loop's: a refusal is said once
         self.group = keys.group
         self.stats = NotifyStats()
         self.in_flight: dict[tuple[str, str], int] = {}  # (stream, entry id) -> sinks still delivering
@@ -104,17 +105,14 @@ class Notifier:
         for sink in self.sinks:
             sink.start()
         deadline = None if self.duration_ms is None else time.monotonic() + self.duration_ms / 1000
-        backoff = Backoff(max_s=5.0)
         self._retry(self.ensure_groups)
         while not stop_requested() and (deadline is None or time.monotonic() < deadline):
             try:
                 if not self.step():
                     break
-                backoff.reset()
+                self._went_through(self.retries)
             except (*RETRYABLE, NoPermissionError) as error:  # the last: until an operator fixes the ACL
-                delay = backoff.next_delay()
-                print(f"notify: {retry_reason(error)}; retrying in {delay:.1f}s", file=sys.stderr)
-                time.sleep(delay)
+                time.sleep(self._retry_delay(self.retries, error))
             except redis.ResponseError as error:
                 if "NOGROUP" not in str(error):
                     raise
@@ -293,7 +291,7 @@ class Notifier:
     def _dead_letter(self, give_up: GiveUp) -> bool:
         """From a sink's thread: the dead letters are written before the notices may be
         acknowledged; while Redis does not answer, retried until it does or the notifier stops."""
-        backoff = Backoff(max_s=5.0)
+        retries = Retries(transport=Backoff(max_s=5.0))  # a sink's thread: a policy of its own
         while True:
             try:
                 for notice in give_up.notices:
@@ -304,11 +302,12 @@ class Notifier:
                         "message_id": notice.message_id, "stream": notice.stream, "entry_id": notice.entry_id,
                         "alert_id": notice.event.alert_id, "state": notice.event.state,
                         "sensor": notice.event.sensor, "event": json.dumps(notice.fields, ensure_ascii=False)})
+                self._went_through(retries)
                 return True
-            except (*RETRYABLE, NoPermissionError):
+            except (*RETRYABLE, NoPermissionError) as error:
                 if self._stop_requested():
                     return False
-                time.sleep(backoff.next_delay())
+                time.sleep(self._retry_delay(retries, error, "the dead letters of a sink"))
 
     def _write_dead_letter(self, fields: dict[str, str]) -> None:
         self.db.xadd(self.keys.dead_letter, {**fields, "at_ms": str(now_ms())}, maxlen=DEAD_LETTER_MAXLEN,
@@ -419,13 +418,24 @@ class Notifier:
             pass  # left pending: sent again after a restart
 
     def _retry(self, call: Callable[[], None]) -> None:
-        backoff = Backoff(max_s=5.0)
         while True:
             try:
-                return call()
+                call()
+                self._went_through(self.retries)
+                return
             except (*RETRYABLE, NoPermissionError) as error:
                 if self._stop_requested():
                     raise
-                if isinstance(error, NoPermissionError):
-                    print(f"notify: {retry_reason(error)}; retrying", file=sys.stderr)
-                time.sleep(backoff.next_delay())
+                time.sleep(self._retry_delay(self.retries, error))
+
+    @staticmethod
+    def _retry_delay(retries: Retries, error: Exception, retrying: str = "") -> float:
+        delay, line = retries.failed(error, retrying)
+        if line is not None:
+            print(f"notify: {line}", file=sys.stderr)
+        return delay
+
+    @staticmethod
+    def _went_through(retries: Retries) -> None:
+        if (ended := retries.went_through()) is not None:
+            print(f"notify: {ended}", file=sys.stderr)

@@ -27,12 +27,12 @@ from redis.exceptions import NoPermissionError
 
 from producers.mqtt.dead_letter import MqttDeadLetter
 from producers.mqtt.message import DeviceReading
-from telemetry.backoff import RETRYABLE, Backoff
+from telemetry.backoff import RETRYABLE
 from telemetry.connection import Client
 from telemetry.errors import UsageError
 from telemetry.keys import Keys
 from telemetry.partitions import Layout
-from telemetry.refusals import retry_reason
+from telemetry.refusals import Retries
 from telemetry.schema import SCHEMA_VERSION, FieldMap
 from telemetry.scripts import ReplicaWait, load_script, run_until_answered
 
@@ -65,6 +65,7 @@ class ReadingSink:
         self.process_id = f"mqtt-{bridge}-{os.getpid()}-{secrets.token_hex(4)}"  # batch numbers restart with it
         self.batch_number = 0
         self.log = log or sys.stderr
+        self.retries = Retries()  # one policy for the readings and the dead letters: a refusal is said once
 
     def write(self, readings: list[DeviceReading], dead_letters: list[MqttDeadLetter]) -> WriteResult:
         """Blocks until Redis holds every reading and dead letter, resending through outages."""
@@ -89,16 +90,12 @@ class ReadingSink:
                          metric_text(reading.humidity_pct), "1" if reading.device_time else "0"]
             calls.append((keys, args))
 
-        def unanswered(failed: Exception, delay: float) -> None:
-            print(f"bridge: {retry_reason(failed)}; retrying {len(readings)} unacknowledged readings in {delay:.1f}s",
-                  file=self.log)
-
-        replies = run_until_answered(self.db, self.script, calls, self.wait, Backoff(), unanswered)
+        replies = run_until_answered(self.db, self.script, calls, self.wait, self.retries, self._say,
+                                     f"{len(readings)} unacknowledged readings")
         return WriteResult(sum(int(reply[0]) for reply in replies), sum(int(reply[1]) for reply in replies))
 
     def _write_dead_letters(self, dead_letters: list[MqttDeadLetter]) -> None:
         """At least once: a resend after a lost reply may keep a dead letter twice."""
-        backoff = Backoff()
         while True:
             try:
                 pipeline = self.db.pipeline(transaction=False)
@@ -106,9 +103,14 @@ class ReadingSink:
                     pipeline.xadd(self.keys.mqtt_dead_letter, letter.encode(), maxlen=DEAD_LETTER_MAXLEN,
                                   approximate=True)
                 pipeline.execute()
+                if (ended := self.retries.went_through()) is not None:
+                    self._say(ended)
                 return
             except (*RETRYABLE, NoPermissionError) as error:  # the last: until an operator fixes the ACL
-                delay = backoff.next_delay()
-                print(f"bridge: {retry_reason(error)}; retrying {len(dead_letters)} dead letters in {delay:.1f}s",
-                      file=self.log)
+                delay, line = self.retries.failed(error, f"{len(dead_letters)} dead letters")
+                if line is not None:
+                    self._say(line)
                 time.sleep(delay)
+
+    def _say(self, line: str) -> None:
+        print(f"bridge: {line}", file=self.log)
