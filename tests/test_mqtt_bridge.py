@@ -116,6 +116,40 @@ def test_bridge_killed_ten_times_writes_every_reading_once(broker, redis_url, tm
     publisher.close()
 
 
+def test_bridges_sharing_the_load_killed_in_turn_write_every_reading_once(broker, redis_url, tmp_path):
+    """Two bridges split the messages through an MQTT 5 shared subscription (--share); each is killed
+    with -9 in turn and restarted under its own client id, which resumes its session: what it had
+    not acknowledged comes back to it (DUP), and each reading is in the stream once."""
+    publisher = Publisher(broker.port)
+    rng = random.Random(23)
+    client_ids = ["shared-0", "shared-1"]
+
+    def start(client_id: str):
+        return start_bridge(broker.url, redis_url, tmp_path / f"{client_id}.log", "--batch", "50", "--share", "g",
+                            client_id=client_id)
+
+    bridges = {client_id: start(client_id) for client_id in client_ids}
+    for client_id in client_ids:
+        wait_subscribed(redis_url, client_id)
+    publishing = publish_steadily(publisher, 60, per_second=50)  # 6 s: the kills land while devices publish
+    for kill in range(6):
+        time.sleep(rng.uniform(0.6, 1.6))
+        victim = client_ids[kill % 2]
+        bridges[victim].send_signal(signal.SIGKILL)
+        bridges[victim].wait()
+        bridges[victim] = start(victim)
+    publishing.join(timeout=60)
+    publisher.wait_confirmed(60 * len(SENSORS))
+    expected = set(publisher.confirmed)
+    wait_for(lambda: len(stream_readings(redis_url)) >= len(expected), 30, "every reading in the stream")
+    for process in bridges.values():
+        process.terminate()
+        process.wait(timeout=20)
+    assert_exactly_once(redis_url, expected)
+    assert redis_counters(redis_url)["written"] == len(expected)
+    publisher.close()
+
+
 def metric(port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
