@@ -13,10 +13,10 @@ the same events whatever the batching, the number of workers or a crash in betwe
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from consumers import flapping
-from consumers.rules import AlertRule
+from consumers.rules import METRICS, AlertRule
 from consumers.sensor_state import AlertEpisode, SensorState
 from consumers.summary import MetricStats, Summary
 from telemetry.records import AlertEvent
@@ -28,32 +28,39 @@ def stats_fields(stats: MetricStats) -> dict[str, float | int | None]:
     return {"count": stats.count, "mean": stats.mean, "std": stats.std, "min": stats.min, "max": stats.max}
 
 
-# A per-reading rule, compiled once: (emit, sensor, state, ts, temperature, humidity (either None
-# when the reading lacks it), rolling stats before this reading or None).
+# A per-reading rule, compiled once: (emit, sensor, state, ts, temperature, humidity, rolling stats
+# before this reading or None). Only `stuck` is given a reading without its metric (None).
 ReadingCheck = Callable[[Emit, str, SensorState, int, "float | None", "float | None", "Summary | None"], None]
 
 
 @dataclass(frozen=True, slots=True)
 class RuleSet:
     """Rules sorted by when they are evaluated; per-reading ones compiled into closures, so the
-    per-reading loop does no dispatch on kind (it runs for every reading)."""
+    per-reading loop does no dispatch on kind (it runs for every reading). A reading with one
+    metric is given only the rules on that metric (and `stuck`, which looks at both), chosen once
+    here, so the rules themselves never test for a missing metric."""
 
     per_reading: tuple[AlertRule, ...]  # threshold on the reading, rate_of_change, zscore, stuck
     on_rolling: tuple[AlertRule, ...]  # threshold on a rolling mean | min | max | std
     silent: tuple[AlertRule, ...]
     reading_checks: tuple[ReadingCheck, ...] = ()
     needs_rolling_before: bool = False  # a zscore rule compares each reading with the statistics before it
+    # the metric a one-metric reading carries -> its per-reading checks, its rolling rules
+    one_metric_checks: dict[str, tuple[ReadingCheck, ...]] = field(default_factory=dict)
+    one_metric_rolling: dict[str, tuple[AlertRule, ...]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, rules: tuple[AlertRule, ...]) -> RuleSet:
         per_reading = tuple(r for r in rules if r.kind in ("rate_of_change", "zscore", "stuck")
                             or (r.kind == "threshold" and r.source == "reading"))
+        on_rolling = tuple(r for r in rules if r.kind == "threshold" and r.source != "reading")
+        checks = tuple(_reading_check(rule) for rule in per_reading)
         return cls(
-            per_reading,
-            tuple(r for r in rules if r.kind == "threshold" and r.source != "reading"),
-            tuple(r for r in rules if r.kind == "silent"),
-            tuple(_reading_check(rule) for rule in per_reading),
-            any(rule.kind == "zscore" for rule in per_reading))
+            per_reading, on_rolling, tuple(r for r in rules if r.kind == "silent"), checks,
+            any(rule.kind == "zscore" for rule in per_reading),
+            {metric: tuple(check for rule, check in zip(per_reading, checks)
+                           if rule.kind == "stuck" or rule.metric == metric) for metric in METRICS},
+            {metric: tuple(rule for rule in on_rolling if rule.metric == metric) for metric in METRICS})
 
 
 def _reading_check(rule: AlertRule) -> ReadingCheck:
@@ -62,8 +69,6 @@ def _reading_check(rule: AlertRule) -> ReadingCheck:
     if rule.kind == "threshold":
         def check(emit, sensor, state, ts_ms, t, h, before):
             value = t if temperature else h
-            if value is None:
-                return
             breach, clear = _compare(rule, value)
             if breach or name in state.alerts or flap in state.rule_memory:
                 step(emit, sensor, state, rule, breach, clear, ts_ms, value)
@@ -71,8 +76,6 @@ def _reading_check(rule: AlertRule) -> ReadingCheck:
         span = rule.over_ms
 
         def check(emit, sensor, state, ts_ms, t, h, before):
-            if (t if temperature else h) is None:
-                return
             reference = _rate_reference(state, name, span, ts_ms, t, h)
             if reference is not None:
                 value, last = (t, reference[1]) if temperature else (h, reference[2])
@@ -85,10 +88,10 @@ def _reading_check(rule: AlertRule) -> ReadingCheck:
 
         def check(emit, sensor, state, ts_ms, t, h, before):
             run = state.rule_memory.get(name)  # [since, count, temperature, humidity] of the unchanged run
-            if run is not None:  # a metric the reading lacks is taken as unchanged
-                t = run[2] if t is None else t
-                h = run[3] if h is None else h
-            if run is None or run[2] != t or run[3] != h:
+            # a metric the reading lacks is taken as unchanged
+            if run is None or (run[2] != t and t is not None) or (run[3] != h and h is not None):
+                if run is not None and (t is None or h is None):
+                    t, h = run[2] if t is None else t, run[3] if h is None else h
                 state.rule_memory[name] = [ts_ms, 1, t, h]
                 if name in state.alerts or flap in state.rule_memory:
                     step(emit, sensor, state, rule, False, True, ts_ms, 0.0 if run is None else (ts_ms - run[0]) / 1000)
@@ -100,13 +103,13 @@ def _reading_check(rule: AlertRule) -> ReadingCheck:
     else:  # zscore: the reading against the rolling statistics of the readings before it
         min_count, clear_below = rule.min_count, rule.threshold - rule.hysteresis
         def check(emit, sensor, state, ts_ms, t, h, before):
-            value = t if temperature else h
-            if value is None or before is None or before.count(rule.metric) < min_count:
+            if before is None or before.n < min_count or (
+                    (before.t_missing if temperature else before.h_missing) and before.count(rule.metric) < min_count):
                 return
             std = before.std(rule.metric)
             if not std:
                 return
-            z = abs(value - (before.t_mean if temperature else before.h_mean)) / std
+            z = abs((t - before.t_mean) if temperature else (h - before.h_mean)) / std
             if z > threshold or name in state.alerts or flap in state.rule_memory:
                 step(emit, sensor, state, rule, z > threshold, z <= clear_below, ts_ms, z,
                      stats_fields(before.metric(rule.metric)))
@@ -236,7 +239,10 @@ def on_reading(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, ts_m
                temperature_c: float | None, humidity_pct: float | None, before: Summary | None) -> None:
     """Per-reading rules. `before`: rolling statistics without this reading (zscore compares a
     reading with its past)."""
-    for check in rules.reading_checks:
+    checks = rules.reading_checks
+    if temperature_c is None or humidity_pct is None:
+        checks = rules.one_metric_checks["humidity_pct" if temperature_c is None else "temperature_c"]
+    for check in checks:
         check(emit, sensor, state, ts_ms, temperature_c, humidity_pct, before)
     for rule in rules.silent:  # any reading ends a silence
         if rule.name in state.alerts or flap_key(rule.name) in state.rule_memory:
@@ -246,9 +252,10 @@ def on_reading(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, ts_m
 def on_rolling(emit: Emit, rules: RuleSet, sensor: str, state: SensorState, ts_ms: int, after: Summary,
                temperature_c: float | None, humidity_pct: float | None) -> None:
     """Rolling rules, after a reading: only those on a metric the reading carries."""
-    for rule in rules.on_rolling:
-        if (temperature_c if rule.metric == "temperature_c" else humidity_pct) is None:
-            continue
+    chosen = rules.on_rolling
+    if temperature_c is None or humidity_pct is None:
+        chosen = rules.one_metric_rolling["humidity_pct" if temperature_c is None else "temperature_c"]
+    for rule in chosen:
         value = after.source(rule.metric, rule.source)
         if value is not None:
             breach, clear = _compare(rule, value)

@@ -8,7 +8,9 @@ and neither loses precision the way sums of squares do on values far from zero.
 A reading may carry one metric only (a probe without humidity, a device that publishes each
 metric on its own topic): each metric's statistics come from the readings that carry it. `n`
 counts readings; `t_missing` and `h_missing` count those without the metric, so a summary of
-full readings (the common case) packs as before, and an old checkpoint unpacks unchanged.
+full readings (the common case) packs as before, and an old checkpoint unpacks unchanged. Full
+readings into a full summary take the code they always took; anything else takes the
+per-metric paths, kept apart so that the common case pays one test for them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import math
 from dataclasses import dataclass
 
 INF = math.inf
+# Each metric's fields, for the per-metric paths (readings or summaries that lack a metric).
+METRIC_FIELDS = (("t_mean", "t_m2", "t_min", "t_max", "t_missing"), ("h_mean", "h_m2", "h_min", "h_max", "h_missing"))
 
 
 @dataclass(slots=True)
@@ -35,29 +39,40 @@ class Summary:
 
     def add(self, temperature_c: float | None, humidity_pct: float | None) -> None:
         """One reading; None for a metric it does not carry."""
+        if temperature_c is None or humidity_pct is None or self.t_missing or self.h_missing:
+            self._add_per_metric(temperature_c, humidity_pct)
+            return
         n = self.n + 1
         self.n = n
+        delta = temperature_c - self.t_mean
+        self.t_mean += delta / n
+        self.t_m2 += delta * (temperature_c - self.t_mean)
+        delta = humidity_pct - self.h_mean
+        self.h_mean += delta / n
+        self.h_m2 += delta * (humidity_pct - self.h_mean)
         # Comparisons, not min()/max(): the same result at a third of the cost, twice per reading.
-        if temperature_c is None:
-            self.t_missing += 1
-        else:
-            delta = temperature_c - self.t_mean
-            self.t_mean += delta / (n - self.t_missing)
-            self.t_m2 += delta * (temperature_c - self.t_mean)
-            if temperature_c < self.t_min:
-                self.t_min = temperature_c
-            if temperature_c > self.t_max:
-                self.t_max = temperature_c
-        if humidity_pct is None:
-            self.h_missing += 1
-        else:
-            delta = humidity_pct - self.h_mean
-            self.h_mean += delta / (n - self.h_missing)
-            self.h_m2 += delta * (humidity_pct - self.h_mean)
-            if humidity_pct < self.h_min:
-                self.h_min = humidity_pct
-            if humidity_pct > self.h_max:
-                self.h_max = humidity_pct
+        if temperature_c < self.t_min:
+            self.t_min = temperature_c
+        if temperature_c > self.t_max:
+            self.t_max = temperature_c
+        if humidity_pct < self.h_min:
+            self.h_min = humidity_pct
+        if humidity_pct > self.h_max:
+            self.h_max = humidity_pct
+
+    def _add_per_metric(self, temperature_c: float | None, humidity_pct: float | None) -> None:
+        """`add` where a metric is missing, in the reading or in the summary: each metric's
+        Welford update over its own count. Apart, so that full readings pay nothing for it."""
+        self.n += 1
+        for value, (mean, m2, low, high, missing) in zip((temperature_c, humidity_pct), METRIC_FIELDS):
+            if value is None:
+                setattr(self, missing, getattr(self, missing) + 1)
+                continue
+            delta = value - getattr(self, mean)
+            setattr(self, mean, getattr(self, mean) + delta / (self.n - getattr(self, missing)))
+            setattr(self, m2, getattr(self, m2) + delta * (value - getattr(self, mean)))
+            setattr(self, low, min(getattr(self, low), value))
+            setattr(self, high, max(getattr(self, high), value))
 
     def merge(self, other: Summary) -> None:
         if other.n == 0:
@@ -65,32 +80,44 @@ class Summary:
         if self.n == 0:
             self.copy_from(other)
             return
-        na, nb = self.n - self.t_missing, other.n - other.t_missing
-        if nb:
-            if na:
-                n = na + nb
-                delta = other.t_mean - self.t_mean
-                self.t_mean += delta * nb / n
-                self.t_m2 += other.t_m2 + delta * delta * na * nb / n
+        if self.t_missing or self.h_missing or other.t_missing or other.h_missing:
+            self._merge_per_metric(other)
+            return
+        na, nb = self.n, other.n
+        n = na + nb
+        delta = other.t_mean - self.t_mean
+        self.t_mean += delta * nb / n
+        self.t_m2 += other.t_m2 + delta * delta * na * nb / n
+        delta = other.h_mean - self.h_mean
+        self.h_mean += delta * nb / n
+        self.h_m2 += other.h_m2 + delta * delta * na * nb / n
+        self.n = n
+        if other.t_min < self.t_min:
+            self.t_min = other.t_min
+        if other.t_max > self.t_max:
+            self.t_max = other.t_max
+        if other.h_min < self.h_min:
+            self.h_min = other.h_min
+        if other.h_max > self.h_max:
+            self.h_max = other.h_max
+
+    def _merge_per_metric(self, other: Summary) -> None:
+        """`merge` where either side lacks a metric in some reading: Chan's formula per metric over
+        its own counts; a metric only one side has is taken from it."""
+        for mean, m2, low, high, missing in METRIC_FIELDS:
+            na, nb = self.n - getattr(self, missing), other.n - getattr(other, missing)
+            if nb == 0:
+                continue
+            if na == 0:
+                setattr(self, mean, getattr(other, mean))
+                setattr(self, m2, getattr(other, m2))
             else:
-                self.t_mean, self.t_m2 = other.t_mean, other.t_m2
-            if other.t_min < self.t_min:
-                self.t_min = other.t_min
-            if other.t_max > self.t_max:
-                self.t_max = other.t_max
-        na, nb = self.n - self.h_missing, other.n - other.h_missing
-        if nb:
-            if na:
                 n = na + nb
-                delta = other.h_mean - self.h_mean
-                self.h_mean += delta * nb / n
-                self.h_m2 += other.h_m2 + delta * delta * na * nb / n
-            else:
-                self.h_mean, self.h_m2 = other.h_mean, other.h_m2
-            if other.h_min < self.h_min:
-                self.h_min = other.h_min
-            if other.h_max > self.h_max:
-                self.h_max = other.h_max
+                delta = getattr(other, mean) - getattr(self, mean)
+                setattr(self, mean, getattr(self, mean) + delta * nb / n)
+                setattr(self, m2, getattr(self, m2) + getattr(other, m2) + delta * delta * na * nb / n)
+            setattr(self, low, min(getattr(self, low), getattr(other, low)))
+            setattr(self, high, max(getattr(self, high), getattr(other, high)))
         self.n += other.n
         self.t_missing += other.t_missing
         self.h_missing += other.h_missing
@@ -120,19 +147,19 @@ class Summary:
 
     def std(self, metric: str) -> float | None:
         """Sample standard deviation (ddof 1, as pandas), None below two readings of the metric."""
-        count = self.count(metric)
+        temperature = metric == "temperature_c"
+        count = self.n - (self.t_missing if temperature else self.h_missing)  # count(), inline: rules call this often
         if count < 2:
             return None
-        m2 = self.t_m2 if metric == "temperature_c" else self.h_m2
-        return math.sqrt(max(m2, 0.0) / (count - 1))
+        return math.sqrt(max(self.t_m2 if temperature else self.h_m2, 0.0) / (count - 1))
 
     def source(self, metric: str, source: str) -> float | None:
         """One statistic (mean, std, min or max) of one metric, None while it has no reading."""
-        if not self.count(metric):
+        temperature = metric == "temperature_c"
+        if self.n == (self.t_missing if temperature else self.h_missing):
             return None
         if source == "std":
             return self.std(metric)
-        temperature = metric == "temperature_c"
         if source == "mean":
             return self.t_mean if temperature else self.h_mean
         if source == "min":

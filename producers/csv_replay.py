@@ -22,6 +22,10 @@ def load_readings_csv(path: Path) -> pd.DataFrame:
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
     if missing:
         raise UsageError(f"--from-csv {path}: missing column(s) {', '.join(missing)}")
+    one_metric = int(((frame["temperature_c"] == "") | (frame["humidity_pct"] == "")).sum())
+    if one_metric:  # the producer's writer sends every field of every row
+        raise UsageError(f"--from-csv {path}: {one_metric} readings carry one metric (an empty cell), "
+                         "which a replay cannot write yet")
     try:
         for sensor in frame["sensor"].unique():
             validate_sensor_name(sensor)

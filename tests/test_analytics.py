@@ -274,6 +274,8 @@ def test_one_metric_readings_export_with_empty_cells_nulls_and_absent_window_sta
         pd.testing.assert_frame_equal(frame[list(expected.columns)], expected, check_dtype=False)
     assert [json.loads(line)["humidity_pct"] for line in jsonl_out.read_text().splitlines()
             if '"probe"' in line][:1] == [None]
+    replay = run_cli("producers", "--from-csv", str(csv_out), "--prefix", "replayed", "--redis-url", redis_url)
+    assert replay.returncode == 2 and "carry one metric" in replay.stderr  # said, not half-written
     aggregates = tmp_path / "a.csv"
     assert run_cli("analytics", "export", "--kind", "aggregates", "--out", str(aggregates),
                    "--redis-url", redis_url).returncode == 0

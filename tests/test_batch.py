@@ -40,6 +40,7 @@ def text_entries(with_non_number: bool) -> list:
         ("1700000099106-0", None),  # trimmed while pending
         ("1700000099108-0", flat(without(good("d", 1), "humidity_pct"))),  # one metric, producers' order
         ("1700000099109-0", flat(dict(reversed(without(good("d", 2), "temperature_c").items())))),  # one, reordered
+        ("1700000099110-0", flat(dict(without(good("d", 3), "humidity_pct"), temperature_c="151"))),  # one, bad
     ]
     if with_non_number:
         entries += [("1700000099107-0", flat(dict(good("a", 35), temperature_c="2\n1")))]
@@ -58,7 +59,9 @@ def test_bytes_fields_make_the_same_batch_as_str_fields(with_non_number):
     assert raw.entry_ids == text.entry_ids and raw.lost_ids == text.lost_ids == ["1700000099106-0"]
     assert raw.dead_letters == text.dead_letters
     reasons = [dead.reason.split(":")[0] for dead in raw.dead_letters]
-    assert reasons == ["malformed"] * (4 + with_non_number) + ["future"]
+    assert reasons == ["malformed"] * (5 + with_non_number) + ["future"]
+    bad_one = next(dead for dead in raw.dead_letters if dead.entry_id == "1700000099110-0")
+    assert "temperature_c='151': outside" in bad_one.reason and "humidity_pct" not in bad_one.fields
     for column in ("ids", "sensors"):
         assert getattr(raw.readings, column) == getattr(text.readings, column)
     for column in ("ts_ms", "temperature_c", "humidity_pct", "seq"):

@@ -16,6 +16,7 @@ import pytest
 from consumers.batch import build_batch
 from consumers.processor import PartitionProcessor
 from consumers.rules import load_rules, parse_rules
+from consumers.summary import Summary
 from telemetry.records import WindowAggregate
 from telemetry.schema import FieldMap, Reading
 from tests.test_processor import (
@@ -199,3 +200,31 @@ def test_rolling_statistics_of_a_metric_count_only_its_readings(metric):
         want = (inside.count(), inside.mean(), inside.std(), inside.min(), inside.max())
         got = (stats.count, stats.mean, stats.std, stats.min, stats.max)
         np.testing.assert_allclose(np.array(got, dtype=float), np.array(want, dtype=float), rtol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_summary_added_or_merged_from_parts_equals_pandas_over_each_metrics_values(seed):
+    """Welford's update and Chan's merge per metric, whatever mix of whole and one-metric readings
+    each part holds (a part may lack a metric entirely)."""
+    rng = random.Random(seed)
+    rows = [(rng.choice([None, round(rng.uniform(-10, 40), 2)]) if rng.random() < 0.4 else round(rng.uniform(-10, 40), 2),
+             None if rng.random() < 0.3 else round(rng.uniform(0, 100), 2)) for _ in range(200)]
+    rows = [(t, h) if t is not None or h is not None else (1.0, None) for t, h in rows]
+    whole = Summary()
+    for t, h in rows:
+        whole.add(t, h)
+    merged = Summary()
+    cuts = sorted(rng.sample(range(1, 200), 12))
+    for start, end in zip([0, *cuts], [*cuts, 200]):
+        part = Summary()
+        for t, h in rows[start:end]:
+            part.add(t, h)
+        merged.merge(part)
+    frame = pd.DataFrame(rows, columns=list(METRICS), dtype=float)
+    for summary in (whole, merged, Summary(*merged.values())):
+        assert summary.n == 200
+        for metric in METRICS:
+            stats, column = summary.metric(metric), frame[metric]
+            np.testing.assert_allclose(
+                np.array([stats.count, stats.mean, stats.std, stats.min, stats.max], dtype=float),
+                np.array([column.count(), column.mean(), column.std(), column.min(), column.max()]), rtol=1e-9)

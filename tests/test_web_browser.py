@@ -13,8 +13,10 @@ from playwright.sync_api import Page, sync_playwright
 
 from analytics.web.fleet import STATE_NAMES
 from analytics.web.headless import launch_chromium
+from telemetry.timeutil import now_ms
 from tests.conftest import run_cli
-from tests.web_harness import ARTIFACTS, HOT, PIPELINE_FLAGS, SENSORS, web_pipeline_in
+from tests.crash_harness import wait_for
+from tests.web_harness import ARTIFACTS, HOT, PIPELINE_FLAGS, SENSORS, fetch, web_pipeline_in
 
 RED, GREEN = "#d93025", "#2e9d57"  # the grid's critical and ok colours (static/fleet.js)
 
@@ -145,6 +147,29 @@ def test_the_sensor_chart_holds_the_window_means_the_export_gives(web, browser):
     assert page.locator("#thresholds tr").count() == 2
     assert "/export.csv?" in page.locator("#csv").get_attribute("href")
     shoot(page, "sensor")
+    assert page.errors == []
+    page.close()
+
+
+def test_a_split_topic_sensor_is_drawn_through_the_readings_of_each_metric(web, browser):
+    """Readings of one metric each, alternating (a Shelly gen1 publishes temperature and humidity
+    on separate topics): each chart's line goes through the readings that carry its metric, the
+    others are no points, and nothing fails."""
+    sensor = "split-1"
+    first = now_ms() // 1000 * 1000 - 20_000
+    for i in range(20):
+        web.write(sensor, None if i % 2 else 20.0 + i % 3, 50.0 + i % 4 if i % 2 else None, ts_ms=first + i * 1000)
+    wait_for(lambda: fetch(f"{web.url}/api/sensors/{sensor}?range=15m")[0] == 200, 20, "the worker knows the sensor")
+    page = open_page(browser, f"{web.url}/sensors/{sensor}?range=15m")
+    for metric, wanted in (("temperature_c", [20.0 + i % 3 for i in range(0, 20, 2)]),
+                           ("humidity_pct", [50.0 + i % 4 for i in range(1, 20, 2)])):
+        # the series' values, and its explicit nulls: each a break in the line (undefined is spanned)
+        drawn, breaks = page.evaluate(f"""(() => {{
+            const chart = sensorView.charts.{metric};
+            const values = chart.data[chart.series.findIndex((s) => s.label === 'reading')];
+            return [values.filter((y) => y !== null && y !== undefined), values.filter((y) => y === null).length];
+        }})()""")
+        assert (drawn, breaks) == (wanted, 0), metric
     assert page.errors == []
     page.close()
 

@@ -118,9 +118,10 @@ class WebPipeline:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=20)
 
-    def write(self, sensor: str, temperature_c: float, humidity_pct: float = 50.0, ts_ms: int | None = None) -> str:
-        """One reading as a producer would write it (taken now, unless `ts_ms` says when); returns
-        its stream id."""
+    def write(self, sensor: str, temperature_c: float | None, humidity_pct: float | None = 50.0,
+              ts_ms: int | None = None) -> str:
+        """One reading as a producer would write it (taken now, unless `ts_ms` says when; None for a
+        metric it does not carry); returns its stream id."""
         reading = Reading(sensor, now_ms() if ts_ms is None else ts_ms, temperature_c, humidity_pct)
         return self.db.xadd(self.layout.partition_for(sensor).readings, reading.encode())
 
