@@ -133,13 +133,18 @@ class Summary:
         return (self.n, self.t_mean, self.t_m2, self.t_min, self.t_max, self.h_mean, self.h_m2, self.h_min,
                 self.h_max, self.t_missing, self.h_missing)
 
+    def core_values(self) -> tuple:
+        """Everything but the missing counts: the whole summary of full readings, as packed before
+        readings could lack a metric."""
+        return (self.n, self.t_mean, self.t_m2, self.t_min, self.t_max,
+                self.h_mean, self.h_m2, self.h_min, self.h_max)
+
     def values(self) -> tuple:
         """The packed form (checkpoints, kept windows): the missing counts only when a reading
         lacked a metric, so `Summary(*values)` reads both forms."""
         if self.t_missing or self.h_missing:
             return self.all_values()
-        return (self.n, self.t_mean, self.t_m2, self.t_min, self.t_max,
-                self.h_mean, self.h_m2, self.h_min, self.h_max)
+        return self.core_values()
 
     def count(self, metric: str) -> int:
         """Readings that carried the metric."""

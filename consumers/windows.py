@@ -28,8 +28,11 @@ class Window:
 
     def pack(self) -> list:
         """The summary's missing counts, when it has any, go last: older forms stay readable."""
-        values = self.summary.values()
-        return [self.start_ms, *values[:9], self.first_ts, self.last_ts, self.revision, *values[9:]]
+        summary = self.summary
+        packed = [self.start_ms, *summary.core_values(), self.first_ts, self.last_ts, self.revision]
+        if summary.t_missing or summary.h_missing:
+            packed += (summary.t_missing, summary.h_missing)
+        return packed
 
     @classmethod
     def unpack(cls, values: list) -> Window:

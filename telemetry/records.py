@@ -58,7 +58,8 @@ class WindowAggregate:
     revision: int = 0
 
     def fields(self) -> list[str]:
-        absent = tuple(prefix for prefix in METRIC_PREFIXES if not getattr(self, prefix + "count"))
+        absent = () if self.temperature_c_count and self.humidity_pct_count else tuple(
+            prefix for prefix in METRIC_PREFIXES if not getattr(self, prefix + "count"))
         out: list[str] = []
         for name in self.__slots__:
             if absent and name.startswith(absent) and not name.endswith("_count"):
