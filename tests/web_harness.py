@@ -97,8 +97,13 @@ class WebPipeline:
         wait_for(lambda: self.db.exists(Keys(PREFIX).pipeline), 30, "the pipeline record")
         self.write(HOT, 21.0)  # a cell before the page opens
         self.start_server()
-        wait_for(lambda: len(get_json(f"{self.url}/api/fleet")["sensors"]["names"]) == SENSORS + 1, 30,
-                 "every sensor in the fleet snapshot")
+        wait_for(self.running, 60, "every sensor reporting and every partition owned in the fleet snapshot")
+
+    def running(self) -> bool:
+        """The pipeline as the tests expect to find it: a loaded machine starts processes slowly."""
+        snapshot = get_json(f"{self.url}/api/fleet")
+        return (len(snapshot["sensors"]["names"]) == SENSORS + 1 and snapshot["counters"]["reporting"] >= SENSORS
+                and all(row["owner"] != "-" for row in snapshot["partitions"]))
 
     def start_server(self) -> None:
         rules = self.folder / "rules.toml"
