@@ -25,6 +25,7 @@ from telemetry.connection import Client, RedisTarget, connect
 from telemetry.keys import Keys
 from telemetry.partitions import Layout, open_layout
 from telemetry.schema import Reading
+from telemetry.timeutil import stream_id_ms
 from tests.aggregation_helpers import START, counters, drain, latest_windows, make_worker, outputs, pending
 from tests.conftest import ROOT
 
@@ -159,9 +160,15 @@ def run_kill_loop(fleet: Fleet, producer: subprocess.Popen, rng: random.Random, 
             fleet.workers.pop(min(fleet.workers)).send_signal(signal.SIGTERM)
 
 
-def readings_of(db, layout: Layout) -> list[Reading]:
-    return [Reading.decode(fields, entry_id) for partition in layout.partitions
+def arrivals_of(db, layout: Layout) -> list[tuple[Reading, int]]:
+    """Each reading, partition by partition in stream order, with the time Redis took it in (its
+    entry id's): a source that stalled and then sent its buffer shows a gap here, not in event time."""
+    return [(Reading.decode(fields, entry_id), stream_id_ms(entry_id)) for partition in layout.partitions
             for entry_id, fields in db.xrange(partition.readings)]
+
+
+def readings_of(db, layout: Layout) -> list[Reading]:
+    return [reading for reading, _ in arrivals_of(db, layout)]
 
 
 def wait_until_settled(fleet: Fleet, timeout_s: float) -> None:

@@ -4,6 +4,7 @@ idempotent commits, groups and streams of other producers."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 
 import numpy as np
@@ -70,6 +71,21 @@ def test_windows_equal_pandas_and_every_entry_is_acknowledged(db):
         assert all(partition_of(sensor, layout.count) == keys.partition.index for sensor in sensors)
     rolling = rolling_views(db, [(layout.partition_for("a").group("aggregators"), ["a"])])["a"]
     assert rolling.count > 0 and rolling.as_of_ts == max(r.ts_ms for r in readings if r.sensor == "a")
+
+
+def test_a_drain_longer_than_the_lease_reads_everything(db):
+    """The soak's reference worker (issue 23) drains in-process: its leases must be renewed as a
+    running worker's are, else a drain outlasting a lease loses every partition at a commit and
+    stops early, looking drained."""
+    layout = layout_of(db, 2)
+    readings = random_readings(per_sensor=40)
+    add_readings(db, layout, readings)
+    worker = make_worker(db, layout, batch=4, lease_ms=1000)
+    apply = worker._apply  # processing slowed between read and commit: ~30 steps, 1.5 s, past the 1 s lease
+    worker._apply = lambda owned, entries: time.sleep(0.05) or apply(owned, entries)
+    drain(worker, LATER)
+    assert counters(db, layout)["processed"] == len(readings) and pending(db, layout) == 0
+    assert "lapsed" not in worker.log.getvalue()
 
 
 def test_malformed_entries_are_dead_lettered_and_the_batch_goes_on(db):
