@@ -138,7 +138,8 @@ class AggregatorWorker:
         # retries: at once after a lost reply, then longer while Redis keeps refusing, but never
         # so long that the heartbeat and the leases lapse over a flaky connection alone
         self.retries = Retries(transport=Backoff(max_s=min(5.0, settings.lease_ms / 3000)))
-        self.commit_retries = Retries(transport=Backoff(max_s=1.0))  # a commit waits within its lease
+        # a commit waits within its lease, refused or not: a longer wait would let it lapse
+        self.commit_retries = Retries.within(1.0)
 
     def _progressing(self) -> bool:
         """Leases are renewed only while the loop finishes steps well within a lease."""

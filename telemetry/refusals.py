@@ -117,7 +117,7 @@ class RefusalRetries:
         if reason in self.said:
             return delay, None
         self.said.add(reason)
-        return delay, (f"{reason}; retrying with backoff up to {REFUSED_RETRY_MAX_S:.0f}s "
+        return delay, (f"{reason}; retrying with backoff up to {self.backoff.max_s:.0f}s "
                        "(said again if the refusal changes)")
 
     def went_through(self) -> str | None:
@@ -139,6 +139,12 @@ class Retries:
 
     transport: Backoff = field(default_factory=Backoff)
     refusals: RefusalRetries = field(default_factory=RefusalRetries)
+
+    @classmethod
+    def within(cls, max_s: float) -> Retries:
+        """Every wait, refused or not, at most `max_s`: for a call that holds something which
+        lapses (a commit within its lease)."""
+        return cls(transport=Backoff(max_s=max_s), refusals=RefusalRetries(Backoff(initial_s=max_s, max_s=max_s)))
 
     def failed(self, error: Exception, retrying: str = "") -> tuple[float, str | None]:
         """The delay before the next try, and the line to say (None when it was said already);

@@ -13,7 +13,7 @@ from telemetry.acl import acl_file_text, role_passwords
 from telemetry.connection import RedisTarget, masked, resolve_target
 from telemetry.errors import UsageError
 from telemetry.keys import Keys
-from telemetry.refusals import REFUSED_RETRY_MAX_S, AclRefusal, RefusalRetries, refusal_line
+from telemetry.refusals import REFUSED_RETRY_MAX_S, AclRefusal, RefusalRetries, Retries, refusal_line
 from telemetry.roles import ROLE_NAMES, roles
 from tests.conftest import run_cli
 
@@ -119,3 +119,15 @@ def test_refusals_are_retried_with_backoff_up_to_30_s_and_each_said_once_until_o
     assert retries.refused(other)[1] is not None, "a different refusal is said"
     assert retries.went_through() is not None and retries.went_through() is None
     assert retries.refused(refused) == (0.0, answers[0][1]), "after a step went through, a refusal is new again"
+
+
+def test_a_policy_within_a_bound_waits_no_longer_refused_or_not():
+    """A commit holds a lease: its retries, refused or not, stay within a second (the worker's
+    commit policy), where a long-running loop's refusals wait up to 30 s."""
+    retries = Retries.within(1.0)
+    refused = AclRefusal("Redis user 'reader' may not run XADD (ACL +xadd)", "reader")
+    waits = [retries.failed(refused)[0] for _ in range(10)] + [retries.failed(redis.ConnectionError())[0]
+                                                               for _ in range(10)]
+    assert max(waits) <= 1.0 and sum(waits) > 5.0, waits
+    assert "up to 1s" in Retries.within(1.0).failed(refused)[1]
+    assert "up to 30s" in Retries().failed(refused)[1]
